@@ -1,0 +1,89 @@
+-- The outbox: applications INSERT into messages inside their own transaction;
+-- the relay claims pending rows, produces them to Kafka and marks them sent.
+-- Names are unqualified: the relay runs this with search_path set to its schema.
+
+-- +goose Up
+CREATE TABLE messages (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic           text        NOT NULL,
+    key             bytea,
+    payload         bytea,                          -- NULL is a tombstone
+    headers         jsonb       NOT NULL DEFAULT '{}',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    status          text        NOT NULL DEFAULT 'pending',
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    sent_at         timestamptz,
+    kafka_partition integer,
+    kafka_offset    bigint,
+    CONSTRAINT messages_topic_not_empty CHECK (topic <> ''),
+    CONSTRAINT messages_headers_object CHECK (jsonb_typeof(headers) = 'object'),
+    CONSTRAINT messages_status_valid CHECK (status IN ('pending', 'sent')),
+    CONSTRAINT messages_sent_has_position CHECK (
+        status = 'pending' OR (sent_at IS NOT NULL AND kafka_partition IS NOT NULL AND kafka_offset IS NOT NULL))
+);
+
+COMMENT ON TABLE messages IS
+    'Transactional outbox: INSERT (topic, key, payload, headers) in the same transaction as the business change.';
+
+-- Claiming walks pending rows in id order; the partial index keeps that cost
+-- independent of how many sent rows are retained.
+CREATE INDEX messages_pending_idx ON messages (id) WHERE status = 'pending';
+
+-- The per-key order check asks "is there an earlier pending row of this
+-- topic and key?"; this index answers it with one probe.
+CREATE INDEX messages_pending_key_idx ON messages (topic, key, id)
+    WHERE status = 'pending' AND key IS NOT NULL;
+
+-- Retention deletes sent rows by age.
+CREATE INDEX messages_sent_at_idx ON messages (sent_at) WHERE status = 'sent';
+
+CREATE TABLE stuck_messages (
+    id           bigint      PRIMARY KEY,          -- the original outbox id
+    topic        text        NOT NULL,
+    key          bytea,
+    payload      bytea,
+    headers      jsonb       NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL,
+    attempts     integer     NOT NULL,
+    first_error  text,
+    last_error   text,
+    error_kind   text,
+    escalated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX stuck_messages_topic_key_idx ON stuck_messages (topic, key);
+
+-- Wake-up. A relay that has nothing to do registers itself here; while any
+-- registration is live, inserts into messages send one NOTIFY per statement.
+-- While every relay is busy the table is empty and inserts pay for one index
+-- probe, not for pg_notify (notifying transactions serialise their commits).
+CREATE UNLOGGED TABLE idle_relays (
+    instance    text        PRIMARY KEY,
+    idle_until  timestamptz NOT NULL
+);
+
+-- +goose StatementBegin
+CREATE FUNCTION notify_idle_relays() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM idle_relays WHERE idle_until > now()) THEN
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '_wakeup', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER messages_wakeup AFTER INSERT ON messages
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_idle_relays();
+
+-- +goose Down
+DROP TRIGGER messages_wakeup ON messages;
+DROP FUNCTION notify_idle_relays();
+DROP TABLE idle_relays;
+DROP TABLE stuck_messages;
+DROP TABLE messages;

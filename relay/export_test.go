@@ -1,0 +1,12 @@
+package relay
+
+import (
+	"context"
+	"time"
+)
+
+// DeliverBatch exposes one loop iteration to the external tests, with a
+// fixed "now" (nil for the database clock).
+func (r *Relay) DeliverBatch(ctx context.Context, now *time.Time) (int, error) {
+	return r.deliverBatch(ctx, now)
+}

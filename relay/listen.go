@@ -1,0 +1,59 @@
+package relay
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// listen keeps a dedicated connection LISTENing on the schema's wake-up
+// channel and pokes the delivery loop on every notification. Notifications
+// sent while the connection was down are lost, so after every (re)connect it
+// also pokes once: a full poll covers the gap.
+func (r *Relay) listen(ctx context.Context) {
+	failures := 0
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, func() { failures = 0 })
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		wait := r.cfg.Retry.Next(failures)
+		r.logger.Warn("listen_failed", "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// listenOnce runs one LISTEN session until it fails or ctx ends. connected is
+// called once the LISTEN is in place.
+func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
+	// A plain connection, not one from the pool: LISTEN is session state
+	// and the connection spends its life blocked waiting.
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{WakeupChannel(r.cfg.Schema)}.Sanitize()); err != nil {
+		return err
+	}
+	connected()
+	r.poke()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return err
+		}
+		r.poke()
+	}
+}
+
+// WakeupChannel is the NOTIFY channel of a schema's outbox, as the trigger
+// in migrations/ names it.
+func WakeupChannel(schema string) string { return schema + "_wakeup" }

@@ -1,0 +1,129 @@
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/outboxrelay/relay/migrations"
+)
+
+var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// ValidSchema reports whether name can be used as the outbox schema. The rule
+// is stricter than Postgres's: lower-case letters, digits and underscores, so
+// the name never needs quoting in psql or in an application's SQL.
+func ValidSchema(name string) error {
+	if !schemaName.MatchString(name) {
+		return fmt.Errorf("%q is not a valid schema name: use 1-63 lower-case letters, digits or underscores, not starting with a digit", name)
+	}
+	return nil
+}
+
+// PoolConfig parses a database URL and points the connections' search_path at
+// schema, so the relay's static SQL finds its tables.
+func PoolConfig(databaseURL, schema string) (*pgxpool.Config, error) {
+	if err := ValidSchema(schema); err != nil {
+		return nil, err
+	}
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database url: %w", redactParseError(err))
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
+	return cfg, nil
+}
+
+// redactParseError replaces a URL parse error with a fixed message: pgconn's
+// and net/url's errors quote the URL, and with it any password.
+func redactParseError(err error) error {
+	if _, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
+		return errors.New("cannot parse it; expected postgres://user:password@host:port/dbname?sslmode=... or key=value pairs")
+	}
+	return err
+}
+
+// Migrator applies the embedded migrations to one schema.
+type Migrator struct {
+	provider *goose.Provider
+	db       *sql.DB
+}
+
+// NewMigrator connects to the database with its own small connection pool.
+// It creates schema if needed. Several migrators may run at once against one
+// database: a Postgres advisory lock, keyed by schema, serialises them.
+func NewMigrator(ctx context.Context, pool *pgxpool.Config, schema string) (*Migrator, error) {
+	conn := pool.ConnConfig.Copy()
+	db := stdlib.OpenDB(*conn)
+	db.SetMaxOpenConns(2)
+	if _, err := db.ExecContext(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		// Two instances creating the schema at the same moment can race
+		// on the catalog; the loser finds the schema there.
+		var exists bool
+		if qerr := db.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); qerr != nil || !exists {
+			_ = db.Close()
+			return nil, fmt.Errorf("create schema %s: %w", schema, err)
+		}
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("outbox-relay-migrate:" + schema))
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(int64(h.Sum64() >> 1)))
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
+		goose.WithTableName(schema+".goose_db_version"),
+		goose.WithSessionLocker(locker),
+		goose.WithDisableGlobalRegistry(true),
+	)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("migrations: %w", err)
+	}
+	return &Migrator{provider: p, db: db}, nil
+}
+
+// Up applies every pending migration and returns how many it applied.
+func (m *Migrator) Up(ctx context.Context) (int, error) {
+	res, err := m.provider.Up(ctx)
+	if err != nil {
+		return len(res), fmt.Errorf("migrate up: %w", err)
+	}
+	return len(res), nil
+}
+
+// Down rolls back the newest applied migration.
+func (m *Migrator) Down(ctx context.Context) error {
+	if _, err := m.provider.Down(ctx); err != nil {
+		return fmt.Errorf("migrate down: %w", err)
+	}
+	return nil
+}
+
+// Status lists every migration and whether it is applied.
+func (m *Migrator) Status(ctx context.Context) ([]*goose.MigrationStatus, error) {
+	st, err := m.provider.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrate status: %w", err)
+	}
+	return st, nil
+}
+
+// Pending reports whether migrations remain to be applied.
+func (m *Migrator) Pending(ctx context.Context) (bool, error) {
+	return m.provider.HasPending(ctx)
+}
+
+// Close releases the migrator's connections.
+func (m *Migrator) Close() error { return m.db.Close() }

@@ -1,0 +1,53 @@
+package relay
+
+// The relay's SQL. Names are unqualified: the pool's search_path is the
+// configured schema, so these stay constant whatever the schema is called.
+
+// claimQuery locks up to $1 due pending rows in id order, skipping rows other
+// relays hold. A keyed row qualifies only when no earlier row of its topic and
+// key is pending: such a row is in flight elsewhere, waiting for a retry, or
+// in this very batch, and in every case this row must wait for it. Filtering
+// before LIMIT (rather than dropping held rows after claiming) means a long
+// run of held rows can never starve rows of other keys.
+//
+// $2 is "now", NULL for the database clock; tests pass a fixed time.
+const claimQuery = `
+SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at
+FROM messages m
+WHERE m.status = 'pending'
+  AND m.next_attempt_at <= COALESCE($2::timestamptz, now())
+  AND (m.key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM messages e
+        WHERE e.status = 'pending' AND e.key IS NOT NULL
+          AND e.topic = m.topic AND e.key = m.key AND e.id < m.id))
+ORDER BY m.id
+LIMIT $1
+FOR UPDATE OF m SKIP LOCKED`
+
+// markSentQuery records where each row landed. The arrays are parallel.
+const markSentQuery = `
+UPDATE messages AS m
+SET status = 'sent', sent_at = COALESCE($4::timestamptz, now()),
+    kafka_partition = u.kafka_partition, kafka_offset = u.kafka_offset
+FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u(id, kafka_partition, kafka_offset)
+WHERE m.id = u.id`
+
+// markFailedQuery leaves rows pending with their error and the time of their
+// next attempt. The arrays are parallel; $3 holds delays in microseconds.
+const markFailedQuery = `
+UPDATE messages AS m
+SET attempts = m.attempts + 1,
+    last_error = u.last_error,
+    next_attempt_at = COALESCE($4::timestamptz, now()) + u.delay_us * interval '1 microsecond'
+FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, last_error, delay_us)
+WHERE m.id = u.id`
+
+// declareIdleQuery registers this relay for wake-up notifications for $2
+// milliseconds. The expiry uses the database clock, the one the trigger reads,
+// and means a relay that died while idle stops costing inserts a NOTIFY.
+const declareIdleQuery = `
+INSERT INTO idle_relays (instance, idle_until) VALUES ($1, now() + $2 * interval '1 millisecond')
+ON CONFLICT (instance) DO UPDATE SET idle_until = EXCLUDED.idle_until`
+
+// declareBusyQuery stops notifications for this relay.
+const declareBusyQuery = `DELETE FROM idle_relays WHERE instance = $1`

@@ -1,0 +1,236 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+)
+
+// Relay delivers outbox rows to Kafka. Create it with New and call Run.
+type Relay struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	kafka  *kgo.Client
+	logger *slog.Logger
+
+	// wake carries "look for rows now" from the listener to the loop. It
+	// holds at most one signal: many notifications collapse into one poll.
+	wake chan struct{}
+	// idle is true while this relay is registered in idle_relays. Only the
+	// delivery loop touches it.
+	idle bool
+}
+
+// New returns a relay that claims rows through pool and produces them with
+// client. The pool's search_path must be cfg.Schema (PoolConfig sets it) and
+// the client must come from NewKafkaClient, which pins acks=all and
+// idempotence. The caller keeps ownership of pool and client.
+func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger) *Relay {
+	cfg = cfg.withDefaults()
+	if cfg.Instance == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		cfg.Instance = "relay-" + hex.EncodeToString(b[:])
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Relay{
+		cfg:    cfg,
+		pool:   pool,
+		kafka:  client,
+		logger: logger.With("instance", cfg.Instance),
+		wake:   make(chan struct{}, 1),
+	}
+}
+
+// Run delivers rows until ctx ends, then stops claiming, finishes the batch in
+// flight (or rolls it back after ShutdownTimeout, so its rows stay pending)
+// and returns nil. It returns an error only if it cannot run at all.
+func (r *Relay) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	if !r.cfg.DisableWakeup {
+		g.Go(func() error {
+			r.listen(gctx)
+			return nil
+		})
+	}
+	g.Go(func() error {
+		r.deliverLoop(gctx)
+		return nil
+	})
+	return g.Wait()
+}
+
+// deliverLoop claims batches while there is work and otherwise waits for a
+// wake-up, the poll interval or the end of ctx.
+func (r *Relay) deliverLoop(ctx context.Context) {
+	defer r.declareBusy(context.WithoutCancel(ctx))
+	failures := 0
+	for ctx.Err() == nil {
+		n, err := r.deliverOnce(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			failures++
+			wait := r.cfg.Retry.Next(failures)
+			r.logger.Error("delivery_failed", "error", err, "retry_in", wait)
+			if !r.sleep(ctx, wait) {
+				return
+			}
+			continue
+		case n > 0:
+			failures = 0
+			continue // there may be more
+		}
+		failures = 0
+		if !r.cfg.DisableWakeup && !r.idle {
+			// Register for notifications, then look once more: a row
+			// committed while we were registering did not notify us.
+			if err := r.declareIdle(ctx); err != nil {
+				r.logger.Warn("declare_idle_failed", "error", err)
+			} else {
+				continue
+			}
+		}
+		if !r.sleep(ctx, r.cfg.PollInterval) {
+			return
+		}
+	}
+}
+
+// sleep waits for d, a wake-up or the end of ctx; it reports whether ctx is
+// still live.
+func (r *Relay) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-r.wake:
+		return true
+	case <-t.C:
+		return true
+	}
+}
+
+// poke asks the loop to look for rows now. It never blocks.
+func (r *Relay) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// declareIdle registers the relay for wake-up notifications. The
+// registration expires after a few poll intervals so a relay that dies while
+// idle does not make inserts notify forever.
+func (r *Relay) declareIdle(ctx context.Context) error {
+	ttl := 3 * r.cfg.PollInterval
+	if _, err := r.pool.Exec(ctx, declareIdleQuery, r.cfg.Instance, ttl.Milliseconds()); err != nil {
+		return fmt.Errorf("declare idle: %w", err)
+	}
+	r.idle = true
+	return nil
+}
+
+// declareBusy removes the registration so inserts stop notifying.
+func (r *Relay) declareBusy(ctx context.Context) {
+	if !r.idle {
+		return
+	}
+	if _, err := r.pool.Exec(ctx, declareBusyQuery, r.cfg.Instance); err != nil {
+		r.logger.Warn("declare_busy_failed", "error", err)
+		return
+	}
+	r.idle = false
+}
+
+// deliverOnce claims one batch, produces it and records the outcome, all in
+// one transaction. It returns how many rows it claimed.
+func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
+	return r.deliverBatch(ctx, nil)
+}
+
+// deliverBatch is deliverOnce with an optional fixed "now" for tests.
+func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
+	// The batch must be able to finish after ctx ends (graceful shutdown),
+	// but not for longer than the shutdown timeout.
+	work, cancel := r.batchContext(ctx)
+	defer cancel()
+
+	tx, err := r.pool.Begin(work)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(work)) }()
+
+	if r.idle {
+		// We have work again: stop asking inserts to notify us. Done in
+		// the claim transaction to save a round trip.
+		if _, err := tx.Exec(work, declareBusyQuery, r.cfg.Instance); err != nil {
+			return 0, fmt.Errorf("declare busy: %w", err)
+		}
+	}
+	rows, err := claim(work, tx, r.cfg.BatchSize, now)
+	if err != nil {
+		return 0, err
+	}
+	if len(rows) == 0 {
+		// Keep the idle registration as it was: nothing changed.
+		return 0, nil
+	}
+
+	outcome := r.produce(work, rows)
+	if err := outcome.record(work, tx, r.cfg.Retry, now); err != nil {
+		return len(rows), err
+	}
+	if err := tx.Commit(work); err != nil {
+		// The rows stay pending and are produced again: a duplicate, not a loss.
+		return len(rows), fmt.Errorf("commit batch: %w", err)
+	}
+	r.idle = false
+	for _, f := range outcome.failed {
+		r.logger.Warn("produce_failed", "outbox_id", f.id, "topic", f.topic, "attempt", f.attempt, "error", f.err)
+	}
+	return len(rows), nil
+}
+
+// batchContext returns a context for one batch: it ignores the cancellation
+// of ctx for up to ShutdownTimeout, so the batch in flight can finish.
+func (r *Relay) batchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	work, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(r.cfg.ShutdownTimeout, cancel)
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	return work, func() { stop(); cancel() }
+}
+
+func claim(ctx context.Context, tx pgx.Tx, limit int, now *time.Time) ([]row, error) {
+	rs, err := tx.Query(ctx, claimQuery, limit, now)
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
+		var x row
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt)
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, nil
+}
+
+var errAborted = errors.New("batch aborted before Kafka answered")

@@ -1,0 +1,217 @@
+// Package relaytest starts the real components the relay's tests need: a
+// migrated outbox schema of its own in the test Postgres, and a kfake broker.
+// Tests fail, never skip, when Postgres is unreachable.
+package relaytest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
+)
+
+// DefaultDatabaseURL is the development and CI Postgres.
+const DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+
+// DatabaseURL is RELAY_TEST_DATABASE_URL, or DefaultDatabaseURL.
+func DatabaseURL() string {
+	if u := os.Getenv("RELAY_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultDatabaseURL
+}
+
+// DB is one test's outbox: a schema of its own, migrated, and a pool whose
+// search_path points at it.
+type DB struct {
+	Schema string
+	Pool   *pgxpool.Pool
+	URL    string
+}
+
+// NewDB creates a fresh schema, migrates it and drops it when the test ends.
+func NewDB(t testing.TB) *DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "test_" + hex.EncodeToString(b[:])
+
+	cfg, err := relay.PoolConfig(DatabaseURL(), schema)
+	if err != nil {
+		t.Fatalf("pool config: %v", err)
+	}
+	m, err := relay.NewMigrator(ctx, cfg, schema)
+	if err != nil {
+		t.Fatalf("cannot reach the test Postgres at %s (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", DatabaseURL(), err)
+	}
+	t.Cleanup(func() {
+		// Runs after the pool's cleanup (LIFO), so no connection holds the schema.
+		conn, err := pgx.Connect(context.Background(), DatabaseURL())
+		if err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	if _, err := m.Up(ctx); err != nil {
+		_ = m.Close()
+		t.Fatalf("migrate: %v", err)
+	}
+	_ = m.Close()
+
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return &DB{Schema: schema, Pool: pool, URL: DatabaseURL()}
+}
+
+// Message is a row to insert into the outbox.
+type Message struct {
+	Topic   string
+	Key     []byte
+	Payload []byte
+	Headers map[string]string
+}
+
+// Insert writes msgs in one transaction, as an application would, and
+// returns their ids.
+func (db *DB) Insert(t testing.TB, msgs ...Message) []int64 {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	ids := InsertTx(t, tx, msgs...)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	return ids
+}
+
+// InsertTx writes msgs inside tx and returns their ids.
+func InsertTx(t testing.TB, tx pgx.Tx, msgs ...Message) []int64 {
+	t.Helper()
+	ids := make([]int64, 0, len(msgs))
+	for _, m := range msgs {
+		headers := m.Headers
+		if headers == nil {
+			headers = map[string]string{}
+		}
+		var id int64
+		err := tx.QueryRow(context.Background(),
+			`INSERT INTO messages (topic, key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id`,
+			m.Topic, m.Key, m.Payload, headers).Scan(&id)
+		if err != nil {
+			t.Fatalf("insert: %v", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Count returns the number of rows in the outbox with the given status.
+func (db *DB) Count(t testing.TB, status string) int {
+	t.Helper()
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM messages WHERE status = $1`, status).Scan(&n); err != nil {
+		t.Fatalf("count: %v", err)
+	}
+	return n
+}
+
+// NewCluster starts an in-process kfake broker with the topics given, each
+// with the given number of partitions, and stops it when the test ends.
+func NewCluster(t testing.TB, partitions int32, topics ...string) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics...))
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// NewProducer returns a relay Kafka client for the cluster, closed when the
+// test ends.
+func NewProducer(t testing.TB, brokers []string, extra ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := relay.NewKafkaClient(brokers, extra...)
+	if err != nil {
+		t.Fatalf("kafka client: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// Consume reads topics from the start until it has want records or the
+// deadline passes, and returns what it read. It fails the test on timeout.
+func Consume(t testing.TB, brokers []string, want int, timeout time.Duration, topics ...string) []*kgo.Record {
+	t.Helper()
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	)
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of %d records from %v within %v", len(out), want, topics, timeout)
+		}
+		fs.EachError(func(topic string, p int32, err error) {
+			t.Fatalf("fetch %s/%d: %v", topic, p, err)
+		})
+		out = append(out, fs.Records()...)
+	}
+	return out
+}
+
+// Header returns the value of the named header, and whether it is present.
+func Header(r *kgo.Record, name string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == name {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+// WaitFor polls cond every few milliseconds until it is true, failing the
+// test with what after timeout. It is for conditions observed in the
+// database or the broker, which offer no signal to wait on.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
