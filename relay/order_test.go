@@ -1,0 +1,252 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
+)
+
+// outboxID reads a record's outbox-id header or fails the test.
+func outboxID(t *testing.T, rec *kgo.Record) int64 {
+	t.Helper()
+	v, ok := relaytest.Header(rec, relay.HeaderOutboxID)
+	if !ok {
+		t.Fatalf("record %s/%d@%d has no outbox-id", rec.Topic, rec.Partition, rec.Offset)
+	}
+	id, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatalf("outbox-id %q: %v", v, err)
+	}
+	return id
+}
+
+// checkFirstDeliveryOrder asserts that, for every topic and key, the first
+// occurrence of each row in its partition's log comes in id order. records
+// must be in consumption order, which is offset order within a partition.
+func checkFirstDeliveryOrder(t *testing.T, records []*kgo.Record) (duplicates int) {
+	t.Helper()
+	seen := map[int64]bool{}
+	last := map[string]int64{}
+	for _, rec := range records {
+		id := outboxID(t, rec)
+		if seen[id] {
+			duplicates++
+			continue
+		}
+		seen[id] = true
+		if rec.Key == nil {
+			continue
+		}
+		k := rec.Topic + "\x00" + string(rec.Key)
+		if prev, ok := last[k]; ok && id < prev {
+			t.Errorf("key %q on %s: row %d first delivered after row %d", rec.Key, rec.Topic, id, prev)
+		}
+		last[k] = id
+	}
+	return duplicates
+}
+
+func TestPerKeyOrderWithTwoRelays(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 4, "events")
+	brokers := cluster.ListenAddrs()
+
+	// Small batches make the two relays interleave on every key.
+	runRelay(t, db, brokers, relay.Config{BatchSize: 7, Instance: "a"})
+	runRelay(t, db, brokers, relay.Config{BatchSize: 11, Instance: "b"})
+
+	// Each writer owns its keys: applications that need per-key order
+	// serialise writes per key, so id order is commit order (DESIGN.md).
+	const writers, txs, perTx, keys = 4, 50, 10, 5
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Go(func() {
+			for i := 0; i < txs; i++ {
+				msgs := make([]relaytest.Message, perTx)
+				for j := range msgs {
+					n := (w*txs+i)*perTx + j
+					msgs[j] = relaytest.Message{Topic: "events", Key: []byte(fmt.Sprintf("w%d-k%d", w, n%keys)), Payload: []byte(strconv.Itoa(n))}
+				}
+				db.Insert(t, msgs...)
+			}
+		})
+	}
+	wg.Wait()
+	total := writers * txs * perTx
+	relaytest.WaitFor(t, 60*time.Second, "every row sent", func() bool { return db.Count(t, "sent") == total })
+
+	records := relaytest.Consume(t, brokers, total, 30*time.Second, "events")
+	if dups := checkFirstDeliveryOrder(t, records); dups != 0 {
+		t.Errorf("%d rows produced twice in steady state, want 0", dups)
+	}
+}
+
+func TestOutOfOrderCommitLosesNothing(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+
+	// The earlier id stays uncommitted while a later id commits and is sent.
+	early, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = early.Rollback(ctx) }()
+	earlyID := relaytest.InsertTx(t, early, relaytest.Message{Topic: "t", Key: []byte("a"), Payload: []byte("early")})[0]
+	lateID := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("b"), Payload: []byte("late")})[0]
+	if lateID <= earlyID {
+		t.Fatalf("ids %d, %d: want the uncommitted row to have the smaller id", earlyID, lateID)
+	}
+
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("first batch: %d rows, %v; want the committed row only", n, err)
+	}
+	if err := early.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("second batch: %d rows, %v; want the late-committed row", n, err)
+	}
+	records := relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
+	got := []int64{outboxID(t, records[0]), outboxID(t, records[1])}
+	if got[0] != lateID || got[1] != earlyID {
+		t.Errorf("delivered %v, want [%d %d]", got, lateID, earlyID)
+	}
+}
+
+func TestRowWaitsForEarlierPendingRowOfItsKey(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+
+	ids := db.Insert(t,
+		relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("1")},
+		relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("2")},
+		relaytest.Message{Topic: "t", Key: []byte("other"), Payload: []byte("3")},
+		relaytest.Message{Topic: "u", Key: []byte("k"), Payload: []byte("same key, other topic")},
+	)
+	// Another relay holds the first row of key k in flight.
+	inFlight, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = inFlight.Rollback(ctx) }()
+	if _, err := inFlight.Exec(ctx, `SELECT 1 FROM messages WHERE id = $1 FOR UPDATE`, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	cluster2 := relaytest.NewCluster(t, 1, "t", "u")
+	brokers = cluster2.ListenAddrs()
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2 {
+		t.Fatalf("batch while row %d is in flight: %d rows, %v; want 2 (other key, other topic)", ids[0], n, err)
+	}
+	if st := status(t, db, ids[1]); st != "pending" {
+		t.Fatalf("row %d is %s while the earlier row of its key is in flight, want pending", ids[1], st)
+	}
+	if err := inFlight.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Released: the key's rows now go out one per batch, in order.
+	for i := 0; i < 2; i++ {
+		if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+			t.Fatalf("batch %d after release: %d rows, %v; want 1", i, n, err)
+		}
+	}
+	records := relaytest.Consume(t, brokers, 3, 10*time.Second, "t")
+	var got []int64
+	for _, rec := range records {
+		got = append(got, outboxID(t, rec))
+	}
+	if fmt.Sprint(got) != fmt.Sprint([]int64{ids[2], ids[0], ids[1]}) {
+		t.Errorf("delivered %v, want [%d %d %d]", got, ids[2], ids[0], ids[1])
+	}
+}
+
+func TestHeldRowsDoNotStarveOtherKeys(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+
+	var msgs []relaytest.Message
+	for i := 0; i < 50; i++ {
+		msgs = append(msgs, relaytest.Message{Topic: "t", Key: []byte("hot"), Payload: []byte(strconv.Itoa(i))})
+	}
+	hot := db.Insert(t, msgs...)
+	others := db.Insert(t,
+		relaytest.Message{Topic: "t", Key: []byte("x"), Payload: []byte("x")},
+		relaytest.Message{Topic: "t", Key: []byte("y"), Payload: []byte("y")},
+	)
+	// The head of the hot key waits for a retry an hour from now.
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET next_attempt_at = now() + interval '1 hour', attempts = 1 WHERE id = $1`, hot[0]); err != nil {
+		t.Fatal(err)
+	}
+	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 10}, db.Pool, relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	n, err := r.DeliverBatch(ctx, nil)
+	if err != nil || n != 2 {
+		t.Fatalf("batch: %d rows, %v; want the 2 rows of other keys past 49 held rows", n, err)
+	}
+	for _, id := range others {
+		if st := status(t, db, id); st != "sent" {
+			t.Errorf("row %d of another key is %s, want sent", id, st)
+		}
+	}
+	if got := db.Count(t, "pending"); got != 50 {
+		t.Errorf("%d pending rows, want the 50 rows of the held key", got)
+	}
+}
+
+func TestJavaCompatiblePartitioning(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	const partitions = 12
+	cluster := relaytest.NewCluster(t, partitions, "t")
+	brokers := cluster.ListenAddrs()
+
+	// murmur2 values from Kafka's own UtilsTest (Utils.murmur2).
+	javaHash := map[string]int32{
+		"21":                         -973932308,
+		"foobar":                     -790332482,
+		"a-little-bit-long-string":   -985981536,
+		"a-little-bit-longer-string": -1486304829,
+		"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+		"abc": 479470107,
+	}
+	for k := range javaHash {
+		db.Insert(t, relaytest.Message{Topic: "t", Key: []byte(k), Payload: []byte(k)})
+	}
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if _, err := r.DeliverBatch(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range relaytest.Consume(t, brokers, len(javaHash), 10*time.Second, "t") {
+		want := (javaHash[string(rec.Key)] & 0x7fffffff) % partitions
+		if rec.Partition != want {
+			t.Errorf("key %q landed in partition %d, Java's client picks %d", rec.Key, rec.Partition, want)
+		}
+	}
+}
+
+func status(t *testing.T, db *relaytest.DB, id int64) string {
+	t.Helper()
+	var s string
+	if err := db.Pool.QueryRow(context.Background(), `SELECT status FROM messages WHERE id = $1`, id).Scan(&s); err != nil {
+		t.Fatalf("status of %d: %v", id, err)
+	}
+	return s
+}

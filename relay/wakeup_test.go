@@ -1,0 +1,243 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/retry"
+)
+
+// wakeupTopic is the topic the wake-up tests and benchmarks produce to.
+const wakeupTopic = "wakeup"
+
+// An hour-long poll interval means any row that arrives within seconds was
+// delivered because of a NOTIFY (or the poll that follows a re-LISTEN), never
+// because the fallback poll came round.
+const wakeupNoPolling = time.Hour
+
+// wakeupDeliveryTimeout is "a few seconds": far below wakeupNoPolling, and
+// generous for a loaded CI machine running the suite with -race.
+const wakeupDeliveryTimeout = 5 * time.Second
+
+func TestWakeupDeliversWithoutPolling(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()
+	pool, app := wakeupPool(t, db)
+	startWakeupRelay(t, pool, brokers, relay.Config{
+		Schema:       db.Schema,
+		PollInterval: wakeupNoPolling,
+		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
+	})
+	consumer := newWakeupConsumer(t, brokers)
+
+	waitListening(t, db, app)
+	// Several rounds: the first row could in principle ride on the poll the
+	// listener asks for right after its LISTEN; every later one can only
+	// have been announced by the trigger.
+	for i := 1; i <= 3; i++ {
+		waitIdle(t, db)
+		id := db.Insert(t, relaytest.Message{Topic: wakeupTopic, Key: []byte("k"), Payload: []byte("p")})[0]
+		start := time.Now()
+		waitDelivered(t, consumer, id)
+		t.Logf("row %d delivered %v after commit", id, time.Since(start).Round(time.Millisecond))
+		waitSent(t, db, i)
+	}
+}
+
+func TestWakeupRelistensAfterListenerKilled(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()
+	pool, app := wakeupPool(t, db)
+	startWakeupRelay(t, pool, brokers, relay.Config{
+		Schema:       db.Schema,
+		PollInterval: wakeupNoPolling,
+		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
+	})
+	consumer := newWakeupConsumer(t, brokers)
+
+	old := waitListening(t, db, app)
+	waitIdle(t, db)
+	var killed bool
+	if err := db.Pool.QueryRow(context.Background(), `SELECT pg_terminate_backend($1)`, old).Scan(&killed); err != nil || !killed {
+		t.Fatalf("terminate listener backend %d: %v, %v", old, killed, err)
+	}
+	// A row committed while nobody listens: its NOTIFY is lost (or, if the
+	// listener is already back, received). Either way the relay must find
+	// it without waiting for the poll interval: the listener polls once
+	// after every reconnect.
+	gap := db.Insert(t, relaytest.Message{Topic: wakeupTopic, Key: []byte("gap"), Payload: []byte("p")})[0]
+	relaytest.WaitFor(t, wakeupDeliveryTimeout, "a new LISTEN backend", func() bool {
+		pid := listenerPID(t, db, app)
+		return pid != 0 && pid != old
+	})
+	waitDelivered(t, consumer, gap)
+	waitSent(t, db, 1)
+
+	// And the new LISTEN hears the trigger.
+	waitIdle(t, db)
+	id := db.Insert(t, relaytest.Message{Topic: wakeupTopic, Key: []byte("after"), Payload: []byte("p")})[0]
+	waitDelivered(t, consumer, id)
+}
+
+// wakeupPool returns a pool on db's schema whose connections carry an
+// application_name of their own. The relay's LISTEN connection copies the
+// pool's settings, so a test can find (and kill) exactly its own listener
+// even while other tests listen in the same database.
+func wakeupPool(t testing.TB, db *relaytest.DB) (*pgxpool.Pool, string) {
+	t.Helper()
+	cfg, err := relay.PoolConfig(db.URL, db.Schema)
+	if err != nil {
+		t.Fatalf("pool config: %v", err)
+	}
+	app := "relay-" + db.Schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = app
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool, app
+}
+
+// startWakeupRelay runs a relay until the test ends. It does not use
+// runRelay because benchmarks need it too (testing.TB).
+func startWakeupRelay(t testing.TB, pool *pgxpool.Pool, brokers []string, cfg relay.Config) {
+	t.Helper()
+	r := relay.New(cfg, pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// newWakeupConsumer reads wakeupTopic from the start. Fetches are answered
+// as soon as a record lands (kfake wakes waiting fetches on produce), so the
+// time a record is polled is the time it became readable, give or take a
+// scheduling delay.
+func newWakeupConsumer(t testing.TB, brokers []string) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.ConsumeTopics(wakeupTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(time.Second),
+	)
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// consumeIDs polls cl and calls seen with the outbox-id of every record and
+// the time it was polled, until seen returns false or ctx ends.
+func consumeIDs(ctx context.Context, cl *kgo.Client, seen func(id int64, at time.Time) bool) error {
+	for {
+		fs := cl.PollFetches(ctx)
+		at := time.Now()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var ferr error
+		fs.EachError(func(topic string, p int32, err error) {
+			ferr = errors.Join(ferr, err)
+		})
+		if ferr != nil {
+			return ferr
+		}
+		more := true
+		fs.EachRecord(func(rec *kgo.Record) {
+			v, _ := relaytest.Header(rec, relay.HeaderOutboxID)
+			id, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				ferr = errors.Join(ferr, errors.New("record without a decimal outbox-id: "+v))
+				return
+			}
+			if more {
+				more = seen(id, at)
+			}
+		})
+		if ferr != nil {
+			return ferr
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+// waitDelivered consumes until the record of row id arrives.
+func waitDelivered(t testing.TB, cl *kgo.Client, id int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wakeupDeliveryTimeout)
+	defer cancel()
+	err := consumeIDs(ctx, cl, func(got int64, _ time.Time) bool { return got != id })
+	if err != nil {
+		t.Fatalf("row %d not delivered within %v (poll interval %v, so only a wake-up could deliver it): %v",
+			id, wakeupDeliveryTimeout, wakeupNoPolling, err)
+	}
+}
+
+// waitIdle waits until a relay has registered itself for wake-ups.
+func waitIdle(t testing.TB, db *relaytest.DB) {
+	t.Helper()
+	relaytest.WaitFor(t, 10*time.Second, "the relay to register in idle_relays", func() bool {
+		var n int
+		if err := db.Pool.QueryRow(context.Background(),
+			`SELECT count(*) FROM idle_relays WHERE idle_until > now()`).Scan(&n); err != nil {
+			t.Fatalf("count idle relays: %v", err)
+		}
+		return n == 1
+	})
+}
+
+// waitSent waits until n rows are marked sent: the batch transaction, which
+// also ends the relay's idle registration, has committed.
+func waitSent(t testing.TB, db *relaytest.DB, n int) {
+	t.Helper()
+	relaytest.WaitFor(t, 10*time.Second, strconv.Itoa(n)+" rows marked sent", func() bool {
+		return db.Count(t, "sent") == n
+	})
+}
+
+// waitListening waits until the relay's LISTEN connection (found by its
+// application_name) is in place and returns its backend pid.
+func waitListening(t testing.TB, db *relaytest.DB, app string) int32 {
+	t.Helper()
+	var pid int32
+	relaytest.WaitFor(t, 10*time.Second, "the relay's LISTEN backend", func() bool {
+		pid = listenerPID(t, db, app)
+		return pid != 0
+	})
+	return pid
+}
+
+// listenerPID returns the pid of the backend of app whose last statement was
+// a LISTEN, or 0.
+func listenerPID(t testing.TB, db *relaytest.DB, app string) int32 {
+	t.Helper()
+	var pid int32
+	err := db.Pool.QueryRow(context.Background(), `
+		SELECT COALESCE(max(pid), 0) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = $1
+		  AND query LIKE 'LISTEN %' AND state = 'idle'`, app).Scan(&pid)
+	if err != nil {
+		t.Fatalf("find listener: %v", err)
+	}
+	return pid
+}
