@@ -76,6 +76,9 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) deliverLoop(ctx context.Context) {
 	defer r.declareBusy(context.WithoutCancel(ctx))
 	failures := 0
+	// rechecked is true once the relay, having found nothing, registered
+	// for notifications and looked once more; the next empty claim sleeps.
+	rechecked := false
 	for ctx.Err() == nil {
 		n, err := r.deliverOnce(ctx)
 		switch {
@@ -91,18 +94,22 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 			continue
 		case n > 0:
 			failures = 0
+			rechecked = false
 			continue // there may be more
 		}
 		failures = 0
-		if !r.cfg.DisableWakeup && !r.idle {
-			// Register for notifications, then look once more: a row
-			// committed while we were registering did not notify us.
+		if !r.cfg.DisableWakeup && !rechecked {
+			// Register (or renew the registration) for notifications,
+			// then look once more: a row committed while we were
+			// registering did not notify us.
 			if err := r.declareIdle(ctx); err != nil {
 				r.logger.Warn("declare_idle_failed", "error", err)
 			} else {
+				rechecked = true
 				continue
 			}
 		}
+		rechecked = false
 		if !r.sleep(ctx, r.cfg.PollInterval) {
 			return
 		}
