@@ -13,6 +13,7 @@ CREATE TABLE messages (
     status          text        NOT NULL DEFAULT 'pending',
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    first_error     text,
     last_error      text,
     sent_at         timestamptz,
     kafka_partition integer,
@@ -39,6 +40,8 @@ CREATE INDEX messages_pending_key_idx ON messages (topic, key, id)
 -- Retention deletes sent rows by age.
 CREATE INDEX messages_sent_at_idx ON messages (sent_at) WHERE status = 'sent';
 
+-- Rows that can never be delivered as they are, or that failed
+-- max_attempts times. Operators requeue them (same id) or discard them.
 CREATE TABLE stuck_messages (
     id           bigint      PRIMARY KEY,          -- the original outbox id
     topic        text        NOT NULL,
@@ -48,12 +51,40 @@ CREATE TABLE stuck_messages (
     created_at   timestamptz NOT NULL,
     attempts     integer     NOT NULL,
     first_error  text,
-    last_error   text,
-    error_kind   text,
+    last_error   text        NOT NULL,
+    error_kind   text        NOT NULL,             -- row_fatal | row_retriable
     escalated_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX stuck_messages_topic_key_idx ON stuck_messages (topic, key);
+-- A stuck row holds back the later rows of its key (strict order); the
+-- claim asks for it by topic and key.
+CREATE INDEX stuck_messages_topic_key_idx ON stuck_messages (topic, key, id);
+
+-- Audit trail of discarded stuck rows: who gave up on which message, when.
+CREATE TABLE discarded_messages (
+    id           bigint      PRIMARY KEY,
+    topic        text        NOT NULL,
+    key          bytea,
+    payload      bytea,
+    headers      jsonb       NOT NULL,
+    created_at   timestamptz NOT NULL,
+    attempts     integer     NOT NULL,
+    last_error   text        NOT NULL,
+    escalated_at timestamptz NOT NULL,
+    discarded_at timestamptz NOT NULL DEFAULT now(),
+    discarded_by text        NOT NULL,             -- database role and, if given, the operator's name
+    reason       text
+);
+
+-- Pending rows that wait behind a stuck row of their key, and which one.
+CREATE VIEW blocked_messages AS
+SELECT m.id, m.topic, m.key, m.created_at, s.id AS blocked_by_stuck_id
+FROM messages m
+JOIN LATERAL (
+    SELECT s.id FROM stuck_messages s
+    WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id
+    ORDER BY s.id LIMIT 1) s ON true
+WHERE m.status = 'pending' AND m.key IS NOT NULL;
 
 -- Wake-up. A relay that has nothing to do registers itself here; while any
 -- registration is live, inserts into messages send one NOTIFY per statement.
@@ -85,5 +116,7 @@ CREATE TRIGGER messages_wakeup AFTER INSERT ON messages
 DROP TRIGGER messages_wakeup ON messages;
 DROP FUNCTION notify_idle_relays();
 DROP TABLE idle_relays;
+DROP VIEW blocked_messages;
+DROP TABLE discarded_messages;
 DROP TABLE stuck_messages;
 DROP TABLE messages;

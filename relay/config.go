@@ -3,6 +3,7 @@ package relay
 import (
 	"time"
 
+	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/retry"
 )
 
@@ -26,6 +27,18 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Instance names this relay in idle_relays and logs. Default: random.
 	Instance string
+	// MaxAttempts is how many times a row may fail with a retriable error
+	// before it is escalated to stuck_messages. Default 10.
+	MaxAttempts int
+	// StuckRowsReleaseKey lets the later rows of a key proceed while an
+	// earlier row of the key is stuck. Default false: strict order, the
+	// stuck row holds them back until an operator requeues or discards it.
+	StuckRowsReleaseKey bool
+	// OutageAlertAfter is how long Kafka must be unreachable before the
+	// relay raises an outage alert. Default 1 minute.
+	OutageAlertAfter time.Duration
+	// Alerter receives escalation and outage alerts. Default: log them.
+	Alerter alert.Alerter
 }
 
 func (c Config) withDefaults() Config {
@@ -37,6 +50,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 500 * time.Millisecond
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.OutageAlertAfter <= 0 {
+		c.OutageAlertAfter = time.Minute
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second

@@ -9,12 +9,37 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 	"github.com/outboxrelay/relay/retry"
 )
+
+type stuckState struct {
+	kind       string
+	attempts   int
+	firstError string
+	lastError  string
+}
+
+// stuckRow reads a row from stuck_messages or fails the test.
+func stuckRow(t *testing.T, db *relaytest.DB, id int64) stuckState {
+	t.Helper()
+	var s stuckState
+	var first *string
+	err := db.Pool.QueryRow(context.Background(),
+		`SELECT error_kind, attempts, first_error, last_error FROM stuck_messages WHERE id = $1`, id).
+		Scan(&s.kind, &s.attempts, &first, &s.lastError)
+	if err != nil {
+		t.Fatalf("stuck row %d: %v", id, err)
+	}
+	if first != nil {
+		s.firstError = *first
+	}
+	return s
+}
 
 type deliveryState struct {
 	status    string
@@ -39,29 +64,33 @@ func state(t *testing.T, db *relaytest.DB, id int64) deliveryState {
 	return s
 }
 
-func TestFailedProduceLeavesRowPendingAndHoldsItsKey(t *testing.T) {
+func TestRetriableFailureLeavesRowPendingAndHoldsItsKey(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 2, "good", "bad")
 	brokers := cluster.ListenAddrs()
 	ctx := context.Background()
 
-	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "bad", Err: kerr.InvalidRecord, Count: -1})
+	// NOT_ENOUGH_REPLICAS is retriable: the client retries it until the
+	// delivery timeout, then reports the row failed. The row of "good" in
+	// the same batch goes through, so this is a row failure, not an outage.
+	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "bad", Err: kerr.NotEnoughReplicas, Count: -1})
 	ids := db.Insert(t,
 		relaytest.Message{Topic: "bad", Key: []byte("k"), Payload: []byte("1")},
 		relaytest.Message{Topic: "bad", Key: []byte("k"), Payload: []byte("2")},
 		relaytest.Message{Topic: "good", Key: []byte("k"), Payload: []byte("3")},
 	)
 	policy := retry.Policy{Base: time.Minute, Max: time.Minute, Int64N: func(n int64) int64 { return n - 1 }}
-	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second))
+	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy}, db.Pool, producer, testLogger(t))
 
 	now := time.Now().Truncate(time.Microsecond)
 	if n, err := r.DeliverBatch(ctx, &now); err != nil || n != 2 {
 		t.Fatalf("first batch: %d rows, %v; want 2 (the head of bad/k and good/k)", n, err)
 	}
 	failed := state(t, db, ids[0])
-	if failed.status != "pending" || failed.attempts != 1 || !strings.Contains(failed.lastError, "INVALID_RECORD") {
-		t.Fatalf("failed row: %+v; want pending, 1 attempt, INVALID_RECORD recorded", failed)
+	if failed.status != "pending" || failed.attempts != 1 || failed.lastError == "" {
+		t.Fatalf("failed row: %+v; want pending, 1 attempt, its error recorded", failed)
 	}
 	if want := now.Add(time.Minute); !failed.nextAt.Equal(want) {
 		t.Errorf("next attempt at %v, want %v (now + backoff)", failed.nextAt, want)
@@ -92,7 +121,7 @@ func TestFailedProduceLeavesRowPendingAndHoldsItsKey(t *testing.T) {
 	}
 }
 
-func TestMalformedHeadersFailOnlyTheirRow(t *testing.T) {
+func TestMalformedHeadersAreEscalatedAlone(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "t")
@@ -109,8 +138,9 @@ func TestMalformedHeadersFailOnlyTheirRow(t *testing.T) {
 	if _, err := r.DeliverBatch(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if st := state(t, db, bad); st.status != "pending" || st.attempts != 1 || !strings.Contains(st.lastError, `header "n" must be a JSON string`) {
-		t.Errorf("row with a numeric header: %+v; want pending, 1 attempt, a reason naming the header", st)
+	stuck := stuckRow(t, db, bad)
+	if stuck.kind != "row_fatal" || stuck.attempts != 1 || !strings.Contains(stuck.lastError, `header "n" must be a JSON string, got a number`) {
+		t.Errorf("row with a numeric header: %+v; want escalated at once as row_fatal with a reason naming the header", stuck)
 	}
 	if st := state(t, db, good); st.status != "sent" {
 		t.Errorf("good row: %s, want sent", st.status)

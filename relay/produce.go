@@ -17,25 +17,26 @@ type outcome struct {
 	sentPartitions []int32
 	sentOffsets    []int64
 	failed         []failure
+	aborted        bool // the batch ended before Kafka answered every row
 }
 
 type failure struct {
-	id      int64
-	topic   string
-	attempt int // the attempt that failed, counting from 1
-	err     error
+	row  row
+	err  error
+	kind retry.Kind
 }
 
 // produce hands every row of the batch to the client and waits for all of
 // Kafka's answers. Rows of one key never share a batch (see claimQuery), so a
 // failure cannot let a later row of the same key overtake an earlier one.
 //
-// The client retries retriable errors on its own and, being idempotent, waits
-// through broker outages rather than failing records it has already sent;
-// the rows wait with it, holding their locks, and spend no attempts. If ctx
-// ends first (shutdown timeout), every row not yet answered counts as failed
-// with errAborted and the caller rolls the batch back.
-func (r *Relay) produce(ctx context.Context, rows []row) outcome {
+// The client retries retriable errors on its own until the delivery timeout
+// and, being idempotent, never fails a record it has sent but not heard back
+// about: during an outage the batch may wait, holding its row locks. If ctx
+// ends first (shutdown timeout) the outcome is marked aborted and the caller
+// rolls the batch back. While Kafka has answered nothing, stalled is called
+// every stallAfter.
+func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duration, stalled func(since time.Time)) outcome {
 	type answer struct {
 		i   int
 		rec *kgo.Record
@@ -47,7 +48,7 @@ func (r *Relay) produce(ctx context.Context, rows []row) outcome {
 	for i, x := range rows {
 		rec, err := x.record()
 		if err != nil {
-			out.failed = append(out.failed, failure{x.ID, x.Topic, x.Attempts + 1, err})
+			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
 			continue
 		}
 		pending++
@@ -55,17 +56,28 @@ func (r *Relay) produce(ctx context.Context, rows []row) outcome {
 			answers <- answer{i, rec, err}
 		})
 	}
-	for ; pending > 0; pending-- {
+	start := time.Now()
+	stall := time.NewTicker(stallAfter)
+	defer stall.Stop()
+	answered := false
+	for pending > 0 {
 		var a answer
 		select {
 		case a = <-answers:
+			pending--
+			answered = true
+		case <-stall.C:
+			if !answered {
+				stalled(start)
+			}
+			continue
 		case <-ctx.Done():
-			out.failed = append(out.failed, failure{err: errAborted})
+			out.aborted = true
 			return out
 		}
 		x := rows[a.i]
 		if a.err != nil {
-			out.failed = append(out.failed, failure{x.ID, x.Topic, x.Attempts + 1, a.err})
+			out.failed = append(out.failed, failure{x, a.err, retry.Classify(a.err)})
 			continue
 		}
 		out.sentIDs = append(out.sentIDs, x.ID)
@@ -75,39 +87,80 @@ func (r *Relay) produce(ctx context.Context, rows []row) outcome {
 	return out
 }
 
-// aborted reports whether the batch ended before Kafka answered every row.
-func (o outcome) aborted() bool {
+// outage reports whether the batch failed as a whole for reasons that are not
+// the rows' own: nothing went through and no failure was the row's fault.
+// Then no row spends an attempt.
+func (o outcome) outage() bool {
+	if len(o.sentIDs) > 0 {
+		return false
+	}
+	transient := false
 	for _, f := range o.failed {
-		if f.err == errAborted {
-			return true
+		if f.kind != retry.RowFatal {
+			transient = true
 		}
 	}
-	return false
+	return transient
+}
+
+// verdicts splits the failures into rows to escalate now and rows to retry.
+// During an outage only row-fatal failures count; otherwise outage-kind
+// failures (a connection dropped) still spend no attempt.
+func (o outcome) verdicts(maxAttempts int) (escalate, retryLater []failure) {
+	outage := o.outage()
+	for _, f := range o.failed {
+		switch {
+		case f.kind == retry.RowFatal:
+			escalate = append(escalate, f)
+		case outage || f.kind == retry.Outage:
+			// not the row's fault: it stays as it was
+		case f.row.Attempts+1 >= maxAttempts:
+			escalate = append(escalate, f)
+		default:
+			retryLater = append(retryLater, f)
+		}
+	}
+	return escalate, retryLater
 }
 
 // record writes the outcome into the claim transaction: sent rows get their
-// position, failed rows their error and next attempt time.
-func (o outcome) record(ctx context.Context, tx pgx.Tx, policy retry.Policy, now *time.Time) error {
-	if o.aborted() {
-		return errAborted
+// position, retriable failures their error and next attempt time, and rows
+// past saving move to stuck_messages.
+func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Time) (escalated []failure, err error) {
+	if o.aborted {
+		return nil, errAborted
 	}
 	if len(o.sentIDs) > 0 {
 		if _, err := tx.Exec(ctx, markSentQuery, o.sentIDs, o.sentPartitions, o.sentOffsets, now); err != nil {
-			return fmt.Errorf("mark sent: %w", err)
+			return nil, fmt.Errorf("mark sent: %w", err)
 		}
 	}
-	if len(o.failed) > 0 {
-		ids := make([]int64, len(o.failed))
-		errs := make([]string, len(o.failed))
-		delays := make([]int64, len(o.failed))
-		for i, f := range o.failed {
-			ids[i] = f.id
+	escalate, retryLater := o.verdicts(cfg.MaxAttempts)
+	if len(retryLater) > 0 {
+		ids := make([]int64, len(retryLater))
+		errs := make([]string, len(retryLater))
+		delays := make([]int64, len(retryLater))
+		for i, f := range retryLater {
+			ids[i] = f.row.ID
 			errs[i] = f.err.Error()
-			delays[i] = policy.Next(f.attempt).Microseconds()
+			delays[i] = cfg.Retry.Next(f.row.Attempts + 1).Microseconds()
 		}
 		if _, err := tx.Exec(ctx, markFailedQuery, ids, errs, delays, now); err != nil {
-			return fmt.Errorf("mark failed: %w", err)
+			return nil, fmt.Errorf("mark failed: %w", err)
 		}
 	}
-	return nil
+	if len(escalate) > 0 {
+		ids := make([]int64, len(escalate))
+		errs := make([]string, len(escalate))
+		kinds := make([]string, len(escalate))
+		for i, f := range escalate {
+			ids[i] = f.row.ID
+			errs[i] = f.err.Error()
+			kinds[i] = f.kind.String()
+		}
+		if _, err := tx.Exec(ctx, escalateQuery, ids, errs, kinds, now); err != nil {
+			return nil, fmt.Errorf("escalate: %w", err)
+		}
+	}
+	return escalate, nil
 }

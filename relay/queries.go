@@ -6,9 +6,10 @@ package relay
 // claimQuery locks up to $1 due pending rows in id order, skipping rows other
 // relays hold. A keyed row qualifies only when no earlier row of its topic and
 // key is pending: such a row is in flight elsewhere, waiting for a retry, or
-// in this very batch, and in every case this row must wait for it. Filtering
-// before LIMIT (rather than dropping held rows after claiming) means a long
-// run of held rows can never starve rows of other keys.
+// in this very batch, and in every case this row must wait for it. Unless $3
+// is true, an earlier stuck row of the key holds it back too (strict order).
+// Filtering before LIMIT (rather than dropping held rows after claiming)
+// means a long run of held rows can never starve rows of other keys.
 //
 // $2 is "now", NULL for the database clock; tests pass a fixed time.
 const claimQuery = `
@@ -16,10 +17,14 @@ SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at
 FROM messages m
 WHERE m.status = 'pending'
   AND m.next_attempt_at <= COALESCE($2::timestamptz, now())
-  AND (m.key IS NULL OR NOT EXISTS (
-        SELECT 1 FROM messages e
-        WHERE e.status = 'pending' AND e.key IS NOT NULL
-          AND e.topic = m.topic AND e.key = m.key AND e.id < m.id))
+  AND (m.key IS NULL OR (
+        NOT EXISTS (
+          SELECT 1 FROM messages e
+          WHERE e.status = 'pending' AND e.key IS NOT NULL
+            AND e.topic = m.topic AND e.key = m.key AND e.id < m.id)
+        AND ($3::boolean OR NOT EXISTS (
+          SELECT 1 FROM stuck_messages s
+          WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))))
 ORDER BY m.id
 LIMIT $1
 FOR UPDATE OF m SKIP LOCKED`
@@ -37,10 +42,28 @@ WHERE m.id = u.id`
 const markFailedQuery = `
 UPDATE messages AS m
 SET attempts = m.attempts + 1,
+    first_error = COALESCE(m.first_error, u.last_error),
     last_error = u.last_error,
     next_attempt_at = COALESCE($4::timestamptz, now()) + u.delay_us * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(id, last_error, delay_us)
 WHERE m.id = u.id`
+
+// escalateQuery moves rows to stuck_messages in one statement, so a row is
+// always in exactly one of the two tables. The arrays are parallel; the
+// failed attempt counts.
+const escalateQuery = `
+WITH moved AS (
+    DELETE FROM messages AS m
+    USING unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, last_error, error_kind)
+    WHERE m.id = u.id
+    RETURNING m.id, m.topic, m.key, m.payload, m.headers, m.created_at, m.attempts,
+              m.first_error, u.last_error, u.error_kind
+)
+INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts,
+                            first_error, last_error, error_kind, escalated_at)
+SELECT id, topic, key, payload, headers, created_at, attempts + 1,
+       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now())
+FROM moved`
 
 // declareIdleQuery registers this relay for wake-up notifications for $2
 // milliseconds. The expiry uses the database clock, the one the trigger reads,

@@ -29,6 +29,9 @@ type row struct {
 // record turns a row into a Kafka record. It fails only for rows that can
 // never be produced as they are (headers that are not an object of strings).
 func (r row) record() (*kgo.Record, error) {
+	if err := validTopic(r.Topic); err != nil {
+		return nil, err
+	}
 	headers, err := parseHeaders(r.Headers)
 	if err != nil {
 		return nil, err
@@ -47,6 +50,34 @@ func (r row) record() (*kgo.Record, error) {
 // parseHeaders reads a jsonb object of string → string into record headers,
 // sorted by name so a row always produces the same record. An "outbox-id"
 // entry is dropped: the relay's own header is the one consumers rely on.
+// badRowError is a row that can never be produced as it is. It implements
+// retry.RowFatalError, so the row is escalated at once with this reason.
+type badRowError struct{ reason string }
+
+func (e badRowError) Error() string  { return e.reason }
+func (e badRowError) RowFatal() bool { return true }
+
+func badRow(format string, args ...any) error {
+	return badRowError{fmt.Sprintf(format, args...)}
+}
+
+// validTopic applies Kafka's own rule for topic names, so a bad name is
+// escalated with a clear reason instead of failing in the client.
+func validTopic(topic string) error {
+	switch {
+	case topic == "" || topic == "." || topic == "..":
+		return badRow("invalid topic %q: a topic name cannot be empty, \".\" or \"..\"", topic)
+	case len(topic) > 249:
+		return badRow("invalid topic %.40q…: %d characters, Kafka allows at most 249", topic, len(topic))
+	}
+	for _, c := range topic {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return badRow("invalid topic %q: Kafka allows only ASCII letters, digits, '.', '_' and '-'", topic)
+		}
+	}
+	return nil
+}
+
 func parseHeaders(raw []byte) ([]kgo.RecordHeader, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "{}" {
@@ -54,7 +85,7 @@ func parseHeaders(raw []byte) ([]kgo.RecordHeader, error) {
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return nil, fmt.Errorf("headers must be a JSON object of strings: %w", err)
+		return nil, badRow("headers must be a JSON object of strings: %v", err)
 	}
 	names := make([]string, 0, len(fields))
 	for name := range fields {
@@ -67,16 +98,30 @@ func parseHeaders(raw []byte) ([]kgo.RecordHeader, error) {
 	for _, name := range names {
 		var value string
 		if err := json.Unmarshal(fields[name], &value); err != nil {
-			return nil, fmt.Errorf("header %q must be a JSON string, got %s", name, truncate(fields[name], 40))
+			return nil, badRow("header %q must be a JSON string, got %s", name, jsonKind(fields[name]))
 		}
 		out = append(out, kgo.RecordHeader{Key: name, Value: []byte(value)})
 	}
 	return out, nil
 }
 
-func truncate(b []byte, n int) string {
-	if len(b) <= n {
-		return string(b)
+// jsonKind names the type of a JSON value, for error messages that must not
+// quote header contents.
+func jsonKind(v json.RawMessage) string {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return "nothing"
 	}
-	return string(b[:n]) + "…"
+	switch v[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/outboxrelay/relay/alert"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
@@ -28,6 +31,9 @@ type Relay struct {
 	// idle is true while this relay is registered in idle_relays. Only the
 	// delivery loop touches it.
 	idle bool
+
+	alerter alert.Alerter
+	health  kafkaHealth
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -45,11 +51,12 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Relay{
-		cfg:    cfg,
-		pool:   pool,
-		kafka:  client,
-		logger: logger.With("instance", cfg.Instance),
-		wake:   make(chan struct{}, 1),
+		cfg:     cfg,
+		pool:    pool,
+		kafka:   client,
+		logger:  logger.With("instance", cfg.Instance),
+		wake:    make(chan struct{}, 1),
+		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 	}
 }
 
@@ -87,7 +94,11 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 		case err != nil:
 			failures++
 			wait := r.cfg.Retry.Next(failures)
-			r.logger.Error("delivery_failed", "error", err, "retry_in", wait)
+			if errors.Is(err, errOutage) {
+				r.logger.Warn("kafka_unavailable", "error", err, "retry_in", wait)
+			} else {
+				r.logger.Error("delivery_failed", "error", err, "retry_in", wait)
+			}
 			if !r.sleep(ctx, wait) {
 				return
 			}
@@ -169,6 +180,10 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	return r.deliverBatch(ctx, nil)
 }
 
+// errOutage reports a batch that Kafka did not take at all, for reasons that
+// are not the rows' own. The loop backs off; no row spent an attempt.
+var errOutage = errors.New("kafka unavailable")
+
 // deliverBatch is deliverOnce with an optional fixed "now" for tests.
 func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 	// The batch must be able to finish after ctx ends (graceful shutdown),
@@ -189,7 +204,7 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 			return 0, fmt.Errorf("declare busy: %w", err)
 		}
 	}
-	rows, err := claim(work, tx, r.cfg.BatchSize, now)
+	rows, err := claim(work, tx, r.cfg.BatchSize, r.cfg.StuckRowsReleaseKey, now)
 	if err != nil {
 		return 0, err
 	}
@@ -198,8 +213,9 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 		return 0, nil
 	}
 
-	outcome := r.produce(work, rows)
-	if err := outcome.record(work, tx, r.cfg.Retry, now); err != nil {
+	out := r.produce(work, rows, r.stallAfter(), r.kafkaStalled)
+	escalated, err := out.record(work, tx, r.cfg, now)
+	if err != nil {
 		return len(rows), err
 	}
 	if err := tx.Commit(work); err != nil {
@@ -207,10 +223,63 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 		return len(rows), fmt.Errorf("commit batch: %w", err)
 	}
 	r.idle = false
-	for _, f := range outcome.failed {
-		r.logger.Warn("produce_failed", "outbox_id", f.id, "topic", f.topic, "attempt", f.attempt, "error", f.err)
+	r.report(ctx, out, escalated)
+	if out.outage() {
+		reason := out.failed[0].err
+		r.health.down(time.Now(), reason)
+		r.maybeAlertOutage(ctx)
+		return len(rows), fmt.Errorf("%w: %v", errOutage, reason)
 	}
 	return len(rows), nil
+}
+
+// report logs failures and raises one escalation alert per topic.
+func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
+	if len(out.sentIDs) > 0 {
+		if d := r.health.up(); d > 0 {
+			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond))
+		}
+	}
+	if out.outage() {
+		return // one log line for the batch, from the loop
+	}
+	type topicAlert struct {
+		count  int
+		reason string
+	}
+	byTopic := map[string]*topicAlert{}
+	var topics []string
+	for _, f := range escalated {
+		r.logger.Error("row_escalated", "outbox_id", f.row.ID, "topic", f.row.Topic,
+			"attempt", f.row.Attempts+1, "error_kind", f.kind.String(), "error", f.err)
+		a := byTopic[f.row.Topic]
+		if a == nil {
+			a = &topicAlert{reason: f.err.Error()}
+			byTopic[f.row.Topic] = a
+			topics = append(topics, f.row.Topic)
+		}
+		a.count++
+	}
+	for _, topic := range topics {
+		a := byTopic[topic]
+		r.alerter.Raise(ctx, alert.Alert{
+			Kind:    alert.KindEscalated,
+			Topic:   topic,
+			Count:   a.count,
+			Message: fmt.Sprintf("%d rows of topic %s moved to stuck_messages; first reason: %s", a.count, topic, a.reason),
+			At:      time.Now(),
+		})
+	}
+	escalatedIDs := map[int64]bool{}
+	for _, f := range escalated {
+		escalatedIDs[f.row.ID] = true
+	}
+	for _, f := range out.failed {
+		if !escalatedIDs[f.row.ID] {
+			r.logger.Warn("produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,
+				"attempt", f.row.Attempts+1, "error_kind", f.kind.String(), "error", f.err)
+		}
+	}
 }
 
 // batchContext returns a context for one batch: it ignores the cancellation
@@ -224,8 +293,8 @@ func (r *Relay) batchContext(ctx context.Context) (context.Context, context.Canc
 	return work, func() { stop(); cancel() }
 }
 
-func claim(ctx context.Context, tx pgx.Tx, limit int, now *time.Time) ([]row, error) {
-	rs, err := tx.Query(ctx, claimQuery, limit, now)
+func claim(ctx context.Context, tx pgx.Tx, limit int, stuckReleasesKey bool, now *time.Time) ([]row, error) {
+	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey)
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
 	}

@@ -155,7 +155,7 @@ func NewProducer(t testing.TB, brokers []string, extra ...kgo.Opt) *kgo.Client {
 	t.Helper()
 	cl, err := relay.NewKafkaClient(brokers, extra...)
 	if err != nil {
-		t.Fatalf("kafka client: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
 	return cl
