@@ -74,3 +74,54 @@ ON CONFLICT (instance) DO UPDATE SET idle_until = EXCLUDED.idle_until`
 
 // declareBusyQuery stops notifications for this relay.
 const declareBusyQuery = `DELETE FROM idle_relays WHERE instance = $1`
+
+// listStuckQuery and getStuckQuery read stuck rows; the last column counts the pending
+// rows of the same topic and key behind the stuck row.
+const listStuckQuery = `
+SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
+       s.first_error, s.last_error, s.error_kind, s.escalated_at,
+       (SELECT count(*) FROM messages m
+        WHERE m.status = 'pending' AND m.key IS NOT NULL
+          AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
+FROM stuck_messages s
+WHERE ($1::text IS NULL OR s.topic = $1)
+  AND ($2::bytea IS NULL OR s.key = $2)
+  AND ($3::timestamptz IS NULL OR s.escalated_at >= $3)
+ORDER BY s.id
+LIMIT $4`
+
+const getStuckQuery = `
+SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
+       s.first_error, s.last_error, s.error_kind, s.escalated_at,
+       (SELECT count(*) FROM messages m
+        WHERE m.status = 'pending' AND m.key IS NOT NULL
+          AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
+FROM stuck_messages s
+WHERE s.id = $1`
+
+// requeueQuery moves stuck rows back to messages, keeping their ids. $1 ids
+// (NULL: any), $2 topic (NULL: any).
+const requeueQuery = `
+WITH moved AS (
+    DELETE FROM stuck_messages
+    WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2)
+    RETURNING id, topic, key, payload, headers, created_at
+)
+INSERT INTO messages (id, topic, key, payload, headers, created_at)
+OVERRIDING SYSTEM VALUE
+SELECT id, topic, key, payload, headers, created_at FROM moved ORDER BY id
+RETURNING id`
+
+// discardQuery deletes stuck rows and keeps an audit copy. $2 operator name
+// (NULL: only the database role), $3 reason.
+const discardQuery = `
+WITH gone AS (
+    DELETE FROM stuck_messages WHERE id = ANY($1)
+    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at
+)
+INSERT INTO discarded_messages (id, topic, key, payload, headers, created_at, attempts,
+                                last_error, escalated_at, discarded_by, reason)
+SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at,
+       current_user || COALESCE(' (' || $2::text || ')', ''), $3::text
+FROM gone ORDER BY id
+RETURNING id`
