@@ -37,7 +37,10 @@ type Config struct {
 	// OutageAlertAfter is how long Kafka must be unreachable before the
 	// relay raises an outage alert. Default 1 minute.
 	OutageAlertAfter time.Duration
-	// Alerter receives escalation and outage alerts. Default: log them.
+	// LagAlertAfter raises a lag alert when the oldest pending row is older
+	// than this. Default 5 minutes.
+	LagAlertAfter time.Duration
+	// Alerter receives escalation, outage and lag alerts. Default: log them.
 	Alerter alert.Alerter
 }
 
@@ -56,6 +59,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OutageAlertAfter <= 0 {
 		c.OutageAlertAfter = time.Minute
+	}
+	if c.LagAlertAfter <= 0 {
+		c.LagAlertAfter = 5 * time.Minute
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second

@@ -75,6 +75,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.deliverLoop(gctx)
 		return nil
 	})
+	g.Go(func() error {
+		r.watchLag(gctx)
+		return nil
+	})
 	return g.Wait()
 }
 

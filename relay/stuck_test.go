@@ -264,3 +264,25 @@ func TestBrokerOutageEscalatesNothingAndLosesNothing(t *testing.T) {
 		t.Errorf("%d escalation alerts, want 0", n)
 	}
 }
+
+func TestLagAlertWhenOldestPendingRowIsTooOld(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+	id := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("p")})[0]
+	// The row waits for a retry far in the future and is already an hour old.
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET created_at = now() - interval '1 hour', next_attempt_at = now() + interval '1 hour' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	alerts := newRecordingAlerter()
+	runRelay(t, db, cluster.ListenAddrs(), relay.Config{LagAlertAfter: 50 * time.Millisecond, Alerter: alerts})
+	select {
+	case a := <-alerts.raised:
+		if a.Kind != alert.KindLag || !strings.Contains(a.Message, "1h0m0s") {
+			t.Errorf("alert %+v; want a delivery_lag alert naming the hour", a)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no lag alert within 20s")
+	}
+}
