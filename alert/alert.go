@@ -1,5 +1,3 @@
-// Package alert tells humans that the relay needs attention. The relay raises
-// alerts through the Alerter interface; sinks decide where they go.
 package alert
 
 import (
@@ -25,15 +23,44 @@ type Alert struct {
 	Kind    Kind
 	Topic   string // empty when the alert is not about one topic
 	Message string // one line a human can act on
-	Count   int    // how many rows or events it covers; 0 when not countable
-	At      time.Time
+	// Count is how many rows it covers (rows escalated); 0 when it is one
+	// event rather than a number of rows. Aggregator adds up the Counts of
+	// escalations; for other kinds it counts alerts.
+	Count int
+	At    time.Time // when it happened; sinks fill in their clock when zero
 }
 
 // Alerter receives alerts. Raise must not block the caller for long: the
-// delivery loop calls it.
+// delivery loop calls it, and a receiver that hangs must not stop delivery.
+// Raise reports no error: an alert that cannot be delivered is the sink's to
+// log and count, the caller could do nothing better with it.
 type Alerter interface {
 	Raise(ctx context.Context, a Alert)
 }
+
+// Fanout sends every alert to each of its sinks in order, on the caller's
+// goroutine. Each sink must return promptly on its own.
+type Fanout []Alerter
+
+var _ Alerter = Fanout(nil)
+
+// Raise hands the alert to every sink.
+func (f Fanout) Raise(ctx context.Context, a Alert) {
+	for _, s := range f {
+		s.Raise(ctx, a)
+	}
+}
+
+// Func adapts a function to an Alerter, in the manner of http.HandlerFunc.
+// It exists so that cmd/relay can count alerts by kind into Prometheus
+// without this package importing a metrics library. The function runs on the
+// caller's goroutine and must not block.
+type Func func(ctx context.Context, a Alert)
+
+var _ Alerter = Func(nil)
+
+// Raise calls f.
+func (f Func) Raise(ctx context.Context, a Alert) { f(ctx, a) }
 
 // Log writes every alert to a structured logger at error level.
 type Log struct {
