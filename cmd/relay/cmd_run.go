@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outboxrelay/relay/relay"
+)
+
+func runCommand() *command {
+	return &command{
+		name:    "run",
+		summary: "deliver outbox rows to Kafka until stopped (the default command)",
+		about: `Runs the relay: claims committed rows of the outbox table, produces them to
+Kafka with acks=all and marks them sent. Pending migrations are applied first
+unless RELAY_MIGRATE_ON_START=false. Unless RELAY_HTTP_ADDR is off, an HTTP
+server answers /livez (the process is alive) and /readyz (Postgres and Kafka
+are reachable).
+
+SIGINT or SIGTERM stops it gracefully: it stops claiming, finishes or releases
+the batch in flight within RELAY_SHUTDOWN_TIMEOUT and exits 0. A second signal
+exits at once with status 1; the rows of the batch in flight stay pending and
+are produced again later (a duplicate, never a loss).
+
+Configuration is read from RELAY_* environment variables: see
+'relay help config'.`,
+		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
+			return noArgs("run", func(ctx context.Context) error {
+				cfg, err := loadConfig(env.getenv)
+				if err != nil {
+					return err
+				}
+				d := &daemon{cfg: cfg, logger: cfg.newLogger(env.stderr), brokers: cfg.KafkaBrokers, mode: "run"}
+				return d.run(ctx)
+			})
+		},
+	}
+}
+
+// daemon is the relay process of "relay run" and "relay dev": migrations,
+// pool, Kafka client, HTTP server and the relay itself, stopped in order.
+type daemon struct {
+	cfg     Config
+	logger  *slog.Logger
+	brokers []string
+	// kafkaOpts are extra client options (dev mode lets produce create
+	// topics).
+	kafkaOpts []kgo.Opt
+	mode      string
+	// started, if set, is called once the HTTP server listens and before
+	// the relay starts, with the server's address ("" when it is off).
+	started func(httpAddr string)
+}
+
+// httpShutdownTimeout bounds how long in-flight health checks may delay the
+// exit.
+const httpShutdownTimeout = 5 * time.Second
+
+// run blocks until ctx ends (or something fails), then shuts down. Shutdown
+// after ctx ends is not an error.
+func (d *daemon) run(ctx context.Context) error {
+	cfg, log := d.cfg, d.logger
+	log.Info("relay_starting",
+		"mode", d.mode,
+		"version", versionString(),
+		"database", redactedDatabase(cfg.DatabaseURL),
+		"schema", cfg.Schema,
+		"kafka_brokers", d.brokers,
+		"http_addr", cfg.HTTPAddr,
+		"batch_size", cfg.BatchSize,
+		"poll_interval", cfg.PollInterval.String(),
+		"wakeup", cfg.Wakeup,
+		"shutdown_timeout", cfg.ShutdownTimeout.String(),
+		"migrate_on_start", cfg.MigrateOnStart,
+	)
+	stopLog := context.AfterFunc(ctx, func() {
+		log.Info("relay_stopping", "shutdown_timeout", cfg.ShutdownTimeout.String())
+	})
+	defer stopLog()
+
+	err := d.serve(ctx)
+	if err != nil && ctx.Err() != nil {
+		// Asked to stop while starting up (a migration or a connection
+		// attempt was cut short): that is a shutdown, not a failure.
+		log.Info("relay_stopped", "interrupted", err.Error())
+		return nil
+	}
+	if err != nil {
+		return err // main reports it
+	}
+	log.Info("relay_stopped")
+	return nil
+}
+
+func (d *daemon) serve(ctx context.Context) error {
+	cfg, log := d.cfg, d.logger
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return err
+	}
+	if cfg.MigrateOnStart {
+		if err := migrateUp(ctx, poolCfg, cfg.Schema, log); err != nil {
+			return err
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("database pool: %w", err)
+	}
+	defer pool.Close()
+
+	opts := []kgo.Opt{
+		kgo.ClientID(cfg.ClientID),
+		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+	}
+	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	var srv *http.Server
+	var ln net.Listener
+	httpAddr := ""
+	if cfg.HTTPAddr != "off" {
+		// Listen before anything runs, so a taken port fails the start
+		// rather than leaving a relay without health checks.
+		ln, err = net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("http server: %w", err)
+		}
+		httpAddr = ln.Addr().String()
+		srv = &http.Server{
+			Handler:           healthHandler(pool, client),
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		log.Info("http_listening", "addr", httpAddr)
+	}
+	if d.started != nil {
+		d.started(httpAddr)
+	}
+
+	r := relay.New(cfg.relayConfig(), pool, client, log)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		// The health endpoints stay up until the batch in flight is
+		// done, so an orchestrator sees a live process while it drains.
+		if srv != nil {
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
+				defer cancel()
+				_ = srv.Shutdown(sctx)
+			}()
+		}
+		return r.Run(gctx)
+	})
+	if srv != nil {
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("http server: %w", err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// migrateUp applies pending migrations to schema.
+func migrateUp(ctx context.Context, poolCfg *pgxpool.Config, schema string, log *slog.Logger) error {
+	m, err := relay.NewMigrator(ctx, poolCfg, schema)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	n, err := m.Up(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("migrations_applied", "schema", schema, "count", n)
+	return nil
+}

@@ -1,0 +1,391 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/retry"
+)
+
+// envPrefix starts the name of every environment variable the relay reads.
+const envPrefix = "RELAY_"
+
+// defaultDatabaseURL is the local development Postgres.
+const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// Config is the relay's configuration, read from RELAY_* environment
+// variables. Each field's env tag names its variable (after the prefix),
+// envDefault is its default and desc is the one-line description of the
+// README table ("relay help config" prints that table). An unset or empty
+// variable takes the default.
+type Config struct {
+	// DatabaseURL is the Postgres connection string, as a URL or as
+	// key=value pairs. Default: the local development server,
+	// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable.
+	DatabaseURL string `env:"DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable" desc:"Postgres connection string (URL or key=value pairs). Never logged with its password."`
+	// DatabaseURLFile is the path of a file holding the connection
+	// string (a mounted secret); a trailing newline is ignored. When set,
+	// it wins over DatabaseURL. Default: unset.
+	DatabaseURLFile string `env:"DATABASE_URL_FILE" desc:"Path of a file holding the connection string (e.g. a mounted secret); trailing newline ignored. Wins over RELAY_DATABASE_URL."`
+	// KafkaBrokers are the seed brokers, host:port each. Default
+	// localhost:9092.
+	KafkaBrokers []string `env:"KAFKA_BROKERS" envDefault:"localhost:9092" desc:"Comma-separated Kafka seed brokers, host:port each."`
+	// Schema is the Postgres schema holding the outbox tables. Default
+	// outbox.
+	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
+	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
+	// disables the HTTP server.
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz); off disables it."`
+	// MaxAttempts is how many failed produce attempts a row may have
+	// before it is escalated to stuck_messages. Default 10, at least 1.
+	// It is validated but not used yet: escalation lands with the
+	// failure-handling issue.
+	MaxAttempts int `env:"MAX_ATTEMPTS" envDefault:"10" desc:"Failed produce attempts before a row is escalated to stuck_messages (at least 1)."`
+	// ShutdownTimeout bounds how long a stopping relay waits for the
+	// batch in flight before rolling it back. Default 30s.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"How long a stopping relay waits for the batch in flight before releasing it."`
+	// BatchSize is how many rows one claim takes. Default 1000, between 1
+	// and 100000.
+	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
+	// PollInterval is the longest an idle relay waits before looking for
+	// rows again. Default 500ms.
+	PollInterval time.Duration `env:"POLL_INTERVAL" envDefault:"500ms" desc:"Longest wait of an idle relay before it polls again (the fallback to the wake-up)."`
+	// Wakeup makes an idle relay ask inserts to NOTIFY it, so new rows go
+	// out within milliseconds. Default true; false means polling only.
+	Wakeup bool `env:"WAKEUP" envDefault:"true" desc:"Wake an idle relay by NOTIFY on insert; false polls only."`
+	// RetryBase is the upper bound of the wait after a row's first failed
+	// attempt; each later failure doubles it. Default 1s.
+	RetryBase time.Duration `env:"RETRY_BASE" envDefault:"1s" desc:"Backoff after a row's first failed attempt (doubles per attempt, full jitter)."`
+	// RetryMax caps the wait between two attempts of a row. Default 5m.
+	RetryMax time.Duration `env:"RETRY_MAX" envDefault:"5m" desc:"Longest backoff between two attempts of a row."`
+	// MigrateOnStart applies pending migrations when run or dev starts;
+	// safe with several instances starting at once. Default true.
+	MigrateOnStart bool `env:"MIGRATE_ON_START" envDefault:"true" desc:"Apply pending migrations at start (safe with several instances)."`
+	// LogFormat is json or text. Default json.
+	LogFormat string `env:"LOG_FORMAT" envDefault:"json" desc:"Log format on stderr: json or text."`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info" desc:"Log level: debug, info, warn or error."`
+	// ClientID is the Kafka client id, as brokers show it in their logs
+	// and quotas. Default outbox-relay.
+	ClientID string `env:"CLIENT_ID" envDefault:"outbox-relay" desc:"Kafka client id."`
+	// Instance names this relay in logs and in the idle_relays table.
+	// Default: random, different at every start.
+	Instance string `env:"INSTANCE" desc:"Name of this relay in logs and idle_relays; empty means a random name per start."`
+}
+
+// configVars lists every RELAY_* variable in declaration order.
+var configVars = describeConfig()
+
+// ConfigVar describes one environment variable of Config.
+type ConfigVar struct {
+	Name        string // with the RELAY_ prefix
+	Default     string // empty when there is none
+	Description string
+	field       string // the Go field name, for mapping env's errors back
+}
+
+// ConfigVars returns every environment variable the relay reads, with its
+// default and description, in the order of the README table.
+func ConfigVars() []ConfigVar { return append([]ConfigVar(nil), configVars...) }
+
+func describeConfig() []ConfigVar {
+	params, err := env.GetFieldParamsWithOptions(&Config{}, env.Options{Prefix: envPrefix})
+	if err != nil {
+		panic(fmt.Sprintf("config struct tags: %v", err))
+	}
+	t := reflect.TypeFor[Config]()
+	var out []ConfigVar
+	i := 0
+	for j := range t.NumField() {
+		f := t.Field(j)
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		p := params[i]
+		i++
+		if p.Key != envPrefix+name {
+			panic(fmt.Sprintf("config field %s: env reports %s, want %s", f.Name, p.Key, envPrefix+name))
+		}
+		out = append(out, ConfigVar{Name: p.Key, Default: p.DefaultValue, Description: f.Tag.Get("desc"), field: f.Name})
+	}
+	return out
+}
+
+// configTable renders ConfigVars as the markdown table of the README.
+func configTable() string {
+	var b strings.Builder
+	b.WriteString("| Variable | Default | Description |\n")
+	b.WriteString("| --- | --- | --- |\n")
+	for _, v := range configVars {
+		def := "(empty)"
+		if v.Default != "" {
+			def = "`" + v.Default + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, strings.ReplaceAll(v.Description, "|", `\|`))
+	}
+	return b.String()
+}
+
+// configError lists every problem with the configuration, one per line, each
+// naming its environment variable.
+type configError struct {
+	problems []string
+}
+
+func (e *configError) Error() string {
+	return "invalid configuration (run 'relay help config' for the variables):\n  " + strings.Join(e.problems, "\n  ")
+}
+
+// loadConfig reads the configuration from getenv and validates it. Its error
+// is a *usageError wrapping a *configError that names every bad variable.
+func loadConfig(getenv func(string) string) (Config, error) {
+	environ := make(map[string]string, len(configVars))
+	for _, v := range configVars {
+		if s := getenv(v.Name); s != "" {
+			environ[v.Name] = s
+		}
+	}
+	var cfg Config
+	problems := map[string]string{} // by variable name
+	err := env.ParseWithOptions(&cfg, env.Options{Prefix: envPrefix, Environment: environ})
+	if err != nil {
+		agg, ok := errors.AsType[env.AggregateError](err)
+		if !ok {
+			return cfg, fmt.Errorf("read configuration: %w", err)
+		}
+		for _, e := range agg.Errors {
+			pe, ok := errors.AsType[env.ParseError](e)
+			if !ok {
+				return cfg, fmt.Errorf("read configuration: %w", e)
+			}
+			v := varOfField(pe.Name)
+			problems[v.Name] = describeParseError(environ[v.Name], pe)
+		}
+	}
+	cfg.resolve(problems)
+	cfg.validate(problems)
+	if len(problems) > 0 {
+		ce := &configError{}
+		for _, v := range configVars { // in declaration order
+			if p, ok := problems[v.Name]; ok {
+				ce.problems = append(ce.problems, v.Name+": "+p)
+			}
+		}
+		return cfg, &usageError{ce}
+	}
+	return cfg, nil
+}
+
+// varOfField maps a Config field name, as env's ParseError carries it, back
+// to its environment variable.
+func varOfField(field string) ConfigVar {
+	for _, v := range configVars {
+		if v.field == field {
+			return v
+		}
+	}
+	panic("config: no variable for field " + field)
+}
+
+// describeParseError says why value does not fit the field's type. The
+// messages are ours rather than strconv's, which name Go functions.
+func describeParseError(value string, pe env.ParseError) string {
+	switch {
+	case pe.Type == reflect.TypeFor[time.Duration]():
+		return fmt.Sprintf("%q is not a duration (examples: 500ms, 30s, 5m)", value)
+	case pe.Type.Kind() == reflect.Bool:
+		return fmt.Sprintf("%q is not a boolean (use true or false)", value)
+	case pe.Type.Kind() == reflect.Int:
+		if errors.Is(pe.Err, strconv.ErrRange) {
+			return fmt.Sprintf("%q is out of range", value)
+		}
+		return fmt.Sprintf("%q is not an integer", value)
+	default:
+		return fmt.Sprintf("%q: %v", value, pe.Err)
+	}
+}
+
+// resolve reads the database URL file, if one is named, and trims spaces
+// around broker addresses.
+func (c *Config) resolve(problems map[string]string) {
+	if c.DatabaseURLFile != "" {
+		b, err := os.ReadFile(c.DatabaseURLFile)
+		switch s := strings.TrimRight(string(b), "\r\n"); {
+		case err != nil:
+			problems["RELAY_DATABASE_URL_FILE"] = fmt.Sprintf("cannot read it: %v", err)
+		case s == "":
+			problems["RELAY_DATABASE_URL_FILE"] = fmt.Sprintf("%s is empty", c.DatabaseURLFile)
+		default:
+			c.DatabaseURL = s
+		}
+	}
+	for i, b := range c.KafkaBrokers {
+		c.KafkaBrokers[i] = strings.TrimSpace(b)
+	}
+}
+
+// validate adds a problem for every variable whose value cannot be used. It
+// skips variables that already failed to parse: their field holds no value.
+func (c Config) validate(problems map[string]string) {
+	add := func(name, format string, args ...any) {
+		if _, ok := problems[name]; !ok {
+			problems[name] = fmt.Sprintf(format, args...)
+		}
+	}
+	parsed := func(name string) bool { _, bad := problems[name]; return !bad }
+
+	if parsed("RELAY_DATABASE_URL_FILE") {
+		name := "RELAY_DATABASE_URL"
+		if c.DatabaseURLFile != "" {
+			name = "RELAY_DATABASE_URL_FILE"
+		}
+		// PoolConfig's errors never quote the URL (nor its password);
+		// redactSecret is a second line of defence.
+		if _, err := relay.PoolConfig(c.DatabaseURL, "outbox"); err != nil {
+			add(name, "%s", redactSecret(err.Error(), c.DatabaseURL))
+		}
+	}
+
+	if len(c.KafkaBrokers) == 0 {
+		add("RELAY_KAFKA_BROKERS", "no brokers given")
+	}
+	for _, b := range c.KafkaBrokers {
+		if err := checkHostPort(b, false); err != nil {
+			add("RELAY_KAFKA_BROKERS", "%q: %v", b, err)
+		}
+	}
+	if err := relay.ValidSchema(c.Schema); err != nil {
+		add("RELAY_SCHEMA", "%v", err)
+	}
+	if c.HTTPAddr != "off" {
+		if err := checkHostPort(c.HTTPAddr, true); err != nil {
+			add("RELAY_HTTP_ADDR", "%q: %v (or off to disable the server)", c.HTTPAddr, err)
+		}
+	}
+	if parsed("RELAY_MAX_ATTEMPTS") && c.MaxAttempts < 1 {
+		add("RELAY_MAX_ATTEMPTS", "%d: must be at least 1", c.MaxAttempts)
+	}
+	if parsed("RELAY_SHUTDOWN_TIMEOUT") && c.ShutdownTimeout <= 0 {
+		add("RELAY_SHUTDOWN_TIMEOUT", "%v: must be positive", c.ShutdownTimeout)
+	}
+	if parsed("RELAY_BATCH_SIZE") && (c.BatchSize < 1 || c.BatchSize > 100000) {
+		add("RELAY_BATCH_SIZE", "%d: must be between 1 and 100000", c.BatchSize)
+	}
+	if parsed("RELAY_POLL_INTERVAL") && c.PollInterval <= 0 {
+		add("RELAY_POLL_INTERVAL", "%v: must be positive", c.PollInterval)
+	}
+	if parsed("RELAY_RETRY_BASE") && c.RetryBase <= 0 {
+		add("RELAY_RETRY_BASE", "%v: must be positive", c.RetryBase)
+	}
+	if parsed("RELAY_RETRY_MAX") && c.RetryMax <= 0 {
+		add("RELAY_RETRY_MAX", "%v: must be positive", c.RetryMax)
+	}
+	if parsed("RELAY_RETRY_BASE") && parsed("RELAY_RETRY_MAX") && c.RetryBase > 0 && c.RetryMax < c.RetryBase {
+		add("RELAY_RETRY_MAX", "%v: must not be less than RELAY_RETRY_BASE (%v)", c.RetryMax, c.RetryBase)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		add("RELAY_LOG_FORMAT", "%q: use json or text", c.LogFormat)
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		add("RELAY_LOG_LEVEL", "%q: use debug, info, warn or error", c.LogLevel)
+	}
+	if strings.TrimSpace(c.ClientID) == "" {
+		add("RELAY_CLIENT_ID", "must not be blank")
+	}
+}
+
+// checkHostPort accepts host:port with a numeric port. For a listen address
+// it also admits an empty host (":8080", every interface) and port 0 (any
+// free port).
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if host == "" && !listen {
+		return errors.New("missing host")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !listen) {
+		return fmt.Errorf("port %q is not a number between 1 and 65535", port)
+	}
+	return nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q", s)
+}
+
+// relayConfig is the part of the configuration package relay takes.
+func (c Config) relayConfig() relay.Config {
+	return relay.Config{
+		Schema:          c.Schema,
+		BatchSize:       c.BatchSize,
+		PollInterval:    c.PollInterval,
+		DisableWakeup:   !c.Wakeup,
+		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
+		ShutdownTimeout: c.ShutdownTimeout,
+		Instance:        c.Instance,
+	}
+}
+
+// newLogger returns the slog logger the configuration asks for, on w.
+func (c Config) newLogger(w io.Writer) *slog.Logger {
+	level, _ := parseLogLevel(c.LogLevel) // validated
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// redactedDatabase describes the database for logs without the password:
+// user@host:port/dbname, taken from the parsed configuration, so it is safe
+// whatever form (URL or key=value) the connection string has.
+func redactedDatabase(databaseURL string) string {
+	cfg, err := relay.PoolConfig(databaseURL, "outbox")
+	if err != nil {
+		return "(unparsable)"
+	}
+	cc := cfg.ConnConfig
+	return fmt.Sprintf("%s@%s/%s", cc.User, net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))), cc.Database)
+}
+
+// redactSecret replaces the password of databaseURL, if it has one and it
+// appears in msg, with xxxxx.
+func redactSecret(msg, databaseURL string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil || u.User == nil {
+		return msg
+	}
+	if pw, ok := u.User.Password(); ok && pw != "" {
+		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		if esc := url.PathEscape(pw); esc != pw {
+			msg = strings.ReplaceAll(msg, esc, "xxxxx")
+		}
+	}
+	return msg
+}
