@@ -122,6 +122,7 @@ func (d *daemon) serve(ctx context.Context) error {
 
 	opts := []kgo.Opt{
 		kgo.ClientID(cfg.ClientID),
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
 	}
 	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
@@ -129,6 +130,14 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	defer client.Close()
+
+	alerts, startAlerts, err := alerting(cfg, log)
+	if err != nil {
+		return err
+	}
+	relayCfg := cfg.relayConfig()
+	relayCfg.Alerter = alerts
+	r := relay.New(relayCfg, pool, client, log)
 
 	var srv *http.Server
 	var ln net.Listener
@@ -142,7 +151,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		httpAddr = ln.Addr().String()
 		srv = &http.Server{
-			Handler:           healthHandler(pool, client),
+			Handler:           healthHandler(pool, client, r.KafkaHealthy),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
@@ -152,8 +161,8 @@ func (d *daemon) serve(ctx context.Context) error {
 		d.started(httpAddr)
 	}
 
-	r := relay.New(cfg.relayConfig(), pool, client, log)
 	g, gctx := errgroup.WithContext(ctx)
+	startAlerts(gctx, g)
 	g.Go(func() error {
 		// The health endpoints stay up until the batch in flight is
 		// done, so an orchestrator sees a live process while it drains.

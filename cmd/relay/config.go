@@ -50,9 +50,25 @@ type Config struct {
 	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz); off disables it."`
 	// MaxAttempts is how many failed produce attempts a row may have
 	// before it is escalated to stuck_messages. Default 10, at least 1.
-	// It is validated but not used yet: escalation lands with the
-	// failure-handling issue.
 	MaxAttempts int `env:"MAX_ATTEMPTS" envDefault:"10" desc:"Failed produce attempts before a row is escalated to stuck_messages (at least 1)."`
+	// StuckBlocksKey keeps the later rows of a key waiting while an
+	// earlier row of the key is stuck (strict per-key order). Default true.
+	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
+	// ProduceTimeout is how long the Kafka client retries a record before
+	// it reports the failure (kgo.RecordDeliveryTimeout). Default 30s.
+	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long the Kafka client retries a record before the row counts as failed (at least 1s)."`
+	// OutageAlertAfter is how long Kafka must take nothing before the
+	// outage alert. Default 1m.
+	OutageAlertAfter time.Duration `env:"OUTAGE_ALERT_AFTER" envDefault:"1m" desc:"How long Kafka must be unavailable before an outage alert."`
+	// LagAlertAfter raises a lag alert when the oldest pending row is
+	// older than this. Default 5m.
+	LagAlertAfter time.Duration `env:"LAG_ALERT_AFTER" envDefault:"5m" desc:"Alert when the oldest pending row is older than this."`
+	// AlertWebhookURL, when set, receives alerts as JSON POSTs with a
+	// Slack-compatible text field. Default: unset (alerts only logged).
+	AlertWebhookURL string `env:"ALERT_WEBHOOK_URL" desc:"URL that receives alerts as JSON POSTs (Slack-compatible text field); empty: alerts are only logged."`
+	// AlertWindow is the aggregation window: one alert per kind and topic
+	// at once, then one summary per window. Default 1m.
+	AlertWindow time.Duration `env:"ALERT_WINDOW" envDefault:"1m" desc:"Alerts of one kind and topic are summed up over this window."`
 	// ShutdownTimeout bounds how long a stopping relay waits for the
 	// batch in flight before rolling it back. Default 30s.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"How long a stopping relay waits for the batch in flight before releasing it."`
@@ -278,6 +294,23 @@ func (c Config) validate(problems map[string]string) {
 	if parsed("RELAY_MAX_ATTEMPTS") && c.MaxAttempts < 1 {
 		add("RELAY_MAX_ATTEMPTS", "%d: must be at least 1", c.MaxAttempts)
 	}
+	if parsed("RELAY_PRODUCE_TIMEOUT") && c.ProduceTimeout < time.Second {
+		add("RELAY_PRODUCE_TIMEOUT", "%v: must be at least 1s", c.ProduceTimeout)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"RELAY_OUTAGE_ALERT_AFTER", c.OutageAlertAfter}, {"RELAY_LAG_ALERT_AFTER", c.LagAlertAfter}, {"RELAY_ALERT_WINDOW", c.AlertWindow}} {
+		if parsed(d.name) && d.v <= 0 {
+			add(d.name, "%v: must be positive", d.v)
+		}
+	}
+	if c.AlertWebhookURL != "" {
+		if u, err := url.Parse(c.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			// The URL itself may be a credential (Slack's are): never echo it.
+			add("RELAY_ALERT_WEBHOOK_URL", "not an http(s) URL")
+		}
+	}
 	if parsed("RELAY_SHUTDOWN_TIMEOUT") && c.ShutdownTimeout <= 0 {
 		add("RELAY_SHUTDOWN_TIMEOUT", "%v: must be positive", c.ShutdownTimeout)
 	}
@@ -342,13 +375,17 @@ func parseLogLevel(s string) (slog.Level, error) {
 // relayConfig is the part of the configuration package relay takes.
 func (c Config) relayConfig() relay.Config {
 	return relay.Config{
-		Schema:          c.Schema,
-		BatchSize:       c.BatchSize,
-		PollInterval:    c.PollInterval,
-		DisableWakeup:   !c.Wakeup,
-		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
-		ShutdownTimeout: c.ShutdownTimeout,
-		Instance:        c.Instance,
+		Schema:              c.Schema,
+		BatchSize:           c.BatchSize,
+		PollInterval:        c.PollInterval,
+		DisableWakeup:       !c.Wakeup,
+		Retry:               retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
+		ShutdownTimeout:     c.ShutdownTimeout,
+		Instance:            c.Instance,
+		MaxAttempts:         c.MaxAttempts,
+		StuckRowsReleaseKey: !c.StuckBlocksKey,
+		OutageAlertAfter:    c.OutageAlertAfter,
+		LagAlertAfter:       c.LagAlertAfter,
 	}
 }
 

@@ -27,21 +27,26 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("loadConfig with an empty environment: %v", err)
 	}
 	want := Config{
-		DatabaseURL:     "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
-		KafkaBrokers:    []string{"localhost:9092"},
-		Schema:          "outbox",
-		HTTPAddr:        ":8080",
-		MaxAttempts:     10,
-		ShutdownTimeout: 30 * time.Second,
-		BatchSize:       1000,
-		PollInterval:    500 * time.Millisecond,
-		Wakeup:          true,
-		RetryBase:       time.Second,
-		RetryMax:        5 * time.Minute,
-		MigrateOnStart:  true,
-		LogFormat:       "json",
-		LogLevel:        "info",
-		ClientID:        "outbox-relay",
+		DatabaseURL:      "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+		KafkaBrokers:     []string{"localhost:9092"},
+		Schema:           "outbox",
+		HTTPAddr:         ":8080",
+		MaxAttempts:      10,
+		StuckBlocksKey:   true,
+		ProduceTimeout:   30 * time.Second,
+		OutageAlertAfter: time.Minute,
+		LagAlertAfter:    5 * time.Minute,
+		AlertWindow:      time.Minute,
+		ShutdownTimeout:  30 * time.Second,
+		BatchSize:        1000,
+		PollInterval:     500 * time.Millisecond,
+		Wakeup:           true,
+		RetryBase:        time.Second,
+		RetryMax:         5 * time.Minute,
+		MigrateOnStart:   true,
+		LogFormat:        "json",
+		LogLevel:         "info",
+		ClientID:         "outbox-relay",
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", cfg, want)
@@ -50,11 +55,14 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("default database URL %q differs from defaultDatabaseURL %q", cfg.DatabaseURL, defaultDatabaseURL)
 	}
 	wantRelay := relay.Config{
-		Schema:          "outbox",
-		BatchSize:       1000,
-		PollInterval:    500 * time.Millisecond,
-		Retry:           retry.Policy{Base: time.Second, Max: 5 * time.Minute},
-		ShutdownTimeout: 30 * time.Second,
+		Schema:           "outbox",
+		BatchSize:        1000,
+		PollInterval:     500 * time.Millisecond,
+		Retry:            retry.Policy{Base: time.Second, Max: 5 * time.Minute},
+		ShutdownTimeout:  30 * time.Second,
+		MaxAttempts:      10,
+		OutageAlertAfter: time.Minute,
+		LagAlertAfter:    5 * time.Minute,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, wantRelay) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, wantRelay)
@@ -80,6 +88,9 @@ func TestConfigValues(t *testing.T) {
 		"RELAY_LOG_LEVEL":          "DEBUG",
 		"RELAY_CLIENT_ID":          "billing-relay",
 		"RELAY_INSTANCE":           "relay-a",
+		"RELAY_STUCK_BLOCKS_KEY":   "false",
+		"RELAY_OUTAGE_ALERT_AFTER": "30s",
+		"RELAY_LAG_ALERT_AFTER":    "2m",
 		"RELAY_UNKNOWN_IS_IGNORED": "x",
 	}))
 	if err != nil {
@@ -89,13 +100,17 @@ func TestConfigValues(t *testing.T) {
 		t.Errorf("brokers %q", cfg.KafkaBrokers)
 	}
 	want := relay.Config{
-		Schema:          "events_outbox",
-		BatchSize:       100000,
-		PollInterval:    2 * time.Second,
-		DisableWakeup:   true,
-		Retry:           retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
-		ShutdownTimeout: 5 * time.Second,
-		Instance:        "relay-a",
+		Schema:              "events_outbox",
+		BatchSize:           100000,
+		PollInterval:        2 * time.Second,
+		DisableWakeup:       true,
+		Retry:               retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
+		ShutdownTimeout:     5 * time.Second,
+		Instance:            "relay-a",
+		MaxAttempts:         3,
+		StuckRowsReleaseKey: true,
+		OutageAlertAfter:    30 * time.Second,
+		LagAlertAfter:       2 * time.Minute,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, want)

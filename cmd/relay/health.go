@@ -22,8 +22,10 @@ const readyTimeout = 2 * time.Second
 //     touches Postgres or Kafka: an outage of either must not get a healthy
 //     relay restarted (it waits the outage out, rows stay pending).
 //   - /readyz answers 200 when a Postgres connection and a Kafka broker both
-//     answer within readyTimeout, and 503 with the reasons otherwise.
-func healthHandler(pool *pgxpool.Pool, client *kgo.Client) http.Handler {
+//     answer within readyTimeout and the relay's last batches went through
+//     (delivery), and 503 with the reasons otherwise. A broker can answer a
+//     ping while refusing every produce; delivery catches that.
+func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -35,6 +37,7 @@ func healthHandler(pool *pgxpool.Pool, client *kgo.Client) http.Handler {
 		problems := readiness(ctx, []check{
 			{"database", pool.Ping},
 			{"kafka", client.Ping},
+			{"delivery", func(context.Context) error { return delivery() }},
 		})
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if len(problems) > 0 {
