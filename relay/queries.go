@@ -75,28 +75,24 @@ ON CONFLICT (instance) DO UPDATE SET idle_until = EXCLUDED.idle_until`
 // declareBusyQuery stops notifications for this relay.
 const declareBusyQuery = `DELETE FROM idle_relays WHERE instance = $1`
 
-// listStuckQuery and getStuckQuery read stuck rows; the last column counts the pending
-// rows of the same topic and key behind the stuck row.
-const listStuckQuery = `
+// stuckSelect reads stuck rows for listStuckQuery and getStuckQuery; the last
+// column counts the pending rows of the same topic and key behind each.
+const stuckSelect = `
 SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
        s.first_error, s.last_error, s.error_kind, s.escalated_at,
        (SELECT count(*) FROM messages m
         WHERE m.status = 'pending' AND m.key IS NOT NULL
           AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
-FROM stuck_messages s
+FROM stuck_messages s`
+
+const listStuckQuery = stuckSelect + `
 WHERE ($1::text IS NULL OR s.topic = $1)
   AND ($2::bytea IS NULL OR s.key = $2)
   AND ($3::timestamptz IS NULL OR s.escalated_at >= $3)
 ORDER BY s.id
 LIMIT $4`
 
-const getStuckQuery = `
-SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
-       s.first_error, s.last_error, s.error_kind, s.escalated_at,
-       (SELECT count(*) FROM messages m
-        WHERE m.status = 'pending' AND m.key IS NOT NULL
-          AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
-FROM stuck_messages s
+const getStuckQuery = stuckSelect + `
 WHERE s.id = $1`
 
 // requeueQuery moves stuck rows back to messages, keeping their ids. $1 ids
