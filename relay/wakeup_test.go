@@ -3,7 +3,12 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,7 +62,12 @@ func TestWakeupRelistensAfterListenerKilled(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()
+	// The relay reaches Postgres through a proxy that can turn new
+	// connections away, so the test decides how long the listener stays
+	// down, and the row committed meanwhile has no listener to notify.
 	pool, app := wakeupPool(t, db)
+	proxy := newConnGate(t, pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port)
+	pool = proxy.pool(t, pool)
 	startWakeupRelay(t, pool, brokers, relay.Config{
 		Schema:       db.Schema,
 		PollInterval: wakeupNoPolling,
@@ -67,15 +77,21 @@ func TestWakeupRelistensAfterListenerKilled(t *testing.T) {
 
 	old := waitListening(t, db, app)
 	waitIdle(t, db)
+	proxy.refuseNew(true)
 	var killed bool
 	if err := db.Pool.QueryRow(context.Background(), `SELECT pg_terminate_backend($1)`, old).Scan(&killed); err != nil || !killed {
 		t.Fatalf("terminate listener backend %d: %v, %v", old, killed, err)
 	}
-	// A row committed while nobody listens: its NOTIFY is lost (or, if the
-	// listener is already back, received). Either way the relay must find
-	// it without waiting for the poll interval: the listener polls once
-	// after every reconnect.
+	relaytest.WaitFor(t, wakeupDeliveryTimeout, "the old LISTEN backend to exit", func() bool {
+		return listenerPID(t, db, app) == 0
+	})
+	relaytest.WaitFor(t, wakeupDeliveryTimeout, "the listener to try to reconnect", func() bool {
+		return proxy.refused.Load() > 0
+	})
+	// Nobody listens: this row's NOTIFY is lost. Only the full poll the
+	// listener asks for after it reconnects can find it.
 	gap := db.Insert(t, relaytest.Message{Topic: wakeupTopic, Key: []byte("gap"), Payload: []byte("p")})[0]
+	proxy.refuseNew(false)
 	relaytest.WaitFor(t, wakeupDeliveryTimeout, "a new LISTEN backend", func() bool {
 		pid := listenerPID(t, db, app)
 		return pid != 0 && pid != old
@@ -87,6 +103,87 @@ func TestWakeupRelistensAfterListenerKilled(t *testing.T) {
 	waitIdle(t, db)
 	id := db.Insert(t, relaytest.Message{Topic: wakeupTopic, Key: []byte("after"), Payload: []byte("p")})[0]
 	waitDelivered(t, consumer, id)
+}
+
+// connGate is a TCP proxy to Postgres that can turn new connections away
+// while the ones it already carries keep working.
+type connGate struct {
+	ln      net.Listener
+	target  string
+	refuse  atomic.Bool
+	refused atomic.Int64 // connections turned away
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+func newConnGate(t testing.TB, host string, port uint16) *connGate {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("proxy: %v", err)
+	}
+	g := &connGate{ln: ln, target: net.JoinHostPort(host, strconv.Itoa(int(port)))}
+	g.wg.Go(g.accept)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		g.mu.Lock()
+		for _, c := range g.conns {
+			_ = c.Close()
+		}
+		g.mu.Unlock()
+		g.wg.Wait()
+	})
+	return g
+}
+
+func (g *connGate) refuseNew(on bool) { g.refuse.Store(on) }
+
+func (g *connGate) accept() {
+	for {
+		down, err := g.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		if g.refuse.Load() {
+			g.refused.Add(1)
+			_ = down.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", g.target)
+		if err != nil {
+			_ = down.Close()
+			continue
+		}
+		g.mu.Lock()
+		g.conns = append(g.conns, down, up)
+		g.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			_, _ = io.Copy(dst, src)
+			_ = dst.Close()
+			_ = src.Close()
+		}
+		g.wg.Go(func() { pipe(up, down) })
+		g.wg.Go(func() { pipe(down, up) })
+	}
+}
+
+// pool returns a pool like p whose connections go through the gate; it
+// closes p, whose only use was its configuration.
+func (g *connGate) pool(t testing.TB, p *pgxpool.Pool) *pgxpool.Pool {
+	t.Helper()
+	cfg := p.Config()
+	p.Close()
+	addr := g.ln.Addr().(*net.TCPAddr)
+	cfg.ConnConfig.Host = "127.0.0.1"
+	cfg.ConnConfig.Port = uint16(addr.Port)
+	cfg.ConnConfig.Fallbacks = nil
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // wakeupPool returns a pool on db's schema whose connections carry an
@@ -240,4 +337,68 @@ func listenerPID(t testing.TB, db *relaytest.DB, app string) int32 {
 		t.Fatalf("find listener: %v", err)
 	}
 	return pid
+}
+
+// A transaction that inserted before the relay registered as idle fired the
+// trigger while no relay was registered, so it sends no NOTIFY; if it
+// commits after the relay's one re-check, nothing wakes the relay.
+//
+// Known to fail with the relay as it is: the relay re-checks once, right
+// after registering, and a transaction still open then is never announced.
+// Set RELAY_TEST_KNOWN_BUGS=1 to run it. The fix (relay side): right after
+// registering, list the open transactions (pg_snapshot_xip of
+// pg_current_snapshot(), read in a statement that sees the registration)
+// and look again once each has ended (pg_xact_status), or at the poll
+// interval, whichever is first.
+func TestWakeupAfterTransactionSpanningIdleRegistration(t *testing.T) {
+	if os.Getenv("RELAY_TEST_KNOWN_BUGS") == "" {
+		t.Skip("known lost wake-up for a transaction open across the idle registration; RELAY_TEST_KNOWN_BUGS=1 runs it")
+	}
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()
+	pool, app := wakeupPool(t, db)
+	consumer := newWakeupConsumer(t, brokers)
+
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	id := relaytest.InsertTx(t, tx, relaytest.Message{Topic: wakeupTopic, Key: []byte("k"), Payload: []byte("p")})[0]
+
+	startWakeupRelay(t, pool, brokers, relay.Config{
+		Schema:       db.Schema,
+		PollInterval: wakeupNoPolling,
+		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
+	})
+	waitListening(t, db, app)
+	waitIdle(t, db)
+	waitRelayQuiet(t, db, app)
+
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, consumer, id)
+}
+
+// waitRelayQuiet waits until none of the relay's connections is running a
+// statement or holding a transaction open: it has re-checked and sleeps.
+func waitRelayQuiet(t testing.TB, db *relaytest.DB, app string) {
+	t.Helper()
+	relaytest.WaitFor(t, 10*time.Second, "the relay to go quiet", func() bool {
+		// Quiet: nothing running, and a statement has ended since the
+		// LISTEN, whose poke asks for a look.
+		var quiet bool
+		if err := db.Pool.QueryRow(context.Background(), `
+			WITH a AS (SELECT * FROM pg_stat_activity WHERE application_name = $1)
+			SELECT NOT EXISTS (SELECT 1 FROM a WHERE state <> 'idle')
+			   AND EXISTS (SELECT 1 FROM a c, a l
+			               WHERE l.query LIKE 'LISTEN %' AND c.pid <> l.pid
+			                 AND c.state_change > l.state_change)`, app).Scan(&quiet); err != nil {
+			t.Fatalf("relay activity: %v", err)
+		}
+		return quiet
+	})
 }
