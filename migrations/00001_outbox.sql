@@ -86,36 +86,39 @@ JOIN LATERAL (
     ORDER BY s.id LIMIT 1) s ON true
 WHERE m.status = 'pending' AND m.key IS NOT NULL;
 
--- Wake-up. A relay that has nothing to do registers itself here; while any
+-- Wake-up. A relay that has nothing to do registers here; while the
 -- registration is live, inserts into messages send one NOTIFY per statement.
--- While every relay is busy the table is empty and inserts pay for one index
--- probe, not for pg_notify (notifying transactions serialise their commits).
-CREATE UNLOGGED TABLE idle_relays (
-    instance    text        PRIMARY KEY,
-    idle_until  timestamptz NOT NULL
-);
+-- While relays are busy, inserts pay for one function call in the trigger's
+-- WHEN, not for pg_notify (notifying transactions serialise their commits).
+-- While some relay is idle this holds the time, in epoch milliseconds of the
+-- database clock, until which it wants a NOTIFY; otherwise 1. A sequence,
+-- not a table: the trigger's WHEN reads it with one function call (no SPI,
+-- no plpgsql, no snapshot) and setval is immediate, not transactional.
+CREATE UNLOGGED SEQUENCE relay_idle_until;
 
 -- +goose StatementBegin
-CREATE FUNCTION notify_idle_relays() RETURNS trigger
+CREATE FUNCTION notify_wakeup() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path FROM CURRENT
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM idle_relays WHERE idle_until > now()) THEN
-        PERFORM pg_notify(TG_TABLE_SCHEMA || '_wakeup', '');
-    END IF;
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_wakeup', '');
     RETURN NULL;
 END;
 $$;
 -- +goose StatementEnd
 
+-- The WHEN runs for every INSERT statement; the function only when a relay
+-- is idle. 'relay_idle_until' is resolved to an OID here, so the trigger
+-- does not depend on the inserting session's search_path.
 CREATE TRIGGER messages_wakeup AFTER INSERT ON messages
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_idle_relays();
+    FOR EACH STATEMENT
+    WHEN (pg_sequence_last_value('relay_idle_until') > (extract(epoch FROM statement_timestamp()) * 1000)::bigint)
+    EXECUTE FUNCTION notify_wakeup();
 
 -- +goose Down
 DROP TRIGGER messages_wakeup ON messages;
-DROP FUNCTION notify_idle_relays();
-DROP TABLE idle_relays;
+DROP FUNCTION notify_wakeup();
+DROP SEQUENCE relay_idle_until;
 DROP VIEW blocked_messages;
 DROP TABLE discarded_messages;
 DROP TABLE stuck_messages;

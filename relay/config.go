@@ -25,7 +25,7 @@ type Config struct {
 	// ShutdownTimeout bounds how long Run waits for the batch in flight
 	// after its context ends. Default 30s.
 	ShutdownTimeout time.Duration
-	// Instance names this relay in idle_relays and logs. Default: random.
+	// Instance names this relay in logs. Default: random.
 	Instance string
 	// MaxAttempts is how many times a row may fail with a retriable error
 	// before it is escalated to stuck_messages. Default 10.

@@ -65,15 +65,21 @@ SELECT id, topic, key, payload, headers, created_at, attempts + 1,
        COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now())
 FROM moved`
 
-// declareIdleQuery registers this relay for wake-up notifications for $2
-// milliseconds. The expiry uses the database clock, the one the trigger reads,
-// and means a relay that died while idle stops costing inserts a NOTIFY.
-const declareIdleQuery = `
-INSERT INTO idle_relays (instance, idle_until) VALUES ($1, now() + $2 * interval '1 millisecond')
-ON CONFLICT (instance) DO UPDATE SET idle_until = EXCLUDED.idle_until`
+// declareIdleQuery asks inserts to notify for the next $1 milliseconds of
+// the database clock, the one the trigger reads.
+const declareIdleQuery = `SELECT setval('relay_idle_until', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1)`
 
-// declareBusyQuery stops notifications for this relay.
-const declareBusyQuery = `DELETE FROM idle_relays WHERE instance = $1`
+// openTransactionsQuery lists the transactions open right now. Run after
+// declareIdleQuery, it names every transaction that may have inserted
+// without seeing the registration and not yet committed.
+const openTransactionsQuery = `SELECT COALESCE(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x`
+
+// stillOpenQuery keeps those of $1 that have not ended.
+const stillOpenQuery = `SELECT COALESCE(array_agg(x), '{}') FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'`
+
+// declareBusyQuery stops notifications. setval is not transactional: it
+// takes effect at once, whatever the transaction it runs in does later.
+const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 
 // stuckSelect reads stuck rows for listStuckQuery and getStuckQuery; the last
 // column counts the pending rows of the same topic and key behind each.

@@ -28,7 +28,7 @@ type Relay struct {
 	// wake carries "look for rows now" from the listener to the loop. It
 	// holds at most one signal: many notifications collapse into one poll.
 	wake chan struct{}
-	// idle is true while this relay is registered in idle_relays. Only the
+	// idle is true while this relay is registered for wake-ups. Only the
 	// delivery loop touches it.
 	idle bool
 
@@ -90,6 +90,8 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 	// rechecked is true once the relay, having found nothing, registered
 	// for notifications and looked once more; the next empty claim sleeps.
 	rechecked := false
+	// open are the transactions that were open when the relay registered.
+	var open []string
 	for ctx.Err() == nil {
 		n, err := r.deliverOnce(ctx)
 		switch {
@@ -110,6 +112,7 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 		case n > 0:
 			failures = 0
 			rechecked = false
+			open = nil
 			continue // there may be more
 		}
 		failures = 0
@@ -117,12 +120,27 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 			// Register (or renew the registration) for notifications,
 			// then look once more: a row committed while we were
 			// registering did not notify us.
-			if err := r.declareIdle(ctx); err != nil {
+			o, err := r.declareIdle(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return // shutting down, not a failure
+				}
 				r.logger.Warn("declare_idle_failed", "error", err)
 			} else {
+				// Look once more now (a row committed while we were
+				// registering did not notify us) and again once the
+				// transactions open at registration have ended.
+				open = o
 				rechecked = true
 				continue
 			}
+		}
+		if len(open) > 0 {
+			var alive bool
+			if open, alive = r.awaitOpen(ctx, open); !alive {
+				return
+			}
+			continue
 		}
 		rechecked = false
 		if !r.sleep(ctx, r.cfg.PollInterval) {
@@ -157,13 +175,50 @@ func (r *Relay) poke() {
 // declareIdle registers the relay for wake-up notifications. The
 // registration expires after a few poll intervals so a relay that dies while
 // idle does not make inserts notify forever.
-func (r *Relay) declareIdle(ctx context.Context) error {
+func (r *Relay) declareIdle(ctx context.Context) ([]string, error) {
 	ttl := 3 * r.cfg.PollInterval
-	if _, err := r.pool.Exec(ctx, declareIdleQuery, r.cfg.Instance, ttl.Milliseconds()); err != nil {
-		return fmt.Errorf("declare idle: %w", err)
+	// One round trip; each statement of the batch takes its own snapshot,
+	// and setval is visible at once, so the second sees the registration.
+	b := &pgx.Batch{}
+	b.Queue(declareIdleQuery, ttl.Milliseconds())
+	var open []string
+	b.Queue(openTransactionsQuery).QueryRow(func(row pgx.Row) error { return row.Scan(&open) })
+	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("declare idle: %w", err)
 	}
 	r.idle = true
-	return nil
+	return open, nil
+}
+
+// awaitOpen waits until every transaction in open has ended, a wake-up
+// arrives or a poll interval has passed. It returns those still open (after
+// a wake-up) and whether ctx is live.
+// A transaction open when the relay registered may have inserted before the
+// registration was visible, so it sent no NOTIFY; once it has ended, a look
+// finds its rows.
+func (r *Relay) awaitOpen(ctx context.Context, open []string) ([]string, bool) {
+	backoff := time.Millisecond
+	deadline := time.Now().Add(r.cfg.PollInterval)
+	for len(open) > 0 {
+		if time.Now().After(deadline) {
+			return nil, true // the poll interval covers them from here
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, false
+		case <-r.wake:
+			t.Stop()
+			return open, true
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 50*time.Millisecond, r.cfg.PollInterval)
+		if err := r.pool.QueryRow(ctx, stillOpenQuery, open).Scan(&open); err != nil {
+			return nil, ctx.Err() == nil
+		}
+	}
+	return nil, true
 }
 
 // declareBusy removes the registration so inserts stop notifying.
@@ -171,7 +226,7 @@ func (r *Relay) declareBusy(ctx context.Context) {
 	if !r.idle {
 		return
 	}
-	if _, err := r.pool.Exec(ctx, declareBusyQuery, r.cfg.Instance); err != nil {
+	if _, err := r.pool.Exec(ctx, declareBusyQuery); err != nil {
 		r.logger.Warn("declare_busy_failed", "error", err)
 		return
 	}
@@ -201,13 +256,6 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(work)) }()
 
-	if r.idle {
-		// We have work again: stop asking inserts to notify us. Done in
-		// the claim transaction to save a round trip.
-		if _, err := tx.Exec(work, declareBusyQuery, r.cfg.Instance); err != nil {
-			return 0, fmt.Errorf("declare busy: %w", err)
-		}
-	}
 	rows, err := claim(work, tx, r.cfg.BatchSize, r.cfg.StuckRowsReleaseKey, now)
 	if err != nil {
 		return 0, err
@@ -215,6 +263,14 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 	if len(rows) == 0 {
 		// Keep the idle registration as it was: nothing changed.
 		return 0, nil
+	}
+	if r.idle {
+		// We have work again: stop asking inserts to notify us. setval
+		// is immediate, so inserts stop notifying now, not at commit.
+		if _, err := tx.Exec(work, declareBusyQuery); err != nil {
+			return 0, fmt.Errorf("declare busy: %w", err)
+		}
+		r.idle = false
 	}
 
 	out := r.produce(work, rows, r.stallAfter(), r.kafkaStalled)

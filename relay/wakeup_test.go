@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -293,13 +292,13 @@ func waitDelivered(t testing.TB, cl *kgo.Client, id int64) {
 // waitIdle waits until a relay has registered itself for wake-ups.
 func waitIdle(t testing.TB, db *relaytest.DB) {
 	t.Helper()
-	relaytest.WaitFor(t, 10*time.Second, "the relay to register in idle_relays", func() bool {
-		var n int
+	relaytest.WaitFor(t, 10*time.Second, "the relay to register for wake-ups", func() bool {
+		var idle bool
 		if err := db.Pool.QueryRow(context.Background(),
-			`SELECT count(*) FROM idle_relays WHERE idle_until > now()`).Scan(&n); err != nil {
-			t.Fatalf("count idle relays: %v", err)
+			`SELECT COALESCE(pg_sequence_last_value('relay_idle_until') > (extract(epoch FROM clock_timestamp()) * 1000)::bigint, false)`).Scan(&idle); err != nil {
+			t.Fatalf("read idle registration: %v", err)
 		}
-		return n == 1
+		return idle
 	})
 }
 
@@ -343,17 +342,9 @@ func listenerPID(t testing.TB, db *relaytest.DB, app string) int32 {
 // trigger while no relay was registered, so it sends no NOTIFY; if it
 // commits after the relay's one re-check, nothing wakes the relay.
 //
-// Known to fail with the relay as it is: the relay re-checks once, right
-// after registering, and a transaction still open then is never announced.
-// Set RELAY_TEST_KNOWN_BUGS=1 to run it. The fix (relay side): right after
-// registering, list the open transactions (pg_snapshot_xip of
-// pg_current_snapshot(), read in a statement that sees the registration)
-// and look again once each has ended (pg_xact_status), or at the poll
-// interval, whichever is first.
+// The relay covers it: right after registering it lists the transactions
+// open then (pg_snapshot_xip) and looks again once each has ended.
 func TestWakeupAfterTransactionSpanningIdleRegistration(t *testing.T) {
-	if os.Getenv("RELAY_TEST_KNOWN_BUGS") == "" {
-		t.Skip("known lost wake-up for a transaction open across the idle registration; RELAY_TEST_KNOWN_BUGS=1 runs it")
-	}
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()

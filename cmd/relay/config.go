@@ -96,9 +96,9 @@ type Config struct {
 	// ClientID is the Kafka client id, as brokers show it in their logs
 	// and quotas. Default outbox-relay.
 	ClientID string `env:"CLIENT_ID" envDefault:"outbox-relay" desc:"Kafka client id."`
-	// Instance names this relay in logs and in the idle_relays table.
+	// Instance names this relay in logs.
 	// Default: random, different at every start.
-	Instance string `env:"INSTANCE" desc:"Name of this relay in logs and idle_relays; empty means a random name per start."`
+	Instance string `env:"INSTANCE" desc:"Name of this relay in logs; empty means a random name per start."`
 }
 
 // configVars lists every RELAY_* variable in declaration order.
