@@ -40,6 +40,8 @@ type Config struct {
 	// LagAlertAfter raises a lag alert when the oldest pending row is older
 	// than this. Default 5 minutes.
 	LagAlertAfter time.Duration
+	// Metrics records counters and histograms for Prometheus. Nil: none.
+	Metrics *Metrics
 	// Alerter receives escalation, outage and lag alerts. Default: log them.
 	Alerter alert.Alerter
 }

@@ -16,6 +16,7 @@ type kafkaHealth struct {
 	downSince time.Time // zero while Kafka is taking records
 	reason    string
 	alerted   bool // the outage alert for this outage has been raised
+	metrics   *Metrics
 }
 
 // down records that Kafka took nothing at time at. The first call of an
@@ -26,6 +27,7 @@ func (h *kafkaHealth) down(at time.Time, reason error) {
 	if h.downSince.IsZero() {
 		h.downSince = at
 		h.alerted = false
+		h.metrics.setKafkaDown(true)
 	}
 	h.reason = reason.Error()
 }
@@ -40,6 +42,7 @@ func (h *kafkaHealth) up() time.Duration {
 	}
 	d := time.Since(h.downSince)
 	h.downSince = time.Time{}
+	h.metrics.setKafkaDown(false)
 	return d
 }
 

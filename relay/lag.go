@@ -2,21 +2,28 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/outboxrelay/relay/alert"
 )
 
-// oldestPendingQuery reads the age of the oldest pending row through the
-// pending index (lowest id first): cheap however much history is kept.
-const oldestPendingQuery = `
-SELECT now() - created_at FROM messages WHERE status = 'pending' ORDER BY id LIMIT 1`
+// backlogQuery reads the age of the oldest pending row (lowest id first),
+// the number of pending rows and of stuck rows. The first two go through the
+// pending index: cheap however much sent history is kept.
+const backlogQuery = `
+SELECT COALESCE((SELECT now() - created_at FROM messages WHERE status = 'pending' ORDER BY id LIMIT 1), interval '0'),
+       (SELECT count(*) FROM messages WHERE status = 'pending'),
+       (SELECT count(*) FROM stuck_messages)`
 
-// watchLag raises a lag alert when the oldest pending row is older than
+// backlog is what backlogQuery reads.
+type backlog struct {
+	oldest  time.Duration
+	pending int64
+	stuck   int64
+}
+
+// watchLag updates the backlog gauges and raises a lag alert when the oldest pending row is older than
 // LagAlertAfter, once per episode: it raises again only after the lag has
 // gone back under the bound.
 func (r *Relay) watchLag(ctx context.Context) {
@@ -30,13 +37,15 @@ func (r *Relay) watchLag(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		age, err := r.oldestPendingAge(ctx)
+		b, err := r.backlog(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.logger.Warn("lag_check_failed", "error", err)
 			}
 			continue
 		}
+		r.cfg.Metrics.setBacklog(b)
+		age := b.oldest
 		switch {
 		case age < r.cfg.LagAlertAfter:
 			alerted = false
@@ -51,16 +60,11 @@ func (r *Relay) watchLag(ctx context.Context) {
 	}
 }
 
-// oldestPendingAge is how long the oldest pending row has waited; 0 when
-// nothing is pending.
-func (r *Relay) oldestPendingAge(ctx context.Context) (time.Duration, error) {
-	var age time.Duration
-	err := r.pool.QueryRow(ctx, oldestPendingQuery).Scan(&age)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
+// backlog reads the oldest pending row's age and the pending and stuck counts.
+func (r *Relay) backlog(ctx context.Context) (backlog, error) {
+	var b backlog
+	if err := r.pool.QueryRow(ctx, backlogQuery).Scan(&b.oldest, &b.pending, &b.stuck); err != nil {
+		return b, fmt.Errorf("backlog: %w", err)
 	}
-	if err != nil {
-		return 0, fmt.Errorf("oldest pending: %w", err)
-	}
-	return age, nil
+	return b, nil
 }

@@ -57,6 +57,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		logger:  logger.With("instance", cfg.Instance),
 		wake:    make(chan struct{}, 1),
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
+		health:  kafkaHealth{metrics: cfg.Metrics},
 	}
 }
 
@@ -245,6 +246,7 @@ var errOutage = errors.New("kafka unavailable")
 
 // deliverBatch is deliverOnce with an optional fixed "now" for tests.
 func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
+	started := time.Now()
 	// The batch must be able to finish after ctx ends (graceful shutdown),
 	// but not for longer than the shutdown timeout.
 	work, cancel := r.batchContext(ctx)
@@ -284,6 +286,7 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 	}
 	r.idle = false
 	r.report(ctx, out, escalated)
+	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(started))
 	if out.outage() {
 		reason := out.failed[0].err
 		r.health.down(time.Now(), reason)

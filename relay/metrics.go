@@ -1,0 +1,96 @@
+package relay
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics records what the relay does, for Prometheus. Create it with
+// NewMetrics and pass it in Config; a nil *Metrics records nothing, so tests
+// and embedders that do not scrape need not care.
+type Metrics struct {
+	sent          *prometheus.CounterVec
+	failed        *prometheus.CounterVec
+	escalated     *prometheus.CounterVec
+	batch         prometheus.Histogram
+	latency       prometheus.Histogram
+	kafkaDown     prometheus.Gauge
+	pending       prometheus.Gauge
+	oldestPending prometheus.Gauge
+	stuck         prometheus.Gauge
+}
+
+// NewMetrics registers the relay's metrics, named outbox_relay_*, on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns = "outbox_relay"
+	m := &Metrics{
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rows_sent_total",
+			Help: "Rows acknowledged by Kafka and marked sent."}, []string{"topic"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rows_failed_total",
+			Help: "Failed produce attempts, by error kind (row_fatal, row_retriable, outage)."}, []string{"topic", "kind"}),
+		escalated: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rows_escalated_total",
+			Help: "Rows moved to stuck_messages."}, []string{"topic"}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds",
+			Help:    "Time of one claim → produce → mark transaction that claimed rows.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "delivery_latency_seconds",
+			Help:    "From a row's created_at (database clock) to Kafka's acknowledgement (relay clock).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 20)}),
+		kafkaDown: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "kafka_unavailable",
+			Help: "1 while the relay sees Kafka as unavailable (an outage), else 0."}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "pending_rows",
+			Help: "Rows waiting to be delivered, as of the last check."}),
+		oldestPending: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "oldest_pending_age_seconds",
+			Help: "Age of the oldest pending row, as of the last check; 0 when none."}),
+		stuck: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "stuck_rows",
+			Help: "Rows in stuck_messages, as of the last check."}),
+	}
+	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck)
+	return m
+}
+
+// batchDone records one batch that claimed rows.
+func (m *Metrics) batchDone(rows []row, out outcome, escalated []failure, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.batch.Observe(took.Seconds())
+	now := time.Now()
+	sent := make(map[int64]bool, len(out.sentIDs))
+	for _, id := range out.sentIDs {
+		sent[id] = true
+	}
+	for _, x := range rows {
+		if sent[x.ID] {
+			m.sent.WithLabelValues(x.Topic).Inc()
+			m.latency.Observe(now.Sub(x.CreatedAt).Seconds())
+		}
+	}
+	for _, f := range out.failed {
+		m.failed.WithLabelValues(f.row.Topic, f.kind.String()).Inc()
+	}
+	for _, f := range escalated {
+		m.escalated.WithLabelValues(f.row.Topic).Inc()
+	}
+}
+
+func (m *Metrics) setKafkaDown(down bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if down {
+		v = 1
+	}
+	m.kafkaDown.Set(v)
+}
+
+func (m *Metrics) setBacklog(s backlog) {
+	if m == nil {
+		return
+	}
+	m.pending.Set(float64(s.pending))
+	m.oldestPending.Set(s.oldest.Seconds())
+	m.stuck.Set(float64(s.stuck))
+}
