@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kslog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -120,10 +121,13 @@ func (d *daemon) serve(ctx context.Context) error {
 	}
 	defer pool.Close()
 
+	met := newMetrics()
+	met.watchPool(pool)
 	opts := []kgo.Opt{
 		kgo.ClientID(cfg.ClientID),
 		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithHooks(met.kafka),
 	}
 	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
 	if err != nil {
@@ -136,7 +140,8 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relayCfg := cfg.relayConfig()
-	relayCfg.Alerter = alerts
+	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
+	relayCfg.Metrics = met.relay
 	r := relay.New(relayCfg, pool, client, log)
 
 	var srv *http.Server
@@ -151,7 +156,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		httpAddr = ln.Addr().String()
 		srv = &http.Server{
-			Handler:           healthHandler(pool, client, r.KafkaHealthy),
+			Handler:           healthHandler(pool, client, r.KafkaHealthy, met.handler()),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}

@@ -47,7 +47,7 @@ type Config struct {
 	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
 	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
 	// disables the HTTP server.
-	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz); off disables it."`
+	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz, /metrics); off disables it."`
 	// MaxAttempts is how many failed produce attempts a row may have
 	// before it is escalated to stuck_messages. Default 10, at least 1.
 	MaxAttempts int `env:"MAX_ATTEMPTS" envDefault:"10" desc:"Failed produce attempts before a row is escalated to stuck_messages (at least 1)."`

@@ -599,7 +599,37 @@ func TestRunDeliversConcurrentInserts(t *testing.T) {
 		t.Errorf("Kafka holds %d records, want exactly %d", n, total)
 	}
 	checkHealthy(t, httpAddr)
+	checkMetrics(t, httpAddr, total)
 	stopRelay(t, p, 5*time.Second+3*time.Second)
+}
+
+// checkMetrics reads /metrics and checks that the relay counted sent rows
+// delivered in all and that the Kafka client's and the pool's metrics are
+// there.
+func checkMetrics(t *testing.T, httpAddr string, sent int) {
+	t.Helper()
+	code, body := httpGet(t, "http://"+httpAddr+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	var counted float64
+	for line := range strings.Lines(body) {
+		if strings.HasPrefix(line, "outbox_relay_rows_sent_total{") {
+			var v float64
+			if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			counted += v
+		}
+	}
+	if counted != float64(sent) {
+		t.Errorf("outbox_relay_rows_sent_total sums to %v, want %d", counted, sent)
+	}
+	for _, name := range []string{"outbox_relay_kafka_", "outbox_relay_db_pool_connections ", "outbox_relay_delivery_latency_seconds_bucket", "outbox_relay_pending_rows "} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics has no %s", strings.TrimSpace(name))
+		}
+	}
 }
 
 // Two relays on one schema share the work without losing a row or letting a

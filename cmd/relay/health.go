@@ -25,8 +25,10 @@ const readyTimeout = 2 * time.Second
 //     answer within readyTimeout and the relay's last batches went through
 //     (delivery), and 503 with the reasons otherwise. A broker can answer a
 //     ping while refusing every produce; delivery catches that.
-func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error) http.Handler {
+//   - /metrics serves Prometheus metrics.
+func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

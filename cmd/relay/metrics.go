@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/relay"
+)
+
+// metrics is the process's Prometheus registry with everything on it: the
+// relay's own metrics, the Kafka client's (kprom), the pool's, alerts by
+// kind, and the Go runtime and process collectors.
+type metrics struct {
+	reg    *prometheus.Registry
+	relay  *relay.Metrics
+	kafka  *kprom.Metrics
+	alerts *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &metrics{
+		reg:   reg,
+		relay: relay.NewMetrics(reg),
+		kafka: kprom.NewMetrics("outbox_relay_kafka", kprom.Registerer(reg)),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outbox_relay_alerts_total", Help: "Alerts raised, by kind, before aggregation.",
+		}, []string{"kind"}),
+	}
+	reg.MustRegister(m.alerts)
+	return m
+}
+
+// countAlerts is an alert sink that counts alerts by kind.
+func (m *metrics) countAlerts() alert.Alerter {
+	return alert.Func(func(_ context.Context, a alert.Alert) { m.alerts.WithLabelValues(string(a.Kind)).Inc() })
+}
+
+// watchPool exports the pool's connection statistics.
+func (m *metrics) watchPool(pool *pgxpool.Pool) {
+	gauge := func(name, help string, f func(*pgxpool.Stat) float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outbox_relay_db_pool_" + name, Help: help},
+			func() float64 { return f(pool.Stat()) }))
+	}
+	gauge("connections", "Connections open in the pool.", func(s *pgxpool.Stat) float64 { return float64(s.TotalConns()) })
+	gauge("connections_in_use", "Connections in use.", func(s *pgxpool.Stat) float64 { return float64(s.AcquiredConns()) })
+	gauge("connections_max", "Most connections the pool may open.", func(s *pgxpool.Stat) float64 { return float64(s.MaxConns()) })
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outbox_relay_db_pool_acquire_wait_seconds_total",
+		Help: "Time spent waiting for a pool connection."}, func() float64 { return pool.Stat().AcquireDuration().Seconds() }))
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
