@@ -40,6 +40,12 @@ type Config struct {
 	// LagAlertAfter raises a lag alert when the oldest pending row is older
 	// than this. Default 5 minutes.
 	LagAlertAfter time.Duration
+	// SentRetention is how long sent rows are kept (for audit and
+	// verification) before the relay deletes them. Default 24h.
+	SentRetention time.Duration
+	// DeleteOnSend deletes rows as soon as Kafka acknowledged them instead
+	// of marking them sent: less write amplification, no history.
+	DeleteOnSend bool
 	// Metrics records counters and histograms for Prometheus. Nil: none.
 	Metrics *Metrics
 	// Alerter receives escalation, outage and lag alerts. Default: log them.
@@ -61,6 +67,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OutageAlertAfter <= 0 {
 		c.OutageAlertAfter = time.Minute
+	}
+	if c.SentRetention <= 0 {
+		c.SentRetention = 24 * time.Hour
 	}
 	if c.LagAlertAfter <= 0 {
 		c.LagAlertAfter = 5 * time.Minute

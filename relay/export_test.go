@@ -10,3 +10,8 @@ import (
 func (r *Relay) DeliverBatch(ctx context.Context, now *time.Time) (int, error) {
 	return r.deliverBatch(ctx, now)
 }
+
+// Prune exposes one retention pass with a fixed "now".
+func (r *Relay) Prune(ctx context.Context, now *time.Time) (int64, error) {
+	return r.prune(ctx, now)
+}

@@ -130,7 +130,13 @@ func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Ti
 	if o.aborted {
 		return nil, errAborted
 	}
-	if len(o.sentIDs) > 0 {
+	switch {
+	case len(o.sentIDs) == 0:
+	case cfg.DeleteOnSend:
+		if _, err := tx.Exec(ctx, deleteSentQuery, o.sentIDs); err != nil {
+			return nil, fmt.Errorf("delete sent: %w", err)
+		}
+	default:
 		if _, err := tx.Exec(ctx, markSentQuery, o.sentIDs, o.sentPartitions, o.sentOffsets, now); err != nil {
 			return nil, fmt.Errorf("mark sent: %w", err)
 		}

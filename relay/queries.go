@@ -37,6 +37,9 @@ SET status = 'sent', sent_at = COALESCE($4::timestamptz, now()),
 FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u(id, kafka_partition, kafka_offset)
 WHERE m.id = u.id`
 
+// deleteSentQuery removes acknowledged rows when sent rows are not kept.
+const deleteSentQuery = `DELETE FROM messages WHERE id = ANY($1::bigint[])`
+
 // markFailedQuery leaves rows pending with their error and the time of their
 // next attempt. The arrays are parallel; $3 holds delays in microseconds.
 const markFailedQuery = `

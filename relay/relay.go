@@ -80,6 +80,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.watchLag(gctx)
 		return nil
 	})
+	if !r.cfg.DeleteOnSend {
+		g.Go(func() error {
+			r.pruneLoop(gctx)
+			return nil
+		})
+	}
 	return g.Wait()
 }
 

@@ -1,0 +1,64 @@
+package relay_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
+)
+
+func TestPruneDeletesOnlySentRowsPastRetention(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+
+	var msgs []relaytest.Message
+	for i := 0; i < 2500; i++ {
+		msgs = append(msgs, relaytest.Message{Topic: "t", Payload: []byte("x")})
+	}
+	db.Insert(t, msgs...)
+	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 5000, SentRetention: time.Hour}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2500 {
+		t.Fatalf("batch: %d, %v", n, err)
+	}
+	pending := db.Insert(t, relaytest.Message{Topic: "t", Payload: []byte("not yet sent")})[0]
+	// 2,100 of the sent rows are two hours old: more than two prune batches.
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET sent_at = now() - interval '2 hours'
+		WHERE id IN (SELECT id FROM messages WHERE status = 'sent' ORDER BY id LIMIT 2100)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET created_at = now() - interval '3 hours' WHERE id = $1`, pending); err != nil {
+		t.Fatal(err)
+	}
+	n, err := r.Prune(ctx, nil)
+	if err != nil || n != 2100 {
+		t.Fatalf("Prune = %d, %v; want the 2100 rows sent more than an hour ago", n, err)
+	}
+	if got := db.Count(t, "sent"); got != 400 {
+		t.Errorf("%d sent rows left, want the 400 recent ones", got)
+	}
+	if st := state(t, db, pending); st.status != "pending" {
+		t.Errorf("old pending row: %s, want kept", st.status)
+	}
+}
+
+func TestDeleteOnSend(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("a"), Payload: []byte("1")},
+		relaytest.Message{Topic: "t", Key: []byte("b"), Payload: []byte("2")})
+	r := relay.New(relay.Config{Schema: db.Schema, DeleteOnSend: true}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if n, err := r.DeliverBatch(context.Background(), nil); err != nil || n != 2 {
+		t.Fatalf("batch: %d, %v", n, err)
+	}
+	if left := db.Count(t, "pending") + db.Count(t, "sent"); left != 0 {
+		t.Errorf("%d rows left after delete-on-send, want 0", left)
+	}
+	relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
+}
