@@ -97,8 +97,11 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 	// rechecked is true once the relay, having found nothing, registered
 	// for notifications and looked once more; the next empty claim sleeps.
 	rechecked := false
-	// open are the transactions that were open when the relay registered.
+	// open are the transactions that were open when the relay registered
+	// and have not ended yet; openUntil is when the relay stops watching
+	// them and leaves them to the poll interval.
 	var open []string
+	var openUntil time.Time
 	for ctx.Err() == nil {
 		n, err := r.deliverOnce(ctx)
 		switch {
@@ -138,13 +141,14 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 				// registering did not notify us) and again once the
 				// transactions open at registration have ended.
 				open = o
+				openUntil = time.Now().Add(r.cfg.PollInterval)
 				rechecked = true
 				continue
 			}
 		}
 		if len(open) > 0 {
 			var alive bool
-			if open, alive = r.awaitOpen(ctx, open); !alive {
+			if open, alive = r.awaitOpen(ctx, open, openUntil); !alive {
 				return
 			}
 			continue
@@ -197,20 +201,20 @@ func (r *Relay) declareIdle(ctx context.Context) ([]string, error) {
 	return open, nil
 }
 
-// awaitOpen waits until every transaction in open has ended, a wake-up
-// arrives or a poll interval has passed. It returns those still open (after
-// a wake-up) and whether ctx is live.
-// A transaction open when the relay registered may have inserted before the
-// registration was visible, so it sent no NOTIFY; once it has ended, a look
-// finds its rows.
-func (r *Relay) awaitOpen(ctx context.Context, open []string) ([]string, bool) {
+// awaitOpen waits until one of the transactions in open ends, a wake-up
+// arrives or until passes, and returns those still open (none once until
+// has passed) and whether ctx is live. A transaction open when the relay
+// registered may have inserted before the registration was visible, so it
+// sent no NOTIFY: when it ends, a claim finds its rows. The relay looks after
+// each end rather than after all of them, since other sessions' long
+// transactions may be among them.
+func (r *Relay) awaitOpen(ctx context.Context, open []string, until time.Time) ([]string, bool) {
 	backoff := time.Millisecond
-	deadline := time.Now().Add(r.cfg.PollInterval)
-	for len(open) > 0 {
-		if time.Now().After(deadline) {
+	for {
+		if !time.Now().Before(until) {
 			return nil, true // the poll interval covers them from here
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(min(backoff, time.Until(until)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -220,12 +224,15 @@ func (r *Relay) awaitOpen(ctx context.Context, open []string) ([]string, bool) {
 			return open, true
 		case <-t.C:
 		}
-		backoff = min(2*backoff, 50*time.Millisecond, r.cfg.PollInterval)
-		if err := r.pool.QueryRow(ctx, stillOpenQuery, open).Scan(&open); err != nil {
+		backoff = min(2*backoff, 50*time.Millisecond)
+		var still []string
+		if err := r.pool.QueryRow(ctx, stillOpenQuery, open).Scan(&still); err != nil {
 			return nil, ctx.Err() == nil
 		}
+		if len(still) < len(open) {
+			return still, true
+		}
 	}
-	return nil, true
 }
 
 // declareBusy removes the registration so inserts stop notifying.

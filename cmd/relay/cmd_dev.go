@@ -50,6 +50,11 @@ func dev(ctx context.Context, cfg Config, addr string, partitions int, env *envi
 	if env.getenv("RELAY_KAFKA_BROKERS") != "" {
 		log.Warn("dev_ignores_kafka_brokers", "kafka_brokers", cfg.KafkaBrokers)
 	}
+	if cfg.kafkaSecured() {
+		// The in-memory broker speaks plaintext only.
+		log.Warn("dev_ignores_kafka_security", "kafka_tls", cfg.KafkaTLS, "kafka_sasl_mechanism", cfg.KafkaSASLMechanism)
+		cfg = cfg.withoutKafkaSecurity()
+	}
 	cluster, err := kfake.NewCluster(
 		kfake.NumBrokers(1),
 		// kfake listens on 127.0.0.1 and the port it is given; ListenFn

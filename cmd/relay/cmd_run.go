@@ -78,6 +78,8 @@ func (d *daemon) run(ctx context.Context) error {
 		"database", redactedDatabase(cfg.DatabaseURL),
 		"schema", cfg.Schema,
 		"kafka_brokers", d.brokers,
+		"kafka_tls", cfg.KafkaTLS,
+		"kafka_sasl_mechanism", cfg.KafkaSASLMechanism,
 		"http_addr", cfg.HTTPAddr,
 		"batch_size", cfg.BatchSize,
 		"poll_interval", cfg.PollInterval.String(),
@@ -129,6 +131,12 @@ func (d *daemon) serve(ctx context.Context) error {
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
 		kgo.WithHooks(met.kafka),
 	}
+	secOpts, err := kafkaSecurityOpts(cfg)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, secOpts...)
+	logKafkaSecurityWarnings(log, cfg)
 	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
 	if err != nil {
 		return err

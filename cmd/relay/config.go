@@ -42,6 +42,37 @@ type Config struct {
 	// KafkaBrokers are the seed brokers, host:port each. Default
 	// localhost:9092.
 	KafkaBrokers []string `env:"KAFKA_BROKERS" envDefault:"localhost:9092" desc:"Comma-separated Kafka seed brokers, host:port each."`
+	// KafkaTLS connects to the brokers over TLS. Every other KAFKA_TLS_*
+	// variable requires it: TLS is never turned on implicitly. Default
+	// false.
+	KafkaTLS bool `env:"KAFKA_TLS" envDefault:"false" desc:"Connect to Kafka over TLS. The other RELAY_KAFKA_TLS_* variables require it to be true."`
+	// KafkaTLSCAFile is a PEM file of the CAs that verify the brokers'
+	// certificates. Default: unset, the system's roots.
+	KafkaTLSCAFile string `env:"KAFKA_TLS_CA_FILE" desc:"PEM file of the CA certificates that verify the brokers; empty: the system roots."`
+	// KafkaTLSCertFile is the PEM client certificate for mutual TLS;
+	// it needs KafkaTLSKeyFile. Default: unset, no client certificate.
+	KafkaTLSCertFile string `env:"KAFKA_TLS_CERT_FILE" desc:"PEM client certificate for mutual TLS; set together with RELAY_KAFKA_TLS_KEY_FILE."`
+	// KafkaTLSKeyFile is the PEM private key of KafkaTLSCertFile.
+	// Default: unset.
+	KafkaTLSKeyFile string `env:"KAFKA_TLS_KEY_FILE" desc:"PEM private key of the client certificate; set together with RELAY_KAFKA_TLS_CERT_FILE."`
+	// KafkaTLSServerName is the host name the brokers' certificates must
+	// hold. Default: unset, each broker's own host.
+	KafkaTLSServerName string `env:"KAFKA_TLS_SERVER_NAME" desc:"Host name the brokers' certificates must hold; empty: the host of each broker address."`
+	// KafkaTLSInsecureSkipVerify accepts any broker certificate; a
+	// warning is logged at start. Default false.
+	KafkaTLSInsecureSkipVerify bool `env:"KAFKA_TLS_INSECURE_SKIP_VERIFY" envDefault:"false" desc:"Accept any broker certificate, unverified (for tests only; logged as a warning)."`
+	// KafkaSASLMechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (any
+	// case). Default: unset, no SASL.
+	KafkaSASLMechanism string `env:"KAFKA_SASL_MECHANISM" desc:"SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL. Needs a username and a password."`
+	// KafkaSASLUsername is the SASL user. Default: unset.
+	KafkaSASLUsername string `env:"KAFKA_SASL_USERNAME" desc:"SASL username."`
+	// KafkaSASLPassword is the SASL password, never logged. Default:
+	// unset.
+	KafkaSASLPassword string `env:"KAFKA_SASL_PASSWORD" desc:"SASL password. Never logged."`
+	// KafkaSASLPasswordFile is the path of a file holding the SASL
+	// password (a mounted secret); a trailing newline is ignored. When
+	// set, it wins over KafkaSASLPassword. Default: unset.
+	KafkaSASLPasswordFile string `env:"KAFKA_SASL_PASSWORD_FILE" desc:"Path of a file holding the SASL password (e.g. a mounted secret); trailing newline ignored. Wins over RELAY_KAFKA_SASL_PASSWORD."`
 	// Schema is the Postgres schema holding the outbox tables. Default
 	// outbox.
 	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
@@ -51,6 +82,10 @@ type Config struct {
 	// MaxAttempts is how many failed produce attempts a row may have
 	// before it is escalated to stuck_messages. Default 10, at least 1.
 	MaxAttempts int `env:"MAX_ATTEMPTS" envDefault:"10" desc:"Failed produce attempts before a row is escalated to stuck_messages (at least 1)."`
+	// SentRetention is how long sent rows stay in messages (for audit and
+	// verification) before the relay deletes them; 0 deletes each row as
+	// soon as Kafka acknowledged it. Default 24h.
+	SentRetention time.Duration `env:"SENT_RETENTION" envDefault:"24h" desc:"How long sent rows are kept before the relay deletes them in small batches; 0 deletes each row as soon as Kafka acknowledged it."`
 	// StuckBlocksKey keeps the later rows of a key waiting while an
 	// earlier row of the key is stuck (strict per-key order). Default true.
 	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
@@ -234,8 +269,8 @@ func describeParseError(value string, pe env.ParseError) string {
 	}
 }
 
-// resolve reads the database URL file, if one is named, and trims spaces
-// around broker addresses.
+// resolve reads the database URL and SASL password files, if they are
+// named, and trims spaces around broker addresses.
 func (c *Config) resolve(problems map[string]string) {
 	if c.DatabaseURLFile != "" {
 		b, err := os.ReadFile(c.DatabaseURLFile)
@@ -251,6 +286,7 @@ func (c *Config) resolve(problems map[string]string) {
 	for i, b := range c.KafkaBrokers {
 		c.KafkaBrokers[i] = strings.TrimSpace(b)
 	}
+	c.resolveKafkaSecurity(problems)
 }
 
 // validate adds a problem for every variable whose value cannot be used. It
@@ -283,6 +319,7 @@ func (c Config) validate(problems map[string]string) {
 			add("RELAY_KAFKA_BROKERS", "%q: %v", b, err)
 		}
 	}
+	c.validateKafkaSecurity(add, parsed)
 	if err := relay.ValidSchema(c.Schema); err != nil {
 		add("RELAY_SCHEMA", "%v", err)
 	}
@@ -293,6 +330,9 @@ func (c Config) validate(problems map[string]string) {
 	}
 	if parsed("RELAY_MAX_ATTEMPTS") && c.MaxAttempts < 1 {
 		add("RELAY_MAX_ATTEMPTS", "%d: must be at least 1", c.MaxAttempts)
+	}
+	if parsed("RELAY_SENT_RETENTION") && c.SentRetention < 0 {
+		add("RELAY_SENT_RETENTION", "%v: must not be negative", c.SentRetention)
 	}
 	if parsed("RELAY_PRODUCE_TIMEOUT") && c.ProduceTimeout < time.Second {
 		add("RELAY_PRODUCE_TIMEOUT", "%v: must be at least 1s", c.ProduceTimeout)
@@ -386,6 +426,8 @@ func (c Config) relayConfig() relay.Config {
 		StuckRowsReleaseKey: !c.StuckBlocksKey,
 		OutageAlertAfter:    c.OutageAlertAfter,
 		LagAlertAfter:       c.LagAlertAfter,
+		SentRetention:       c.SentRetention,
+		DeleteOnSend:        c.SentRetention == 0,
 	}
 }
 

@@ -32,6 +32,7 @@ func TestConfigDefaults(t *testing.T) {
 		Schema:           "outbox",
 		HTTPAddr:         ":8080",
 		MaxAttempts:      10,
+		SentRetention:    24 * time.Hour,
 		StuckBlocksKey:   true,
 		ProduceTimeout:   30 * time.Second,
 		OutageAlertAfter: time.Minute,
@@ -63,6 +64,7 @@ func TestConfigDefaults(t *testing.T) {
 		MaxAttempts:      10,
 		OutageAlertAfter: time.Minute,
 		LagAlertAfter:    5 * time.Minute,
+		SentRetention:    24 * time.Hour,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, wantRelay) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, wantRelay)
@@ -91,6 +93,7 @@ func TestConfigValues(t *testing.T) {
 		"RELAY_STUCK_BLOCKS_KEY":   "false",
 		"RELAY_OUTAGE_ALERT_AFTER": "30s",
 		"RELAY_LAG_ALERT_AFTER":    "2m",
+		"RELAY_SENT_RETENTION":     "0",
 		"RELAY_UNKNOWN_IS_IGNORED": "x",
 	}))
 	if err != nil {
@@ -111,6 +114,7 @@ func TestConfigValues(t *testing.T) {
 		StuckRowsReleaseKey: true,
 		OutageAlertAfter:    30 * time.Second,
 		LagAlertAfter:       2 * time.Minute,
+		DeleteOnSend:        true,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, want)
