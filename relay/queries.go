@@ -72,13 +72,21 @@ FROM moved`
 // the database clock, the one the trigger reads.
 const declareIdleQuery = `SELECT setval('relay_idle_until', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1)`
 
-// openTransactionsQuery lists the transactions open right now. Run after
+// openTransactionsQuery lists the transactions that have written something
+// and not ended, by the lock every transaction holds on its own id. Run after
 // declareIdleQuery, it names every transaction that may have inserted
-// without seeing the registration and not yet committed.
-const openTransactionsQuery = `SELECT COALESCE(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x`
+// without seeing the registration. (pg_snapshot_xip would miss those at or
+// above the snapshot's xmax; pg_locks is readable by every role, unlike
+// pg_stat_activity's backend_xid.)
+const openTransactionsQuery = `
+SELECT COALESCE(array_agg(transactionid::text), '{}') FROM pg_locks
+WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted`
 
 // stillOpenQuery keeps those of $1 that have not ended.
-const stillOpenQuery = `SELECT COALESCE(array_agg(x), '{}') FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'`
+const stillOpenQuery = `
+SELECT COALESCE(array_agg(x), '{}') FROM unnest($1::text[]) x
+WHERE x IN (SELECT transactionid::text FROM pg_locks
+            WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted)`
 
 // declareBusyQuery stops notifications. setval is not transactional: it
 // takes effect at once, whatever the transaction it runs in does later.

@@ -343,7 +343,7 @@ func listenerPID(t testing.TB, db *relaytest.DB, app string) int32 {
 // commits after the relay's one re-check, nothing wakes the relay.
 //
 // The relay covers it: right after registering it lists the transactions
-// open then (pg_snapshot_xip) and looks again once each has ended.
+// open then (by their transactionid locks) and looks again as each ends.
 func TestWakeupAfterTransactionSpanningIdleRegistration(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
