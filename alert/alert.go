@@ -16,6 +16,9 @@ const (
 	KindOutage Kind = "kafka_outage"
 	// KindLag: the oldest pending row is older than the configured bound.
 	KindLag Kind = "delivery_lag"
+	// KindDurability: a topic's broker settings can lose acknowledged
+	// records (replication factor, min.insync.replicas, unclean election).
+	KindDurability Kind = "topic_not_durable"
 )
 
 // Alert is one thing a human should know about.

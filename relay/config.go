@@ -46,6 +46,9 @@ type Config struct {
 	// DeleteOnSend deletes rows as soon as Kafka acknowledged them instead
 	// of marking them sent: less write amplification, no history.
 	DeleteOnSend bool
+	// Durability checks each topic's replication settings on first use:
+	// off (default), warn, or strict (escalate rows of unsafe topics).
+	Durability Durability
 	// Metrics records counters and histograms for Prometheus. Nil: none.
 	Metrics *Metrics
 	// Alerter receives escalation, outage and lag alerts. Default: log them.

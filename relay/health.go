@@ -17,6 +17,10 @@ type kafkaHealth struct {
 	reason    string
 	alerted   bool // the outage alert for this outage has been raised
 	metrics   *Metrics
+	// upAt is when the last outage ended; flapWindow how soon after it a
+	// new one counts as the same (OutageAlertAfter).
+	upAt       time.Time
+	flapWindow time.Duration
 }
 
 // down records that Kafka took nothing at time at. The first call of an
@@ -26,7 +30,11 @@ func (h *kafkaHealth) down(at time.Time, reason error) {
 	defer h.mu.Unlock()
 	if h.downSince.IsZero() {
 		h.downSince = at
-		h.alerted = false
+		// An outage that comes back within a window of the last one's
+		// end is the same flapping outage: it has had its alert.
+		if at.Sub(h.upAt) > h.flapWindow {
+			h.alerted = false
+		}
 		h.metrics.setKafkaDown(true)
 	}
 	h.reason = reason.Error()
@@ -42,6 +50,7 @@ func (h *kafkaHealth) up() time.Duration {
 	}
 	d := time.Since(h.downSince)
 	h.downSince = time.Time{}
+	h.upAt = time.Now()
 	h.metrics.setKafkaDown(false)
 	return d
 }

@@ -19,6 +19,7 @@ type Metrics struct {
 	pending       prometheus.Gauge
 	oldestPending prometheus.Gauge
 	stuck         prometheus.Gauge
+	notDurable    *prometheus.CounterVec
 }
 
 // NewMetrics registers the relay's metrics, named outbox_relay_*, on reg.
@@ -45,8 +46,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Age of the oldest pending row, as of the last check; 0 when none."}),
 		stuck: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "stuck_rows",
 			Help: "Rows in stuck_messages, as of the last check."}),
+		notDurable: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "topic_durability_warnings_total",
+			Help: "Times a topic was found with settings that can lose acknowledged records (RF < 3, min.insync.replicas < 2, unclean election)."}, []string{"topic"}),
 	}
-	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck)
+	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.notDurable)
 	return m
 }
 
@@ -93,4 +96,11 @@ func (m *Metrics) setBacklog(s backlog) {
 	m.pending.Set(float64(s.pending))
 	m.oldestPending.Set(s.oldest.Seconds())
 	m.stuck.Set(float64(s.stuck))
+}
+
+func (m *Metrics) topicNotDurable(topic string) {
+	if m == nil {
+		return
+	}
+	m.notDurable.WithLabelValues(topic).Inc()
 }

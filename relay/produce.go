@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -47,6 +48,13 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 	var out outcome
 	for i, x := range rows {
 		rec, err := x.record()
+		if err == nil && r.cfg.Durability == DurabilityStrict {
+			if problems := r.durabilityProblems(ctx, x.Topic); len(problems) > 0 {
+				err = badRow("topic %s is not durable (%s); strict durability refuses to produce to it", x.Topic, strings.Join(problems, "; "))
+			}
+		} else if err == nil {
+			r.durabilityProblems(ctx, x.Topic)
+		}
 		if err != nil {
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
 			continue

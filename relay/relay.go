@@ -34,6 +34,8 @@ type Relay struct {
 
 	alerter alert.Alerter
 	health  kafkaHealth
+	// topics caches durability verdicts; only the delivery loop uses it.
+	topics map[string]*topicVerdict
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -57,7 +59,8 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		logger:  logger.With("instance", cfg.Instance),
 		wake:    make(chan struct{}, 1),
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
-		health:  kafkaHealth{metrics: cfg.Metrics},
+		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
+		topics:  map[string]*topicVerdict{},
 	}
 }
 

@@ -50,6 +50,9 @@ func dev(ctx context.Context, cfg Config, addr string, partitions int, env *envi
 	if env.getenv("RELAY_KAFKA_BROKERS") != "" {
 		log.Warn("dev_ignores_kafka_brokers", "kafka_brokers", cfg.KafkaBrokers)
 	}
+	// The in-memory broker has one replica of everything and says so in
+	// the banner; warning about it on every topic would only be noise.
+	cfg.CheckTopicDurability, cfg.RequireDurableTopics = false, false
 	if cfg.kafkaSecured() {
 		// The in-memory broker speaks plaintext only.
 		log.Warn("dev_ignores_kafka_security", "kafka_tls", cfg.KafkaTLS, "kafka_sasl_mechanism", cfg.KafkaSASLMechanism)

@@ -86,6 +86,14 @@ type Config struct {
 	// verification) before the relay deletes them; 0 deletes each row as
 	// soon as Kafka acknowledged it. Default 24h.
 	SentRetention time.Duration `env:"SENT_RETENTION" envDefault:"24h" desc:"How long sent rows are kept before the relay deletes them in small batches; 0 deletes each row as soon as Kafka acknowledged it."`
+	// CheckTopicDurability reads each topic's replication factor,
+	// min.insync.replicas and unclean.leader.election.enable on first use
+	// and warns, counts and alerts when they can lose acknowledged records.
+	// Default true.
+	CheckTopicDurability bool `env:"CHECK_TOPIC_DURABILITY" envDefault:"true" desc:"Warn, count and alert when a topic has replication factor < 3, min.insync.replicas < 2 or unclean leader election on."`
+	// RequireDurableTopics refuses to produce to such topics: their rows
+	// are escalated with the reason. Default false.
+	RequireDurableTopics bool `env:"REQUIRE_DURABLE_TOPICS" envDefault:"false" desc:"Escalate, instead of producing, the rows of topics that fail the durability check."`
 	// StuckBlocksKey keeps the later rows of a key waiting while an
 	// earlier row of the key is stuck (strict per-key order). Default true.
 	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
@@ -428,7 +436,19 @@ func (c Config) relayConfig() relay.Config {
 		LagAlertAfter:       c.LagAlertAfter,
 		SentRetention:       c.SentRetention,
 		DeleteOnSend:        c.SentRetention == 0,
+		Durability:          c.durability(),
 	}
+}
+
+// durability maps the two durability variables to the relay's mode.
+func (c Config) durability() relay.Durability {
+	switch {
+	case c.RequireDurableTopics:
+		return relay.DurabilityStrict
+	case c.CheckTopicDurability:
+		return relay.DurabilityWarn
+	}
+	return relay.DurabilityOff
 }
 
 // newLogger returns the slog logger the configuration asks for, on w.
