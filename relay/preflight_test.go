@@ -4,10 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
@@ -58,26 +54,7 @@ func TestDurabilityStrictEscalatesRowsOfUnsafeTopics(t *testing.T) {
 		t.Errorf("row of an unsafe topic in strict mode: %+v; want escalated with the reason", st)
 	}
 	// Nothing was produced.
-	if n := recordCount(t, cluster.ListenAddrs(), "t"); n != 0 {
+	if n := relaytest.RecordsInTopics(t, cluster.ListenAddrs(), "t"); n != 0 {
 		t.Errorf("%d records in t, want 0", n)
 	}
-}
-
-// recordCount is how many records a topic holds.
-func recordCount(t *testing.T, brokers []string, topic string) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
-	return n
 }

@@ -25,7 +25,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
@@ -482,36 +481,6 @@ func checkDelivery(t *testing.T, rows map[int64]relaytest.Message, recs []*kgo.R
 	return dups
 }
 
-// recordsInTopics counts the records Kafka holds in topics.
-func recordsInTopics(t *testing.T, brokers []string, topics ...string) int64 {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	adm := kadm.NewClient(cl)
-	ends, err := adm.ListEndOffsets(ctx, topics...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	starts, err := adm.ListStartOffsets(ctx, topics...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err != nil {
-			t.Fatalf("end offset %s/%d: %v", o.Topic, o.Partition, o.Err)
-		}
-		s, _ := starts.Lookup(o.Topic, o.Partition)
-		n += o.Offset - s.Offset
-	})
-	return n
-}
-
 // waitSent waits until n rows of the outbox are marked sent.
 func waitSent(t *testing.T, db *relaytest.DB, n int, timeout time.Duration) {
 	t.Helper()
@@ -595,7 +564,7 @@ func TestRunDeliversConcurrentInserts(t *testing.T) {
 	recs := relaytest.Consume(t, brokers, total, 90*time.Second, topics...)
 	checkDelivery(t, rows, recs, true)
 	waitSent(t, db, total, 30*time.Second)
-	if n := recordsInTopics(t, brokers, topics...); n != total {
+	if n := relaytest.RecordsInTopics(t, brokers, topics...); n != total {
 		t.Errorf("Kafka holds %d records, want exactly %d", n, total)
 	}
 	checkHealthy(t, httpAddr)
@@ -712,7 +681,7 @@ func TestRunSurvivesKill9(t *testing.T) {
 		return waiting > 0
 	})
 	sentAtKill := db.Count(t, "sent")
-	inKafka := recordsInTopics(t, brokers, topics...)
+	inKafka := relaytest.RecordsInTopics(t, brokers, topics...)
 	first.signal(syscall.SIGKILL)
 	if code := first.waitExit(10 * time.Second); code != -1 {
 		t.Fatalf("exit code %d after SIGKILL", code)
