@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -30,9 +32,11 @@ const DefaultProduceTimeout = 30 * time.Second
 // Lingering is off by default: the relay hands Kafka a whole batch at once,
 // so waiting for more records would only add latency.
 func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
+	limits := &topicLimits{}
 	opts := []kgo.Opt{kgo.ProducerLinger(0), kgo.RecordDeliveryTimeout(DefaultProduceTimeout)}
 	opts = append(opts, extra...)
 	opts = append(opts,
+		kgo.ProducerBatchMaxBytesFn(limits.batchMax),
 		kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordRetries(math.MaxInt),
@@ -42,5 +46,69 @@ func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
+	clientLimits.Store(cl, limits)
 	return cl, nil
+}
+
+// defaultBatchMax is franz-go's own batch limit, used for topics whose
+// max.message.bytes the relay has not read.
+const defaultBatchMax = 1_000_012
+
+// topicLimits holds the max.message.bytes the relay read for each topic.
+// The client asks it for a topic's batch limit when it first meets one of
+// the topic's partitions, which is after the relay has read the topic's
+// settings: a batch then never exceeds what the broker accepts, so one large
+// row cannot make the broker reject its partition neighbours
+// (MESSAGE_TOO_LARGE fails the whole batch).
+type topicLimits struct{ m sync.Map } // topic → int32
+
+func (l *topicLimits) set(topic string, maxBytes int32) {
+	if l != nil {
+		l.m.Store(topic, maxBytes)
+	}
+}
+
+func (l *topicLimits) batchMax(topic string) int32 {
+	if v, ok := l.m.Load(topic); ok {
+		return min(max(v.(int32), 512), 1<<30)
+	}
+	return defaultBatchMax
+}
+
+// clientLimits finds the limits of a client made by NewKafkaClient.
+var clientLimits sync.Map // *kgo.Client → *topicLimits
+
+// limitsOf returns client's topic limits, or nil for a client that
+// NewKafkaClient did not make.
+func limitsOf(client *kgo.Client) *topicLimits {
+	if v, ok := clientLimits.Load(client); ok {
+		return v.(*topicLimits)
+	}
+	return nil
+}
+
+// batchSize is the encoded size of a record batch holding rec alone (v2
+// format, uncompressed), the size the broker compares with the topic's
+// max.message.bytes.
+func batchSize(rec *kgo.Record) int {
+	const batchHeader = 61
+	body := 1 + 1 + 1 // attributes, timestamp delta 0, offset delta 0
+	body += bytesSize(rec.Key) + bytesSize(rec.Value)
+	body += varintSize(int64(len(rec.Headers)))
+	for _, h := range rec.Headers {
+		body += varintSize(int64(len(h.Key))) + len(h.Key) + bytesSize(h.Value)
+	}
+	return batchHeader + varintSize(int64(body)) + body
+}
+
+// bytesSize is the size of a length-prefixed byte field; nil is length -1.
+func bytesSize(b []byte) int {
+	if b == nil {
+		return varintSize(-1)
+	}
+	return varintSize(int64(len(b))) + len(b)
+}
+
+func varintSize(v int64) int {
+	return binary.PutVarint(make([]byte, binary.MaxVarintLen64), v)
 }

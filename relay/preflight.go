@@ -36,35 +36,39 @@ const (
 	topicRetry   = 30 * time.Second
 )
 
+// topicVerdict is what the relay last read of a topic's settings.
 type topicVerdict struct {
 	checked  time.Time
 	problems []string // empty: durable, or not known
 	failed   bool     // the check could not be made
+	// maxBytes is the topic's max.message.bytes; 0 when not known.
+	maxBytes int32
 }
 
-// durabilityProblems returns what is unsafe about topic, reading its settings
-// with kadm on first use and caching the verdict. A check that fails
-// (unknown topic, no permission to describe configs) reports no problem: the
-// produce will tell. Batches in flight call it concurrently.
-func (r *Relay) durabilityProblems(ctx context.Context, topic string) []string {
-	if r.cfg.Durability == DurabilityOff {
-		return nil
-	}
+// topicSettings returns what the relay knows of topic's settings, reading
+// them with kadm on first use and caching them. A check that fails (unknown
+// topic, no permission to describe configs) reports nothing: the produce
+// will tell. Unless durability checks are off, a topic newly found unsafe is
+// logged, counted and alerted on once. It also tells the Kafka client the
+// topic's max.message.bytes, so its batches never exceed it. Batches in
+// flight call it concurrently.
+func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	// One check at a time: the batches in flight share the verdicts.
 	r.topicsMu.Lock()
 	defer r.topicsMu.Unlock()
 	if v, ok := r.topics[topic]; ok {
 		age := time.Since(v.checked)
 		if (!v.failed && age < topicRecheck) || (v.failed && age < topicRetry) {
-			return v.problems
+			return *v
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	problems, err := checkTopic(ctx, kadm.NewClient(r.kafka), topic)
-	v := &topicVerdict{checked: time.Now(), problems: problems, failed: err != nil}
+	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, 5*time.Second)
+	v := &topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
 	prev := r.topics[topic]
 	r.topics[topic] = v
+	if maxBytes > 0 {
+		r.limits.set(topic, maxBytes)
+	}
 	if err != nil {
 		// Fail open: a failed check during an outage must not turn into
 		// escalated rows. Strict mode says so loudly.
@@ -72,10 +76,10 @@ func (r *Relay) durabilityProblems(ctx context.Context, topic string) []string {
 		if r.cfg.Durability == DurabilityStrict {
 			level = slog.LevelWarn
 		}
-		r.logger.Log(ctx, level, "durability_check_failed", "topic", topic, "error", err)
-		return nil
+		r.logger.Log(ctx, level, "topic_check_failed", "topic", topic, "error", err)
+		return *v
 	}
-	if len(problems) > 0 && (prev == nil || len(prev.problems) == 0) {
+	if r.cfg.Durability != DurabilityOff && len(problems) > 0 && (prev == nil || len(prev.problems) == 0) {
 		reason := strings.Join(problems, "; ")
 		r.logger.Warn("topic_not_durable", "topic", topic, "problems", reason, "strict", r.cfg.Durability == DurabilityStrict)
 		r.cfg.Metrics.topicNotDurable(topic)
@@ -86,21 +90,44 @@ func (r *Relay) durabilityProblems(ctx context.Context, topic string) []string {
 			At:      time.Now(),
 		})
 	}
-	return problems
+	return *v
 }
 
-// checkTopic reads a topic's replication factor, min.insync.replicas and
-// unclean.leader.election.enable.
-func checkTopic(ctx context.Context, adm *kadm.Client, topic string) ([]string, error) {
+// checkTopicWithin runs checkTopic but gives up after timeout or when ctx
+// ends: a broker that accepts connections and never answers can hold an
+// admin request past its context, and the batch must not wait for it.
+func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) ([]string, int32, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	type result struct {
+		problems []string
+		maxBytes int32
+		err      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer cancel()
+		p, m, err := checkTopic(ctx, kadm.NewClient(r.kafka), topic)
+		done <- result{p, m, err}
+	}()
+	select {
+	case res := <-done:
+		return res.problems, res.maxBytes, res.err
+	case <-ctx.Done():
+		return nil, 0, fmt.Errorf("topic %s: %w", topic, ctx.Err())
+	}
+}
+
+// checkTopic reads a topic's replication factor, min.insync.replicas,
+// unclean.leader.election.enable and max.message.bytes.
+func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (problems []string, maxBytes int32, err error) {
 	details, err := adm.ListTopics(ctx, topic)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	d, ok := details[topic]
 	if !ok || d.Err != nil {
-		return nil, fmt.Errorf("topic %s: %v", topic, d.Err)
+		return nil, 0, fmt.Errorf("topic %s: %v", topic, d.Err)
 	}
-	var problems []string
 	rf := -1
 	for _, p := range d.Partitions {
 		if rf < 0 || len(p.Replicas) < rf {
@@ -112,11 +139,11 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) ([]string, 
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	rc, err := configs.On(topic, nil)
 	if err != nil || rc.Err != nil {
-		return nil, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
+		return nil, 0, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
 	}
 	for _, c := range rc.Configs {
 		if c.Value == nil {
@@ -131,7 +158,11 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) ([]string, 
 			if *c.Value == "true" {
 				problems = append(problems, "unclean.leader.election.enable is true")
 			}
+		case "max.message.bytes":
+			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n > 0 {
+				maxBytes = int32(n)
+			}
 		}
 	}
-	return problems, nil
+	return problems, maxBytes, nil
 }

@@ -2,8 +2,15 @@ package relay_test
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
@@ -57,4 +64,56 @@ func TestDurabilityStrictEscalatesRowsOfUnsafeTopics(t *testing.T) {
 	if n := relaytest.RecordsInTopics(t, cluster.ListenAddrs(), "t"); n != 0 {
 		t.Errorf("%d records in t, want 0", n)
 	}
+}
+
+// A topic whose max.message.bytes is below the client's default batch limit:
+// the relay must keep the client's batches under it, and refuse a row that
+// can never fit before it reaches a batch, so the broker never rejects a
+// batch and its neighbours with it.
+func TestRowsFitTheTopicsMaxMessageBytes(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1)
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+	const limit = 100_000
+	adm := kadm.NewClient(relaytest.NewProducer(t, brokers))
+	if _, err := adm.CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": kadm.StringPtr(strconv.Itoa(limit))}, "small"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Twelve 30 kB rows of different keys: together far over the limit,
+	// each well under it. One 150 kB row: over the topic's limit, under the
+	// client's default. Random payloads, so compression cannot shrink them.
+	var msgs []relaytest.Message
+	for i := range 12 {
+		msgs = append(msgs, relaytest.Message{Topic: "small", Key: fmt.Appendf(nil, "k%d", i), Payload: randomBytes(30_000)})
+	}
+	msgs = append(msgs, relaytest.Message{Topic: "small", Key: []byte("big"), Payload: randomBytes(150_000)})
+	ids := db.Insert(t, msgs...)
+
+	// Lingering makes the client gather the batch's records into as few
+	// record batches as its limit allows.
+	producer := relaytest.NewProducer(t, brokers, kgo.ProducerLinger(time.Second))
+	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, db.Pool, producer, testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != len(msgs) {
+		t.Fatalf("batch: %d rows, %v; want %d", n, err, len(msgs))
+	}
+	if got := db.Count(t, "sent"); got != 12 {
+		t.Errorf("%d rows sent, want the 12 that fit", got)
+	}
+	st := stuckRow(t, db, ids[12])
+	if st.kind != "row_fatal" || st.attempts != 1 ||
+		!strings.Contains(st.lastError, "max.message.bytes") || !strings.Contains(st.lastError, strconv.Itoa(limit)) {
+		t.Errorf("oversize row: %+v; want escalated at once, naming the topic's max.message.bytes", st)
+	}
+	if n := relaytest.RecordsInTopics(t, brokers, "small"); n != 12 {
+		t.Errorf("%d records in the topic, want 12", n)
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
 }

@@ -48,12 +48,8 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 	var out outcome
 	for i, x := range rows {
 		rec, err := x.record()
-		if err == nil && r.cfg.Durability == DurabilityStrict {
-			if problems := r.durabilityProblems(ctx, x.Topic); len(problems) > 0 {
-				err = badRow("topic %s is not durable (%s); strict durability refuses to produce to it", x.Topic, strings.Join(problems, "; "))
-			}
-		} else if err == nil {
-			r.durabilityProblems(ctx, x.Topic)
+		if err == nil {
+			err = r.checkTopicSettings(ctx, rec)
 		}
 		if err != nil {
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
@@ -93,6 +89,22 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		out.sentOffsets = append(out.sentOffsets, a.rec.Offset)
 	}
 	return out
+}
+
+// checkTopicSettings refuses a record its topic cannot take: larger than the
+// topic's max.message.bytes (caught here so it never reaches a batch and
+// fails its neighbours) or, in strict mode, bound for a topic that is not
+// durable.
+func (r *Relay) checkTopicSettings(ctx context.Context, rec *kgo.Record) error {
+	v := r.topicSettings(ctx, rec.Topic)
+	if size := batchSize(rec); v.maxBytes > 0 && size > int(v.maxBytes) {
+		return badRow("row is %d bytes as a record batch (key %d, payload %d bytes); topic %s accepts at most %d (max.message.bytes): shrink the payload or raise the topic's limit",
+			size, len(rec.Key), len(rec.Value), rec.Topic, v.maxBytes)
+	}
+	if r.cfg.Durability == DurabilityStrict && len(v.problems) > 0 {
+		return badRow("topic %s is not durable (%s); strict durability refuses to produce to it", rec.Topic, strings.Join(v.problems, "; "))
+	}
+	return nil
 }
 
 // outage reports whether the batch failed as a whole for reasons that are not

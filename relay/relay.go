@@ -45,6 +45,8 @@ type Relay struct {
 	// shared by the batches in flight.
 	topicsMu sync.Mutex
 	topics   map[string]*topicVerdict
+	// limits tells the client each topic's max.message.bytes.
+	limits *topicLimits
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -70,6 +72,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
 		topics:  map[string]*topicVerdict{},
+		limits:  limitsOf(client),
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),

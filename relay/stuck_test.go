@@ -79,8 +79,8 @@ func TestPoisonRowIsEscalatedWithinOneBatch(t *testing.T) {
 				t.Fatalf("first batch: %d rows, %v; want 1000", n, err)
 			}
 			stuck := stuckRow(t, db, poison)
-			if stuck.kind != "row_fatal" || stuck.attempts != 1 || !strings.Contains(stuck.lastError, "MESSAGE_TOO_LARGE") {
-				t.Errorf("poison row: %+v; want escalated at once as row_fatal, MESSAGE_TOO_LARGE", stuck)
+			if stuck.kind != "row_fatal" || stuck.attempts != 1 || !strings.Contains(stuck.lastError, "max.message.bytes") {
+				t.Errorf("poison row: %+v; want escalated at once as row_fatal, over max.message.bytes", stuck)
 			}
 			if got := db.Count(t, "sent"); got != 999 {
 				t.Errorf("%d rows sent after the first batch, want the 999 good ones", got)
