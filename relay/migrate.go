@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"regexp"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -127,3 +129,41 @@ func (m *Migrator) Pending(ctx context.Context) (bool, error) {
 
 // Close releases the migrator's connections.
 func (m *Migrator) Close() error { return m.db.Close() }
+
+// CheckSchema returns an error unless every migration this binary embeds is
+// applied in the schema q's search_path points at. Readiness uses it: a
+// relay whose schema is behind its code must not report ready.
+func CheckSchema(ctx context.Context, q Querier) error {
+	want, err := latestMigration()
+	if err != nil {
+		return err
+	}
+	var have int64
+	err = q.QueryRow(ctx, `SELECT COALESCE(max(version_id), 0) FROM goose_db_version`).Scan(&have)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+		return errors.New("the schema is not migrated: run relay migrate up")
+	}
+	if err != nil {
+		return fmt.Errorf("read the schema version: %w", err)
+	}
+	if have < want {
+		return fmt.Errorf("schema at migration %d, this relay needs %d: run relay migrate up", have, want)
+	}
+	return nil
+}
+
+// latestMigration is the version of the newest embedded migration.
+func latestMigration() (int64, error) {
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	if err != nil {
+		return 0, err
+	}
+	var latest int64
+	for _, e := range entries {
+		if v, err := goose.NumericComponent(e.Name()); err == nil && strings.HasSuffix(e.Name(), ".sql") {
+			latest = max(latest, v)
+		}
+	}
+	return latest, nil
+}

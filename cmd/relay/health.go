@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
 )
 
 // readyTimeout bounds one readiness check; an orchestrator's probe usually
@@ -22,8 +24,9 @@ const readyTimeout = 2 * time.Second
 //     touches Postgres or Kafka: an outage of either must not get a healthy
 //     relay restarted (it waits the outage out, rows stay pending).
 //   - /readyz answers 200 when a Postgres connection and a Kafka broker both
-//     answer within readyTimeout and the relay's last batches went through
-//     (delivery), and 503 with the reasons otherwise. A broker can answer a
+//     answer within readyTimeout, every migration the binary embeds is
+//     applied and the relay's last batches went through (delivery), and 503
+//     with the reasons otherwise. A broker can answer a
 //     ping while refusing every produce; delivery catches that.
 //   - /metrics serves Prometheus metrics.
 func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error, metrics http.Handler) http.Handler {
@@ -38,6 +41,7 @@ func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error
 		defer cancel()
 		problems := readiness(ctx, []check{
 			{"database", pool.Ping},
+			{"migrations", func(ctx context.Context) error { return relay.CheckSchema(ctx, pool) }},
 			{"kafka", client.Ping},
 			{"delivery", func(context.Context) error { return delivery() }},
 		})
