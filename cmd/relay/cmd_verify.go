@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/verify"
 )
@@ -196,4 +198,98 @@ func toVerifyJSON(rep verify.Report, ok bool) verifyJSON {
 		j.Since = &s
 	}
 	return j
+}
+
+// periodicVerify is the daemon's verify (RELAY_VERIFY_INTERVAL): every
+// interval it checks the rows sent since the previous run, exports the
+// outcome as metrics, and alerts on missing and mismatched rows. Truncated
+// rows are only logged and counted: retention shorter than the interval is
+// a topic's choice, not a loss the relay caused.
+type periodicVerify struct {
+	pool     *pgxpool.Pool
+	client   *kgo.Client
+	interval time.Duration
+	// margin widens each window backwards. sent_at is the start time of
+	// the batch's transaction, which stays open while Kafka acknowledges
+	// (up to RELAY_PRODUCE_TIMEOUT), so a row can commit well after its
+	// sent_at; the margin also absorbs skew between this host's clock and
+	// the database's.
+	margin  time.Duration
+	log     *slog.Logger
+	alerter alert.Alerter
+	met     verifyMetrics
+}
+
+// verifyMargin is the margin for a produce timeout: the longest a batch
+// transaction waits for Kafka, plus a minute of clock skew and commit time.
+func verifyMargin(produceTimeout time.Duration) time.Duration {
+	return produceTimeout + time.Minute
+}
+
+// run verifies every interval until ctx ends.
+func (p *periodicVerify) run(ctx context.Context) {
+	since := time.Now().Add(-p.interval)
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		started := time.Now()
+		if _, err := p.once(ctx, since.Add(-p.margin)); err == nil {
+			// A failed run's window is covered by the next one.
+			since = started
+		}
+	}
+}
+
+// once verifies the rows sent since then and reports the outcome.
+func (p *periodicVerify) once(ctx context.Context, since time.Time) (verify.Report, error) {
+	rep, err := verify.Run(ctx, p.pool, p.client, verify.Options{Since: since, MaxExamples: 10})
+	if err != nil {
+		if ctx.Err() != nil {
+			return rep, err // shutting down
+		}
+		p.met.runs.WithLabelValues("error").Inc()
+		p.log.Warn("verify_error", "since", since, "error", err)
+		return rep, err
+	}
+	p.met.checked.Add(float64(rep.Total.Checked))
+	p.met.lastSuccess.SetToCurrentTime()
+	p.met.problems.Reset()
+	for _, t := range rep.Topics() {
+		for _, prob := range verify.Problems {
+			p.met.problems.WithLabelValues(t.Topic, string(prob)).Set(float64(t.Of(prob)))
+		}
+	}
+	t := rep.Total
+	if t.Missing+t.Truncated+t.Mismatched == 0 {
+		p.met.runs.WithLabelValues("ok").Inc()
+		p.log.Info("verify_done", "since", since, "checked", t.Checked)
+		return rep, nil
+	}
+	p.met.runs.WithLabelValues("problems").Inc()
+	p.log.Error("verify_problems", "since", since, "checked", t.Checked, "missing", t.Missing,
+		"truncated", t.Truncated, "mismatched", t.Mismatched)
+	for _, e := range rep.Examples {
+		p.log.Warn("verify_problem_row", "outbox_id", e.ID, "topic", e.Topic, "partition", e.Partition,
+			"offset", e.Offset, "problem", string(e.Problem), "detail", e.Detail)
+	}
+	for _, topic := range rep.Topics() {
+		n := topic.Missing + topic.Mismatched
+		if n == 0 {
+			continue
+		}
+		p.alerter.Raise(ctx, alert.Alert{
+			Kind:  alert.KindVerifyFailed,
+			Topic: topic.Topic,
+			Count: int(n),
+			Message: fmt.Sprintf("%d rows of topic %s sent since %s are missing from Kafka (%d) or mismatched (%d): loss after the acknowledgement; run 'relay verify --topic %s --since %s'",
+				n, topic.Topic, since.UTC().Format(time.RFC3339), topic.Missing, topic.Mismatched, topic.Topic, since.UTC().Format(time.RFC3339)),
+			At: time.Now(),
+		})
+	}
+	return rep, nil
 }

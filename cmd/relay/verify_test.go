@@ -3,17 +3,21 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/relay/verify"
 )
 
 // deliverRows inserts n rows of each topic and runs a relay until all are
@@ -117,4 +121,94 @@ func TestVerifyCommand(t *testing.T) {
 			t.Errorf("relay %v: %v, want exit 2", args, err)
 		}
 	}
+}
+
+// TestPeriodicVerifyOnce checks one run of the daemon's verify: metrics of
+// the last run, and an alert only for missing and mismatched rows.
+func TestPeriodicVerifyOnce(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "orders", "users")
+	brokers := cluster.ListenAddrs()
+	deliverRows(t, db, brokers, 6, "orders", "users")
+	cl := relaytest.NewProducer(t, brokers)
+	met := newMetrics()
+	var mu sync.Mutex
+	var alerts []alert.Alert
+	pv := &periodicVerify{
+		pool: db.Pool, client: cl, interval: time.Minute, log: slog.New(slog.DiscardHandler), met: met.verify,
+		alerter: alert.Func(func(_ context.Context, a alert.Alert) { mu.Lock(); alerts = append(alerts, a); mu.Unlock() }),
+	}
+	ctx := context.Background()
+	gauge := func(topic string, p verify.Problem) float64 {
+		return testutil.ToFloat64(met.verify.problems.WithLabelValues(topic, string(p)))
+	}
+
+	if _, err := pv.once(ctx, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(met.verify.runs.WithLabelValues("ok")); got != 1 || len(alerts) != 0 ||
+		testutil.ToFloat64(met.verify.checked) != 12 || gauge("orders", verify.ProblemMissing) != 0 {
+		t.Fatalf("clean run: runs ok %v, checked %v, alerts %v", got, testutil.ToFloat64(met.verify.checked), alerts)
+	}
+
+	// users loses two records to retention (no alert); one orders row
+	// points past the end of its log (missing: alert).
+	var offs kadm.Offsets
+	offs.Add(kadm.Offset{Topic: "users", Partition: 0, At: 2})
+	if _, err := kadm.NewClient(cl).DeleteRecords(ctx, offs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET kafka_offset = 1000 WHERE id = (SELECT max(id) FROM messages WHERE topic = 'orders')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pv.once(ctx, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(met.verify.runs.WithLabelValues("problems")); got != 1 {
+		t.Fatalf("runs with problems = %v, want 1", got)
+	}
+	if gauge("orders", verify.ProblemMissing) != 1 || gauge("users", verify.ProblemTruncated) != 2 || gauge("users", verify.ProblemMissing) != 0 {
+		t.Fatalf("problem gauges: orders missing %v, users truncated %v", gauge("orders", verify.ProblemMissing), gauge("users", verify.ProblemTruncated))
+	}
+	if len(alerts) != 1 || alerts[0].Kind != alert.KindVerifyFailed || alerts[0].Topic != "orders" || alerts[0].Count != 1 {
+		t.Fatalf("alerts %+v, want one verify_failed for orders", alerts)
+	}
+
+	// A window with no rows: the gauges of the last run are gone.
+	if _, err := pv.once(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(met.verify.problems); n != 0 {
+		t.Fatalf("%d problem series after an empty run, want 0", n)
+	}
+}
+
+// TestRunVerifiesPeriodically runs the daemon with RELAY_VERIFY_INTERVAL
+// and makes a sent row's record go missing.
+func TestRunVerifiesPeriodically(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "orders")
+	brokers := cluster.ListenAddrs()
+	p := startRelay(t, relayEnv(db, brokers, "RELAY_VERIFY_INTERVAL", "100ms", "RELAY_SHUTDOWN_TIMEOUT", "5s"), "run")
+	httpAddr := p.waitLog(30*time.Second, "http_listening")["addr"].(string)
+	db.Insert(t, relaytest.Message{Topic: "orders", Key: []byte("k"), Payload: []byte("a")}, relaytest.Message{Topic: "orders", Key: []byte("k"), Payload: []byte("b")})
+	waitSent(t, db, 2, 30*time.Second)
+	if _, err := db.Pool.Exec(context.Background(), `UPDATE messages SET kafka_offset = 1000 WHERE id = (SELECT max(id) FROM messages)`); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLine(30*time.Second, "stderr", "a verify_failed alert", func(l string) bool {
+		return strings.Contains(l, `"alert_kind":"verify_failed"`) && strings.Contains(l, `"topic":"orders"`)
+	})
+	if fields := p.waitLog(5*time.Second, "verify_problems"); fields["missing"] != float64(1) {
+		t.Fatalf("verify_problems log: %v", fields)
+	}
+	_, body := httpGet(t, "http://"+httpAddr+"/metrics")
+	for _, want := range []string{`outbox_relay_verify_problems{problem="missing",topic="orders"} 1`, `outbox_relay_verify_runs_total{result="problems"}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	stopRelay(t, p, 8*time.Second)
 }
