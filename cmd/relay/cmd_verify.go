@@ -81,6 +81,9 @@ The database, schema and brokers come from the RELAY_* variables.`,
 				if *examples == 0 {
 					rep.Examples = rep.Examples[:0]
 				}
+				if rep.Total.Checked == 0 {
+					fmt.Fprintln(env.stderr, "no sent rows in the window (sent rows are kept for RELAY_SENT_RETENTION; 0 keeps none)")
+				}
 				failed := verifyFailed(rep.Total, *allowTruncated)
 				if *asJSON {
 					if err := writeJSON(env.stdout, toVerifyJSON(rep, !failed)); err != nil {

@@ -116,6 +116,12 @@ func TestVerifyCommand(t *testing.T) {
 		t.Fatalf("verify of a deleted topic: %v", err)
 	}
 
+	// An empty window passes, and says so.
+	out, stderr, err := runCLI(t, env, "verify", "--since", "2099-01-01")
+	if err != nil || !strings.Contains(out, "0 rows checked") || !strings.Contains(stderr, "no sent rows in the window") {
+		t.Fatalf("verify of an empty window: %v\n%s\n%s", err, out, stderr)
+	}
+
 	for _, args := range [][]string{{"verify", "--since", "yesterday"}, {"verify", "extra"}, {"verify", "--chunk-size", "0"}} {
 		if _, _, err := runCLI(t, env, args...); exitCode(err) != 2 {
 			t.Errorf("relay %v: %v, want exit 2", args, err)
