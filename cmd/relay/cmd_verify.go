@@ -30,13 +30,15 @@ header, key and value (by SHA-256) against the row. Each row is ok or:
   missing     no record at the offset: the log ends before it, the topic or
               partition is gone, or the offset is absent inside the log.
               Lost after the acknowledgement (unclean leader election, a
-              broker that lost its data, a deleted topic) - or, on a
-              compacted topic, superseded by a later record of its key.
+              broker that lost its data, a deleted topic).
   truncated   the offset is below the partition's log start: retention or
               DeleteRecords removed it. Benign when the topic's retention is
               shorter than the window.
   mismatched  another record is at the offset, or its key or value differs
               (the topic was recreated, or the row was edited after sending).
+
+On a compacted topic (cleanup.policy=compact) an offset inside the log without
+a record was compacted away: such rows are counted as compacted, not missing.
 
 It prints a table per partition, the first problem rows and a summary, and
 exits 0 when every row is ok, 1 when a row is missing or mismatched, or
@@ -139,12 +141,16 @@ func verifyPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 }
 
 func summary(c verify.Counts) string {
-	return fmt.Sprintf("%d rows checked: %d ok, %d missing, %d truncated, %d mismatched", c.Checked, c.OK, c.Missing, c.Truncated, c.Mismatched)
+	s := fmt.Sprintf("%d rows checked: %d ok, %d missing, %d truncated, %d mismatched", c.Checked, c.OK, c.Missing, c.Truncated, c.Mismatched)
+	if c.Compacted > 0 {
+		s += fmt.Sprintf(", %d compacted away", c.Compacted)
+	}
+	return s
 }
 
 func printVerify(w io.Writer, rep verify.Report) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOPIC\tPARTITION\tCHECKED\tOK\tMISSING\tTRUNCATED\tMISMATCHED\tLOG START\tLOG END")
+	fmt.Fprintln(tw, "TOPIC\tPARTITION\tCHECKED\tOK\tMISSING\tTRUNCATED\tMISMATCHED\tCOMPACTED\tLOG START\tLOG END")
 	offset := func(o int64) string {
 		if o < 0 {
 			return "-"
@@ -152,11 +158,11 @@ func printVerify(w io.Writer, rep verify.Report) error {
 		return fmt.Sprint(o)
 	}
 	for _, p := range rep.Partitions {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.Topic, p.Partition, p.Checked, p.OK, p.Missing, p.Truncated, p.Mismatched,
-			offset(p.LogStart), offset(p.LogEnd))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.Topic, p.Partition, p.Checked, p.OK, p.Missing, p.Truncated, p.Mismatched,
+			p.Compacted, offset(p.LogStart), offset(p.LogEnd))
 	}
 	for _, t := range rep.Topics() {
-		fmt.Fprintf(tw, "%s\t(all)\t%d\t%d\t%d\t%d\t%d\t\t\n", t.Topic, t.Checked, t.OK, t.Missing, t.Truncated, t.Mismatched)
+		fmt.Fprintf(tw, "%s\t(all)\t%d\t%d\t%d\t%d\t%d\t%d\t\t\n", t.Topic, t.Checked, t.OK, t.Missing, t.Truncated, t.Mismatched, t.Compacted)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -12,6 +12,10 @@
 // requests, jumping over records that belong to no row. Memory stays bounded
 // by the chunk size and one fetch response, whatever the number of rows.
 //
+// On a compacted topic an offset inside the log without a record is counted
+// as compacted, not missing: the cleaner removed it because a later record of
+// its key superseded it.
+//
 // The cursor's transaction stays open while Run works (one snapshot, so
 // every row it reads was committed, hence acknowledged, before the end
 // offsets it compares against were listed). On a very large window that is
@@ -25,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -84,8 +89,8 @@ const (
 	// ProblemMissing: Kafka has no record at the row's offset. Either the
 	// offset is at or past the partition's end (the log was truncated
 	// below it after the acknowledgement: an unclean leader election, a
-	// broker that lost its data) or the topic or partition is gone, or the
-	// offset is absent inside the log (compacted away, or lost).
+	// broker that lost its data), or the topic or partition is gone, or the
+	// offset is absent inside the log of a topic that is not compacted.
 	ProblemMissing Problem = "missing"
 	// ProblemTruncated: the row's offset is below the partition's log start
 	// offset: retention or DeleteRecords removed it. Benign when the topic's
@@ -95,6 +100,12 @@ const (
 	// row's: another outbox-id, or a different key or value.
 	ProblemMismatched Problem = "mismatched"
 )
+
+// compacted is not a problem: on a compacted topic, an offset inside the
+// log without a record was compacted away (a later record of its key
+// superseded it). Kafka's own losses do not punch holes into a log: they cut
+// its tail (missing) or replace its records (mismatched).
+const compacted Problem = "compacted"
 
 // Problems lists every Problem, in report order.
 var Problems = []Problem{ProblemMissing, ProblemTruncated, ProblemMismatched}
@@ -106,6 +117,10 @@ type Counts struct {
 	Missing    int64 `json:"missing"`
 	Truncated  int64 `json:"truncated"`
 	Mismatched int64 `json:"mismatched"`
+	// Compacted counts rows of compacted topics (cleanup.policy=compact)
+	// whose offset inside the log holds no record any more: superseded
+	// by a later record of their key. They are not problems.
+	Compacted int64 `json:"compacted"`
 }
 
 // Of returns the count of one problem.
@@ -127,6 +142,7 @@ func (c *Counts) add(o Counts) {
 	c.Missing += o.Missing
 	c.Truncated += o.Truncated
 	c.Mismatched += o.Mismatched
+	c.Compacted += o.Compacted
 }
 
 func (c *Counts) count(p Problem) {
@@ -140,6 +156,8 @@ func (c *Counts) count(p Problem) {
 		c.Truncated++
 	case ProblemMismatched:
 		c.Mismatched++
+	case compacted:
+		c.Compacted++
 	}
 }
 
@@ -302,6 +320,8 @@ type topicState struct {
 	leaders map[int32]int32
 	starts  kadm.ListedOffsets
 	ends    kadm.ListedOffsets
+	// compacted is true when the topic's cleanup.policy includes compact.
+	compacted bool
 }
 
 type checker struct {
@@ -327,7 +347,7 @@ func (c *checker) partition(topic string, p int32) *PartitionReport {
 
 func (c *checker) record(pr *PartitionReport, r sentRow, p Problem, detail string) {
 	pr.count(p)
-	if p != "" && len(c.rep.Examples) < c.opts.MaxExamples {
+	if p != "" && p != compacted && len(c.rep.Examples) < c.opts.MaxExamples {
 		c.rep.Examples = append(c.rep.Examples, Example{ID: r.id, Topic: r.topic, Partition: r.partition, Offset: r.offset, Problem: p, Detail: detail})
 	}
 }
@@ -393,7 +413,28 @@ func (c *checker) refresh(ctx context.Context, topic string, ts *topicState) err
 	if err != nil {
 		return fmt.Errorf("verify: offsets of %s: %w", topic, err)
 	}
+	ts.compacted = c.isCompacted(ctx, topic)
 	return nil
+}
+
+// isCompacted reads the topic's cleanup.policy. When it cannot (no
+// DescribeConfigs permission), it assumes delete, the default: holes in the
+// log then count as missing, the cautious answer.
+func (c *checker) isCompacted(ctx context.Context, topic string) bool {
+	rcs, err := c.adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return false
+	}
+	rc, err := rcs.On(topic, nil)
+	if err != nil || rc.Err != nil {
+		return false
+	}
+	for _, cfg := range rc.Configs {
+		if cfg.Key == "cleanup.policy" {
+			return strings.Contains(cfg.MaybeValue(), "compact")
+		}
+	}
+	return false
 }
 
 // bounds returns the partition's log start and end offsets; ok is false
@@ -504,9 +545,18 @@ func (c *checker) fetchAndCompare(ctx context.Context, ts *topicState, pr *Parti
 		}
 		retries = 0
 		progressed := false
+		// An offset inside the log without a record: compacted away on
+		// a compacted topic; on any other, a hole Kafka should not have.
+		absent := func(r sentRow, detail string) {
+			if ts.compacted {
+				c.record(pr, r, compacted, "")
+			} else {
+				c.record(pr, r, ProblemMissing, detail)
+			}
+		}
 		for _, rec := range fp.Records {
 			for i < len(rows) && rows[i].offset < rec.Offset {
-				c.record(pr, rows[i], ProblemMissing, fmt.Sprintf("no record at the offset inside the log (next record at %d): compacted away or lost", rec.Offset))
+				absent(rows[i], fmt.Sprintf("no record at the offset inside the log (next record at %d)", rec.Offset))
 				i++
 				progressed = true
 			}
@@ -518,7 +568,7 @@ func (c *checker) fetchAndCompare(ctx context.Context, ts *topicState, pr *Parti
 			}
 		}
 		for i < len(rows) && rows[i].offset < next {
-			c.record(pr, rows[i], ProblemMissing, "no record at the offset inside the log: compacted away or lost")
+			absent(rows[i], "no record at the offset inside the log")
 			i++
 			progressed = true
 		}

@@ -326,3 +326,89 @@ func TestChunks(t *testing.T) {
 		t.Fatalf("MaxExamples 3: %d examples, total %+v", len(few.Examples), few.Total)
 	}
 }
+
+// TestCompactedTopic: on a compacted topic, offsets the cleaner emptied are
+// counted as compacted, not missing; the latest row of each key is ok.
+func TestCompactedTopic(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "plain")
+	brokers := cluster.ListenAddrs()
+	adm := kadm.NewClient(newClient(t, brokers))
+	policy := "compact"
+	if _, err := adm.CreateTopic(context.Background(), 1, 1, map[string]*string{"cleanup.policy": &policy}, "state"); err != nil {
+		t.Fatal(err)
+	}
+	// The first record's key is never written again, so the log keeps
+	// its start; several deliveries make several segments to clean.
+	deliver(t, db, brokers, relaytest.Message{Topic: "state", Key: []byte("stays"), Payload: []byte("x")})
+	for range 4 {
+		deliver(t, db, brokers, messages("state", 5)...)
+	}
+	cluster.Compact()
+	starts, err := adm.ListStartOffsets(context.Background(), "state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := countRecords(t, brokers, "state", 21)
+	if s, _ := starts.Lookup("state", 0); s.Offset != 0 || held >= 21 {
+		t.Fatalf("after compaction: log start %d, %d of 21 records; the test needs holes inside the log", s.Offset, held)
+	}
+
+	rep := run(t, db, brokers, verify.Options{Topics: []string{"state"}})
+	wantCounts(t, "state", rep.Total, verify.Counts{Checked: 21, OK: held, Compacted: 21 - held})
+	if len(rep.Examples) != 0 {
+		t.Fatalf("examples %+v; compacted rows are not problems", rep.Examples)
+	}
+	// The latest row of each key is among the ok ones: it was not
+	// superseded, so Kafka must still hold it.
+	var latestOK int
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(DISTINCT key) FROM messages WHERE topic = 'state'`).Scan(&latestOK); err != nil {
+		t.Fatal(err)
+	}
+	if held < int64(latestOK) {
+		t.Fatalf("%d records held, fewer than the %d keys", held, latestOK)
+	}
+
+	// The same holes in a topic that is not compacted are missing rows:
+	// move the rows to a plain topic whose log has as many records.
+	for range 21 {
+		if err := newClient(t, brokers).ProduceSync(context.Background(), &kgo.Record{Topic: "plain", Value: []byte("x")}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Pool.Exec(context.Background(), `UPDATE messages SET topic = 'plain'`); err != nil {
+		t.Fatal(err)
+	}
+	rep = run(t, db, brokers, verify.Options{})
+	if rep.Total.Compacted != 0 || rep.Total.Missing != 0 || rep.Total.Mismatched != 21 {
+		t.Fatalf("rows on a plain topic: %+v, want all 21 mismatched (other records at their offsets)", rep.Total)
+	}
+}
+
+// countRecords reads partition 0 of topic from the start up to offset
+// end-1, which must exist, and counts the records it holds.
+func countRecords(t *testing.T, brokers []string, topic string, end int64) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var n int64
+	for {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read %d records of %s without reaching offset %d", n, topic, end-1)
+		}
+		for _, r := range fs.Records() {
+			n++
+			if r.Offset == end-1 {
+				return n
+			}
+		}
+	}
+}
