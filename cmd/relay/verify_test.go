@@ -218,3 +218,24 @@ func TestRunVerifiesPeriodically(t *testing.T) {
 	}
 	stopRelay(t, p, 8*time.Second)
 }
+
+func TestVerifyIntervalConfig(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(mapEnv(map[string]string{"RELAY_VERIFY_INTERVAL": "5m"}))
+	if err != nil || cfg.VerifyInterval != 5*time.Minute {
+		t.Fatalf("RELAY_VERIFY_INTERVAL=5m: %v, %v", cfg.VerifyInterval, err)
+	}
+	if cfg, err := loadConfig(mapEnv(nil)); err != nil || cfg.VerifyInterval != 0 {
+		t.Fatalf("default: %v, %v; want 0 (off)", cfg.VerifyInterval, err)
+	}
+	for _, tt := range []struct{ env map[string]string }{
+		{map[string]string{"RELAY_VERIFY_INTERVAL": "-1m"}},
+		{map[string]string{"RELAY_VERIFY_INTERVAL": "often"}},
+		{map[string]string{"RELAY_VERIFY_INTERVAL": "1m", "RELAY_SENT_RETENTION": "0"}},
+	} {
+		_, err := loadConfig(mapEnv(tt.env))
+		if exitCode(err) != 2 || !strings.Contains(err.Error(), "RELAY_VERIFY_INTERVAL") {
+			t.Errorf("%v: %v; want a usage error naming RELAY_VERIFY_INTERVAL", tt.env, err)
+		}
+	}
+}

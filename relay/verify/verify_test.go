@@ -7,12 +7,14 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
 	"github.com/outboxrelay/relay/relay"
@@ -410,5 +412,48 @@ func countRecords(t *testing.T, brokers []string, topic string, end int64) int64
 				return n
 			}
 		}
+	}
+}
+
+// TestLogStartMovesDuringRun: retention deletes records after verify listed
+// the log start offset. The fetch at a deleted offset fails with
+// OFFSET_OUT_OF_RANGE; verify lists the offsets again and reports those rows
+// truncated.
+func TestLogStartMovesDuringRun(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "orders")
+	brokers := cluster.ListenAddrs()
+	deliver(t, db, brokers, messages("orders", 10)...)
+	var offs kadm.Offsets
+	offs.Add(kadm.Offset{Topic: "orders", Partition: 0, At: 4})
+	if _, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs); err != nil {
+		t.Fatal(err)
+	}
+	// The first listing of start offsets answers as before the deletion.
+	var stale atomic.Int32
+	cluster.ControlKey(int16(kmsg.ListOffsets), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		req := kr.(*kmsg.ListOffsetsRequest)
+		if len(req.Topics) != 1 || len(req.Topics[0].Partitions) != 1 || req.Topics[0].Partitions[0].Timestamp != -2 {
+			cluster.KeepControl()
+			return nil, nil, false
+		}
+		resp := req.ResponseKind().(*kmsg.ListOffsetsResponse)
+		rt := kmsg.NewListOffsetsResponseTopic()
+		rt.Topic = req.Topics[0].Topic
+		rp := kmsg.NewListOffsetsResponseTopicPartition()
+		rp.Partition = 0
+		rp.Offset = 0
+		rp.LeaderEpoch = req.Topics[0].Partitions[0].CurrentLeaderEpoch
+		rt.Partitions = append(rt.Partitions, rp)
+		resp.Topics = append(resp.Topics, rt)
+		stale.Add(1)
+		return resp, nil, true
+	})
+
+	rep := run(t, db, brokers, verify.Options{})
+	wantCounts(t, "total", rep.Total, verify.Counts{Checked: 10, OK: 6, Truncated: 4})
+	if stale.Load() != 1 {
+		t.Fatalf("the stale start offset was answered %d times, want once", stale.Load())
 	}
 }
