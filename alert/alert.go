@@ -19,6 +19,10 @@ const (
 	// KindDurability: a topic's broker settings can lose acknowledged
 	// records (replication factor, min.insync.replicas, unclean election).
 	KindDurability Kind = "topic_not_durable"
+	// KindVerifyFailed: the periodic delivery audit found sent rows whose
+	// records Kafka no longer holds (missing) or holds differently
+	// (mismatched): loss after the acknowledgement.
+	KindVerifyFailed Kind = "verify_failed"
 )
 
 // Alert is one thing a human should know about.

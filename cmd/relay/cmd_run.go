@@ -87,6 +87,7 @@ func (d *daemon) run(ctx context.Context) error {
 		"wakeup", cfg.Wakeup,
 		"shutdown_timeout", cfg.ShutdownTimeout.String(),
 		"migrate_on_start", cfg.MigrateOnStart,
+		"verify_interval", cfg.VerifyInterval.String(),
 	)
 	stopLog := context.AfterFunc(ctx, func() {
 		log.Info("relay_stopping", "shutdown_timeout", cfg.ShutdownTimeout.String())
@@ -192,6 +193,16 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		return r.Run(gctx)
 	})
+	if cfg.VerifyInterval > 0 {
+		pv := &periodicVerify{
+			pool: pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
+			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: met.verify,
+		}
+		g.Go(func() error {
+			pv.run(gctx)
+			return nil
+		})
+	}
 	if srv != nil {
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

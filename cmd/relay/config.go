@@ -86,6 +86,11 @@ type Config struct {
 	// verification) before the relay deletes them; 0 deletes each row as
 	// soon as Kafka acknowledged it. Default 24h.
 	SentRetention time.Duration `env:"SENT_RETENTION" envDefault:"24h" desc:"How long sent rows are kept before the relay deletes them in small batches; 0 deletes each row as soon as Kafka acknowledged it."`
+	// VerifyInterval makes the daemon run "relay verify" every interval on
+	// the rows sent since the previous run (plus a margin), export the
+	// result as metrics and alert on missing or mismatched rows. It needs
+	// SentRetention > 0. Default 0: off.
+	VerifyInterval time.Duration `env:"VERIFY_INTERVAL" envDefault:"0s" desc:"Run the loss audit of relay verify in the daemon this often, on the rows sent since the last run; alerts on missing or mismatched rows. 0 turns it off."`
 	// CheckTopicDurability reads each topic's replication factor,
 	// min.insync.replicas and unclean.leader.election.enable on first use
 	// and warns, counts and alerts when they can lose acknowledged records.
@@ -343,6 +348,12 @@ func (c Config) validate(problems map[string]string) {
 	}
 	if parsed("RELAY_SENT_RETENTION") && c.SentRetention < 0 {
 		add("RELAY_SENT_RETENTION", "%v: must not be negative", c.SentRetention)
+	}
+	if parsed("RELAY_VERIFY_INTERVAL") && c.VerifyInterval < 0 {
+		add("RELAY_VERIFY_INTERVAL", "%v: must not be negative", c.VerifyInterval)
+	}
+	if parsed("RELAY_VERIFY_INTERVAL") && parsed("RELAY_SENT_RETENTION") && c.VerifyInterval > 0 && c.SentRetention == 0 {
+		add("RELAY_VERIFY_INTERVAL", "%v: needs the sent rows, but RELAY_SENT_RETENTION=0 deletes them at once", c.VerifyInterval)
 	}
 	if parsed("RELAY_PRODUCE_TIMEOUT") && c.ProduceTimeout < time.Second {
 		add("RELAY_PRODUCE_TIMEOUT", "%v: must be at least 1s", c.ProduceTimeout)

@@ -87,7 +87,7 @@ type environment struct {
 }
 
 func commands() []*command {
-	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), healthcheckCommand(), versionCommand(), helpCommand()}
+	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), healthcheckCommand(), versionCommand(), helpCommand()}
 }
 
 func lookupCommand(name string) *command {

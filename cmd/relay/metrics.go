@@ -22,6 +22,20 @@ type metrics struct {
 	relay  *relay.Metrics
 	kafka  *kprom.Metrics
 	alerts *prometheus.CounterVec
+	verify verifyMetrics
+}
+
+// verifyMetrics are the periodic verify's (RELAY_VERIFY_INTERVAL).
+type verifyMetrics struct {
+	// runs counts runs by result: ok, problems or error.
+	runs *prometheus.CounterVec
+	// checked counts the rows checked, summed over runs (windows
+	// overlap, so a row may count twice).
+	checked prometheus.Counter
+	// problems holds the last run's problem rows by topic and problem.
+	problems *prometheus.GaugeVec
+	// lastSuccess is when the last run that could check finished.
+	lastSuccess prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -35,7 +49,21 @@ func newMetrics() *metrics {
 			Name: "outbox_relay_alerts_total", Help: "Alerts raised, by kind, before aggregation.",
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.alerts)
+	m.verify = verifyMetrics{
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outbox_relay_verify_runs_total", Help: "Periodic verify runs, by result: ok, problems (rows missing, truncated or mismatched) or error (could not check).",
+		}, []string{"result"}),
+		checked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outbox_relay_verify_rows_checked_total", Help: "Sent rows checked by periodic verify runs (windows overlap: a row may count twice).",
+		}),
+		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "outbox_relay_verify_problems", Help: "Rows with a problem in the last periodic verify run, by topic and problem (missing, truncated, mismatched).",
+		}, []string{"topic", "problem"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_verify_last_success_timestamp_seconds", Help: "When the last periodic verify run that could check its rows finished (Unix time).",
+		}),
+	}
+	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess)
 	return m
 }
 

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/verify"
+)
+
+func verifyCommand() *command {
+	return &command{
+		name:    "verify",
+		summary: "check that Kafka still holds the records of sent rows",
+		args:    "[--since 1h|2006-01-02T15:04:05Z] [--topic T]... [--json] [--allow-truncated]",
+		about: `Audits delivery end to end: for every sent row in the window it reads the
+record at the row's recorded partition and offset and checks its outbox-id
+header, key and value (by SHA-256) against the row. Each row is ok or:
+
+  missing     no record at the offset: the log ends before it, the topic or
+              partition is gone, or the offset is absent inside the log.
+              Lost after the acknowledgement (unclean leader election, a
+              broker that lost its data, a deleted topic).
+  truncated   the offset is below the partition's log start: retention or
+              DeleteRecords removed it. Benign when the topic's retention is
+              shorter than the window.
+  mismatched  another record is at the offset, or its key or value differs
+              (the topic was recreated, or the row was edited after sending).
+
+On a compacted topic (cleanup.policy=compact) an offset inside the log without
+a record was compacted away: such rows are counted as compacted, not missing.
+
+It prints a table per partition, the first problem rows and a summary, and
+exits 0 when every row is ok, 1 when a row is missing or mismatched, or
+truncated unless --allow-truncated, and 2 on bad usage. Only rows still in
+messages can be checked: sent rows are kept for RELAY_SENT_RETENTION.
+The database, schema and brokers come from the RELAY_* variables.`,
+		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
+			since := fs.String("since", "", "only rows sent since then: a duration back from now (1h) or a time (2006-01-02T15:04:05Z); default: every retained row")
+			var topics []string
+			fs.Func("topic", "only rows of this topic; repeat it or give a comma-separated list", func(s string) error {
+				for t := range strings.SplitSeq(s, ",") {
+					if t = strings.TrimSpace(t); t != "" {
+						topics = append(topics, t)
+					}
+				}
+				return nil
+			})
+			asJSON := fs.Bool("json", false, "print the report as JSON")
+			allowTruncated := fs.Bool("allow-truncated", false, "exit 0 even if rows were truncated by retention (missing and mismatched rows still fail)")
+			chunk := fs.Int("chunk-size", verify.DefaultChunkSize, "rows read from Postgres at once")
+			examples := fs.Int("examples", verify.DefaultMaxExamples, "list at most this many problem rows")
+			return noArgs("verify", func(ctx context.Context) error {
+				from, err := parseSince(*since, time.Now())
+				if err != nil {
+					return usageErrorf("verify: --since: %v", err)
+				}
+				if *chunk < 1 {
+					return usageErrorf("verify: --chunk-size %d: must be at least 1", *chunk)
+				}
+				if *examples < 0 {
+					return usageErrorf("verify: --examples %d: must not be negative", *examples)
+				}
+				cfg, err := loadConfig(env.getenv)
+				if err != nil {
+					return err
+				}
+				opts := verify.Options{Since: from, Topics: topics, ChunkSize: *chunk, MaxExamples: max(*examples, 1)}
+				rep, err := runVerify(ctx, cfg, opts)
+				if err != nil {
+					return err
+				}
+				if *examples == 0 {
+					rep.Examples = rep.Examples[:0]
+				}
+				if rep.Total.Checked == 0 {
+					fmt.Fprintln(env.stderr, "no sent rows in the window (sent rows are kept for RELAY_SENT_RETENTION; 0 keeps none)")
+				}
+				failed := verifyFailed(rep.Total, *allowTruncated)
+				if *asJSON {
+					if err := writeJSON(env.stdout, toVerifyJSON(rep, !failed)); err != nil {
+						return err
+					}
+				} else if err := printVerify(env.stdout, rep); err != nil {
+					return err
+				}
+				if failed {
+					return fmt.Errorf("verify: %s", summary(rep.Total))
+				}
+				return nil
+			})
+		},
+	}
+}
+
+// verifyFailed says whether the report fails the check.
+func verifyFailed(c verify.Counts, allowTruncated bool) bool {
+	return c.Missing > 0 || c.Mismatched > 0 || (c.Truncated > 0 && !allowTruncated)
+}
+
+// runVerify connects to the outbox and Kafka as configured and verifies.
+func runVerify(ctx context.Context, cfg Config, opts verify.Options) (verify.Report, error) {
+	pool, err := verifyPool(ctx, cfg)
+	if err != nil {
+		return verify.Report{}, err
+	}
+	defer pool.Close()
+	secOpts, err := kafkaSecurityOpts(cfg)
+	if err != nil {
+		return verify.Report{}, err
+	}
+	client, err := kgo.NewClient(append(secOpts, kgo.SeedBrokers(cfg.KafkaBrokers...), kgo.ClientID(cfg.ClientID))...)
+	if err != nil {
+		return verify.Report{}, fmt.Errorf("kafka client: %w", err)
+	}
+	defer client.Close()
+	return verify.Run(ctx, pool, client, opts)
+}
+
+func verifyPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	poolCfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return pool, nil
+}
+
+func summary(c verify.Counts) string {
+	s := fmt.Sprintf("%d rows checked: %d ok, %d missing, %d truncated, %d mismatched", c.Checked, c.OK, c.Missing, c.Truncated, c.Mismatched)
+	if c.Compacted > 0 {
+		s += fmt.Sprintf(", %d compacted away", c.Compacted)
+	}
+	return s
+}
+
+func printVerify(w io.Writer, rep verify.Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOPIC\tPARTITION\tCHECKED\tOK\tMISSING\tTRUNCATED\tMISMATCHED\tCOMPACTED\tLOG START\tLOG END")
+	offset := func(o int64) string {
+		if o < 0 {
+			return "-"
+		}
+		return fmt.Sprint(o)
+	}
+	for _, p := range rep.Partitions {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", p.Topic, p.Partition, p.Checked, p.OK, p.Missing, p.Truncated, p.Mismatched,
+			p.Compacted, offset(p.LogStart), offset(p.LogEnd))
+	}
+	for _, t := range rep.Topics() {
+		fmt.Fprintf(tw, "%s\t(all)\t%d\t%d\t%d\t%d\t%d\t%d\t\t\n", t.Topic, t.Checked, t.OK, t.Missing, t.Truncated, t.Mismatched, t.Compacted)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(rep.Examples) > 0 {
+		fmt.Fprintf(w, "\nFirst %d problem rows:\n", len(rep.Examples))
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tTOPIC\tPARTITION\tOFFSET\tPROBLEM\tDETAIL")
+		for _, e := range rep.Examples {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\n", e.ID, e.Topic, e.Partition, e.Offset, e.Problem, e.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	window := "every retained sent row"
+	if !rep.Since.IsZero() {
+		window = "rows sent since " + rep.Since.UTC().Format(time.RFC3339)
+	}
+	_, err := fmt.Fprintf(w, "\n%s, %s\n", window, summary(rep.Total))
+	return err
+}
+
+// verifyJSON is the --json shape of a report.
+type verifyJSON struct {
+	// OK is true when the command exits 0.
+	OK         bool                     `json:"ok"`
+	Since      *time.Time               `json:"since,omitempty"`
+	Total      verify.Counts            `json:"total"`
+	Topics     []verify.TopicReport     `json:"topics"`
+	Partitions []verify.PartitionReport `json:"partitions"`
+	Examples   []verify.Example         `json:"examples"`
+}
+
+func toVerifyJSON(rep verify.Report, ok bool) verifyJSON {
+	j := verifyJSON{OK: ok, Total: rep.Total, Topics: rep.Topics(), Partitions: rep.Partitions, Examples: rep.Examples}
+	if j.Topics == nil {
+		j.Topics = []verify.TopicReport{}
+	}
+	if !rep.Since.IsZero() {
+		s := rep.Since.UTC()
+		j.Since = &s
+	}
+	return j
+}
+
+// periodicVerify is the daemon's verify (RELAY_VERIFY_INTERVAL): every
+// interval it checks the rows sent since the previous run, exports the
+// outcome as metrics, and alerts on missing and mismatched rows. Truncated
+// rows are only logged and counted: retention shorter than the interval is
+// a topic's choice, not a loss the relay caused.
+type periodicVerify struct {
+	pool     *pgxpool.Pool
+	client   *kgo.Client
+	interval time.Duration
+	// margin widens each window backwards. sent_at is the start time of
+	// the batch's transaction, which stays open while Kafka acknowledges
+	// (up to RELAY_PRODUCE_TIMEOUT), so a row can commit well after its
+	// sent_at; the margin also absorbs skew between this host's clock and
+	// the database's.
+	margin  time.Duration
+	log     *slog.Logger
+	alerter alert.Alerter
+	met     verifyMetrics
+}
+
+// verifyMargin is the margin for a produce timeout: the longest a batch
+// transaction waits for Kafka, plus a minute of clock skew and commit time.
+func verifyMargin(produceTimeout time.Duration) time.Duration {
+	return produceTimeout + time.Minute
+}
+
+// run verifies every interval until ctx ends.
+func (p *periodicVerify) run(ctx context.Context) {
+	since := time.Now().Add(-p.interval)
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		started := time.Now()
+		if _, err := p.once(ctx, since.Add(-p.margin)); err == nil {
+			// A failed run's window is covered by the next one.
+			since = started
+		}
+	}
+}
+
+// once verifies the rows sent since then and reports the outcome.
+func (p *periodicVerify) once(ctx context.Context, since time.Time) (verify.Report, error) {
+	rep, err := verify.Run(ctx, p.pool, p.client, verify.Options{Since: since, MaxExamples: 10})
+	if err != nil {
+		if ctx.Err() != nil {
+			return rep, err // shutting down
+		}
+		p.met.runs.WithLabelValues("error").Inc()
+		p.log.Warn("verify_error", "since", since, "error", err)
+		return rep, err
+	}
+	p.met.checked.Add(float64(rep.Total.Checked))
+	p.met.lastSuccess.SetToCurrentTime()
+	p.met.problems.Reset()
+	for _, t := range rep.Topics() {
+		for _, prob := range verify.Problems {
+			p.met.problems.WithLabelValues(t.Topic, string(prob)).Set(float64(t.Of(prob)))
+		}
+	}
+	t := rep.Total
+	if t.Missing+t.Truncated+t.Mismatched == 0 {
+		p.met.runs.WithLabelValues("ok").Inc()
+		p.log.Info("verify_done", "since", since, "checked", t.Checked)
+		return rep, nil
+	}
+	p.met.runs.WithLabelValues("problems").Inc()
+	p.log.Error("verify_problems", "since", since, "checked", t.Checked, "missing", t.Missing,
+		"truncated", t.Truncated, "mismatched", t.Mismatched)
+	for _, e := range rep.Examples {
+		p.log.Warn("verify_problem_row", "outbox_id", e.ID, "topic", e.Topic, "partition", e.Partition,
+			"offset", e.Offset, "problem", string(e.Problem), "detail", e.Detail)
+	}
+	for _, topic := range rep.Topics() {
+		n := topic.Missing + topic.Mismatched
+		if n == 0 {
+			continue
+		}
+		p.alerter.Raise(ctx, alert.Alert{
+			Kind:  alert.KindVerifyFailed,
+			Topic: topic.Topic,
+			Count: int(n),
+			Message: fmt.Sprintf("%d rows of topic %s sent since %s are missing from Kafka (%d) or mismatched (%d): loss after the acknowledgement; run 'relay verify --topic %s --since %s'",
+				n, topic.Topic, since.UTC().Format(time.RFC3339), topic.Missing, topic.Mismatched, topic.Topic, since.UTC().Format(time.RFC3339)),
+			At: time.Now(),
+		})
+	}
+	return rep, nil
+}
