@@ -59,6 +59,9 @@ type position struct {
 // It logs the scenario's figures.
 func checkInvariants(t *testing.T, o outcome) {
 	t.Helper()
+	if t.Failed() {
+		t.FailNow() // the relay died, or the scenario failed: no use waiting
+	}
 	ctx := context.Background()
 	if o.drainTimeout == 0 {
 		o.drainTimeout = 2 * time.Minute

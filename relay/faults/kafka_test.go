@@ -74,7 +74,8 @@ func TestKafkaNetworkCutAndHealed(t *testing.T) {
 		return nil, nil, false // the broker handles it: the records are appended
 	})
 
-	p := startRelay(t, "relay", relayEnv(db, db.URL, brokers))
+	p := startRelay(t, "relay", relayEnv(db, relayDatabaseURL(t, db, ""), brokers))
+	waitListening(t, db, 1)
 	l := startLoad(t, db, topics, 4)
 	var faults faultCounter
 	runFor(t, loadDuration(t, 10*time.Second), jitter(600*time.Millisecond), func(i int) {
@@ -126,7 +127,8 @@ func TestKafkaErrorsAndDelays(t *testing.T) {
 	cluster := relaytest.NewCluster(t, 3, topics...)
 	brokers := cluster.ListenAddrs()
 
-	p := startRelay(t, "relay", relayEnv(db, db.URL, brokers, "RELAY_PRODUCE_TIMEOUT", "1s"))
+	p := startRelay(t, "relay", relayEnv(db, relayDatabaseURL(t, db, ""), brokers, "RELAY_PRODUCE_TIMEOUT", "1s"))
+	waitListening(t, db, 1)
 	l := startLoad(t, db, topics, 4)
 	var faults faultCounter
 	produce := []kmsg.Key{kmsg.Produce}
@@ -198,7 +200,8 @@ func TestKafkaBrokerRestarts(t *testing.T) {
 	}
 	t.Cleanup(func() { cluster.Close() })
 
-	p := startRelay(t, "relay", relayEnv(db, db.URL, brokers))
+	p := startRelay(t, "relay", relayEnv(db, relayDatabaseURL(t, db, ""), brokers))
+	waitListening(t, db, 1)
 	l := startLoad(t, db, topics, 4)
 	restarts := runFor(t, loadDuration(t, 10*time.Second), jitter(time.Second), func(int) {
 		cluster.Close()

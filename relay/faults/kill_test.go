@@ -18,7 +18,7 @@ func TestKill9AtRandomMoments(t *testing.T) {
 	topics := []string{"orders", "payments", "users"}
 	cluster := relaytest.NewCluster(t, 3, topics...)
 	brokers := cluster.ListenAddrs()
-	env := relayEnv(db, db.URL, brokers)
+	env := relayEnv(db, relayDatabaseURL(t, db, ""), brokers)
 
 	p := startRelay(t, "relay-0", env)
 	l := startLoad(t, db, topics, 4)
@@ -46,10 +46,11 @@ func TestTwoRelaysOneKilledRepeatedly(t *testing.T) {
 	topics := []string{"orders", "payments"}
 	cluster := relaytest.NewCluster(t, 3, topics...)
 	brokers := cluster.ListenAddrs()
-	env := relayEnv(db, db.URL, brokers, "RELAY_BATCH_SIZE", "30")
+	env := relayEnv(db, relayDatabaseURL(t, db, ""), brokers, "RELAY_BATCH_SIZE", "30")
 
 	steady := startRelay(t, "steady", env)
 	victim := startRelay(t, "victim-0", env)
+	waitListening(t, db, 2)
 	l := startLoad(t, db, topics, 4)
 	kills := runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
 		pause(jitter(700 * time.Millisecond))

@@ -2,7 +2,9 @@ package faults
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,6 +113,7 @@ func (b *tailBuffer) tail(n int) string {
 // relayEnv is the environment of a relay on db's schema: small batches so
 // many are in flight when a fault lands, quick polling and retries so a
 // scenario's load drains in seconds.
+// Its connections go to databaseURL (see relayDatabaseURL).
 func relayEnv(db *relaytest.DB, databaseURL string, brokers []string, extra ...string) map[string]string {
 	env := map[string]string{
 		"RELAY_DATABASE_URL":           databaseURL,
@@ -132,6 +135,43 @@ func relayEnv(db *relaytest.DB, databaseURL string, brokers []string, extra ...s
 		env[extra[i]] = extra[i+1]
 	}
 	return env
+}
+
+// relayDatabaseURL is db's URL with the application_name appName(db), so a
+// test can find the relay's backends (and only them) in pg_stat_activity,
+// and, unless host is empty, with host:port replaced (a proxy's).
+func relayDatabaseURL(t *testing.T, db *relaytest.DB, host string) string {
+	t.Helper()
+	u, err := url.Parse(db.URL)
+	if err != nil {
+		t.Fatalf("database url: %v", err)
+	}
+	if host != "" {
+		u.Host = host
+	}
+	q := u.Query()
+	q.Set("application_name", appName(db))
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// appName is the application_name of the relays of db's scenario.
+func appName(db *relaytest.DB) string { return "faults-" + db.Schema }
+
+// waitListening waits until n relays of db's scenario have their LISTEN
+// connection in place: they are past start-up and running.
+func waitListening(t *testing.T, db *relaytest.DB, n int) {
+	t.Helper()
+	relaytest.WaitFor(t, time.Minute, fmt.Sprintf("%d relays listening", n), func() bool {
+		var got int
+		err := db.Pool.QueryRow(context.Background(), `
+			SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = $1 AND query ILIKE 'LISTEN%'`, appName(db)).Scan(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got >= n
+	})
 }
 
 // startRelay starts "relay run" with exactly the RELAY_* variables of env.
