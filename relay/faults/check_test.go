@@ -65,6 +65,9 @@ func checkInvariants(t *testing.T, o outcome) {
 	ctx := context.Background()
 	if o.drainTimeout == 0 {
 		o.drainTimeout = 2 * time.Minute
+		if soaking() {
+			o.drainTimeout = 10 * time.Minute
+		}
 	}
 	drainStart := time.Now()
 	relaytest.WaitFor(t, o.drainTimeout, "every row sent or escalated", func() bool {
@@ -173,6 +176,9 @@ func checkInvariants(t *testing.T, o outcome) {
 	}
 
 	lost, escalated, wronglyEscalated := 0, 0, 0
+	if len(o.badRows) > 0 {
+		t.Logf("the load wrote %d bad rows", len(o.badRows))
+	}
 	for id, m := range o.rows {
 		s, isStuck := stuck[id]
 		p, isSent := sentAt[id]
@@ -189,12 +195,18 @@ func checkInvariants(t *testing.T, o outcome) {
 			if s.reason == "" {
 				fail("row %d is in stuck_messages without a reason", id)
 			}
+			if o.badRows[id] && s.kind != "row_fatal" {
+				fail("bad row %d was escalated as %s (%s), want row_fatal", id, s.kind, s.reason)
+			}
 			if !o.badRows[id] {
 				wronglyEscalated++
 				fail("row %d (topic %s) was escalated (%s: %s) though nothing is wrong with it", id, m.Topic, s.kind, s.reason)
 			}
 		default:
 			fail("row %d is neither sent nor in stuck_messages", id)
+		}
+		if o.badRows[id] && !isStuck {
+			fail("bad row %d was not escalated (sent: %v)", id, isSent)
 		}
 		if seen[id] == 0 && !isStuck {
 			lost++

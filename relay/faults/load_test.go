@@ -51,6 +51,9 @@ type load struct {
 
 	mu   sync.Mutex
 	rows map[int64]relaytest.Message
+	// bad are the ids of rows written with a malformed header: the relay
+	// must escalate them (row_fatal), and only them.
+	bad map[int64]bool
 
 	committed  atomic.Int64
 	rolledBack atomic.Int64
@@ -59,20 +62,30 @@ type load struct {
 // startLoad starts writers writing to db's outbox through db.Pool (which
 // talks to Postgres directly, never through a scenario's proxy) until stop.
 func startLoad(t *testing.T, db *relaytest.DB, topics []string, writers int) *load {
+	return startLoadWithBadRows(t, db, topics, writers, false)
+}
+
+// startLoadWithBadRows is startLoad, and if withBad, about one transaction
+// in fifty also writes a row whose header is a number, not a string: a row
+// the relay must escalate as row_fatal while the faults go on. Each bad row
+// has a key of its own, so it holds back no good row.
+func startLoadWithBadRows(t *testing.T, db *relaytest.DB, topics []string, writers int, withBad bool) *load {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{t: t, cancel: cancel, rows: map[int64]relaytest.Message{}}
+	l := &load{t: t, cancel: cancel, rows: map[int64]relaytest.Message{}, bad: map[int64]bool{}}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("load seed %d", seed)
 	for w := range writers {
-		l.g.Go(func() error { return l.write(ctx, db.Pool, topics, w, rand.New(rand.NewPCG(seed, uint64(w)))) })
+		l.g.Go(func() error {
+			return l.write(ctx, db.Pool, topics, w, withBad, rand.New(rand.NewPCG(seed, uint64(w))))
+		})
 	}
 	t.Cleanup(cancel)
 	return l
 }
 
 // write is one writer: a transaction of 1 to 8 rows every few milliseconds.
-func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w int, rng *rand.Rand) error {
+func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w int, withBad bool, rng *rand.Rand) error {
 	pace := time.NewTicker(20 * time.Millisecond)
 	defer pace.Stop()
 	for seq := 0; ; {
@@ -102,9 +115,19 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 			msgs[i] = m
 		}
 		rollback := rng.IntN(15) == 0
+		bad := withBad && !rollback && rng.IntN(50) == 0
+		var badMsg relaytest.Message
+		if bad {
+			seq++
+			badMsg = relaytest.Message{
+				Topic:   topics[rng.IntN(len(topics))],
+				Key:     fmt.Appendf(nil, "bad-w%d-%d", w, seq),
+				Payload: fmt.Appendf(nil, `{"writer":%d,"seq":%d,"bad":true}`, w, seq),
+			}
+		}
 		// The transaction itself ignores ctx: stopping the load must not
 		// leave a commit whose outcome is unknown.
-		ids, err := insertTx(pool, msgs, rollback)
+		ids, badID, err := insertTx(pool, msgs, bad, badMsg, rollback)
 		if err != nil {
 			return fmt.Errorf("writer %d: %w", w, err)
 		}
@@ -117,32 +140,41 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 		for i, id := range ids {
 			l.rows[id] = msgs[i]
 		}
+		if bad {
+			l.rows[badID] = badMsg
+			l.bad[badID] = true
+		}
 		l.mu.Unlock()
 	}
 }
 
-// insertTx inserts msgs in one transaction, in one round trip, and commits
-// it, or rolls it back when rollback is set.
-func insertTx(pool *pgxpool.Pool, msgs []relaytest.Message, rollback bool) ([]int64, error) {
+// insertTx inserts msgs, and with bad also badMsg with a malformed header
+// (badID is its id), in one transaction, in one round trip, and commits it,
+// or rolls it back when rollback is set.
+func insertTx(pool *pgxpool.Pool, msgs []relaytest.Message, bad bool, badMsg relaytest.Message, rollback bool) (ids []int64, badID int64, err error) {
 	ctx := context.Background()
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 	var b pgx.Batch
-	ids := make([]int64, len(msgs))
+	ids = make([]int64, len(msgs))
 	for i, m := range msgs {
 		b.Queue(`INSERT INTO messages (topic, key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id`,
 			m.Topic, m.Key, m.Payload, m.Headers).QueryRow(func(r pgx.Row) error { return r.Scan(&ids[i]) })
 	}
+	if bad {
+		b.Queue(`INSERT INTO messages (topic, key, payload, headers) VALUES ($1, $2, $3, '{"bad": 1}') RETURNING id`,
+			badMsg.Topic, badMsg.Key, badMsg.Payload).QueryRow(func(r pgx.Row) error { return r.Scan(&badID) })
+	}
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if rollback {
-		return ids, tx.Rollback(ctx)
+		return ids, 0, tx.Rollback(ctx)
 	}
-	return ids, tx.Commit(ctx)
+	return ids, badID, tx.Commit(ctx)
 }
 
 // size returns how many committed rows the load has written so far.
@@ -152,8 +184,10 @@ func (l *load) size() int {
 	return len(l.rows)
 }
 
-// stop ends the writers and returns every committed row by id.
-func (l *load) stop() map[int64]relaytest.Message {
+// stop ends the writers and returns what the application wrote, for the
+// invariant checker: every committed row by id, the bad ones among them, and
+// the count of transactions that rolled back.
+func (l *load) stop() outcome {
 	l.t.Helper()
 	l.cancel()
 	if err := l.g.Wait(); err != nil {
@@ -161,7 +195,7 @@ func (l *load) stop() map[int64]relaytest.Message {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.rows
+	return outcome{rows: l.rows, badRows: l.bad, rolledBack: l.rolledBack.Load()}
 }
 
 // runFor runs fault, a function that injects one fault and returns, over
