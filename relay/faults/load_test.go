@@ -62,6 +62,7 @@ type load struct {
 // startLoad starts writers writing to db's outbox through db.Pool (which
 // talks to Postgres directly, never through a scenario's proxy) until stop.
 func startLoad(t *testing.T, db *relaytest.DB, topics []string, writers int) *load {
+	t.Helper()
 	return startLoadWithBadRows(t, db, topics, writers, false)
 }
 

@@ -85,6 +85,9 @@ func TestPostgresNetworkCutAndBackendsTerminated(t *testing.T) {
 		t.Errorf("the LISTEN connection was never among the terminated backends")
 	}
 	t.Logf("terminations that included the LISTEN connection: %d", listenKilled)
+	// Notifications sent while it was away are lost, so the relay must
+	// LISTEN again (and poll meanwhile): the wake-up is back.
+	waitListening(t, db, 1)
 	o.db, o.brokers, o.topics = db, brokers, topics
 	o.faults, o.kinds = faults.total(), faults.String()
 	checkInvariants(t, o)
