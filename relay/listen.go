@@ -19,7 +19,7 @@ func (r *Relay) listen(ctx context.Context) {
 			return
 		}
 		failures++
-		wait := r.cfg.Retry.Next(failures)
+		wait := r.loopBackoff(failures)
 		r.logger.Warn("listen_failed", "error", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {

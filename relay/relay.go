@@ -128,7 +128,7 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 			return
 		case err != nil:
 			failures++
-			wait := r.cfg.Retry.Next(failures)
+			wait := r.loopBackoff(failures)
 			if errors.Is(err, errOutage) {
 				r.logger.Warn("kafka_unavailable", "error", err, "retry_in", wait)
 			} else {

@@ -131,6 +131,8 @@ func TestDeliversRowsWithKeyPayloadHeadersAndOutboxID(t *testing.T) {
 	}
 
 	// Every row is marked sent with the partition and offset it landed at.
+	// Kafka holds a batch's records before the relay commits them as sent.
+	relaytest.WaitFor(t, 30*time.Second, "every row marked sent", func() bool { return db.Count(t, "sent") == len(want) })
 	rows, err := db.Pool.Query(context.Background(), `SELECT id, kafka_partition, kafka_offset FROM messages WHERE status = 'sent'`)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,290 @@
+package faults
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
+)
+
+// outcome is what a scenario did, for the invariant checker's report.
+type outcome struct {
+	db      *relaytest.DB
+	brokers []string
+	topics  []string
+	// rows are the committed rows, by id (load.stop).
+	rows map[int64]relaytest.Message
+	// faults counts the faults injected; kinds names them.
+	faults int
+	kinds  string
+	// rolledBack counts the application transactions that rolled back.
+	rolledBack int64
+	// badRows are ids the scenario made undeliverable on purpose: only
+	// they may be escalated. Nil under pure infrastructure faults.
+	badRows map[int64]bool
+	// drainTimeout bounds the wait for every row to leave pending.
+	drainTimeout time.Duration
+}
+
+type position struct {
+	topic     string
+	partition int32
+	offset    int64
+}
+
+// checkInvariants waits until the relay has resolved every row, then
+// checks the relay's guarantees against the outbox tables and every record
+// of the topics, read from the beginning:
+//
+//   - every committed row is in Kafka at least once, or in stuck_messages
+//     with a reason (and only rows the scenario made bad may be there);
+//   - every row marked sent has its record at the recorded partition and
+//     offset, carrying outbox-id = the row's id;
+//   - for each topic and key, the first occurrences of its rows are in id
+//     order, and the key stays in one partition;
+//   - every record is a committed row, intact, so each duplicate carries
+//     the outbox-id, key and payload of its original; no rolled-back row
+//     reaches Kafka.
+//
+// It logs the scenario's figures.
+func checkInvariants(t *testing.T, o outcome) {
+	t.Helper()
+	if t.Failed() {
+		t.FailNow() // the relay died, or the scenario failed: no use waiting
+	}
+	ctx := context.Background()
+	if o.drainTimeout == 0 {
+		o.drainTimeout = 2 * time.Minute
+		if soaking() {
+			o.drainTimeout = 10 * time.Minute
+		}
+	}
+	drainStart := time.Now()
+	relaytest.WaitFor(t, o.drainTimeout, "every row sent or escalated", func() bool {
+		var pending int
+		if err := o.db.Pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending'`).Scan(&pending); err != nil {
+			t.Fatalf("count pending: %v", err)
+		}
+		return pending == 0
+	})
+	drained := time.Since(drainStart)
+
+	// The outbox's view: where each sent row landed, and the stuck rows.
+	sentAt := map[int64]position{}
+	rs, err := o.db.Pool.Query(ctx, `SELECT id, topic, kafka_partition, kafka_offset FROM messages WHERE status = 'sent'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id int64
+		var p position
+		if err := rs.Scan(&id, &p.topic, &p.partition, &p.offset); err != nil {
+			t.Fatal(err)
+		}
+		sentAt[id] = p
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	type stuckRow struct{ kind, reason string }
+	stuck := map[int64]stuckRow{}
+	rs, err = o.db.Pool.Query(ctx, `SELECT id, error_kind, last_error FROM stuck_messages`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id int64
+		var s stuckRow
+		if err := rs.Scan(&id, &s.kind, &s.reason); err != nil {
+			t.Fatal(err)
+		}
+		stuck[id] = s
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	recs := consumeAll(t, o.brokers, o.topics)
+	slices.SortFunc(recs, func(a, b *kgo.Record) int {
+		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
+	})
+
+	problems := 0
+	fail := func(format string, args ...any) {
+		t.Helper()
+		if problems++; problems <= 15 {
+			t.Errorf(format, args...)
+		}
+	}
+	at := map[position]*kgo.Record{}
+	seen := map[int64]int{}
+	lastOfKey := map[string]int64{}
+	partitionOfKey := map[string]int32{}
+	dups := 0
+	for _, r := range recs {
+		at[position{r.Topic, r.Partition, r.Offset}] = r
+		id, err := outboxID(r)
+		if err != nil {
+			fail("%v", err)
+			continue
+		}
+		m, ok := o.rows[id]
+		if !ok {
+			fail("record %s/%d@%d carries outbox-id %d, which is no committed row", r.Topic, r.Partition, r.Offset, id)
+			continue
+		}
+		if r.Topic != m.Topic || !bytes.Equal(r.Key, m.Key) || (r.Key == nil) != (m.Key == nil) ||
+			!bytes.Equal(r.Value, m.Payload) || (r.Value == nil) != (m.Payload == nil) {
+			fail("record %s/%d@%d (outbox-id %d) is topic %q key %q value %q, want the row's %q %q %q",
+				r.Topic, r.Partition, r.Offset, id, r.Topic, r.Key, r.Value, m.Topic, m.Key, m.Payload)
+		}
+		if len(r.Headers) != len(m.Headers)+1 {
+			fail("record of row %d has %d headers, want %d", id, len(r.Headers), len(m.Headers)+1)
+		}
+		for k, v := range m.Headers {
+			if got, ok := relaytest.Header(r, k); !ok || got != v {
+				fail("record of row %d: header %q = %q, want %q", id, k, got, v)
+			}
+		}
+		seen[id]++
+		if seen[id] > 1 {
+			dups++
+			continue
+		}
+		if m.Key == nil {
+			continue
+		}
+		k := m.Topic + "\x00" + string(m.Key)
+		if p, ok := partitionOfKey[k]; ok && p != r.Partition {
+			fail("key %q of %s is in partitions %d and %d", m.Key, m.Topic, p, r.Partition)
+		}
+		partitionOfKey[k] = r.Partition
+		if last, ok := lastOfKey[k]; ok && id < last {
+			fail("key %q of %s: row %d first delivered after row %d", m.Key, m.Topic, id, last)
+		}
+		lastOfKey[k] = id
+	}
+
+	lost, escalated, wronglyEscalated := 0, 0, 0
+	if len(o.badRows) > 0 {
+		t.Logf("the load wrote %d bad rows", len(o.badRows))
+	}
+	for id, m := range o.rows {
+		s, isStuck := stuck[id]
+		p, isSent := sentAt[id]
+		switch {
+		case isSent:
+			r := at[p]
+			if r == nil {
+				fail("row %d is marked sent at %s/%d@%d, but Kafka has no record there", id, p.topic, p.partition, p.offset)
+			} else if got, err := outboxID(r); err != nil || got != id {
+				fail("row %d is marked sent at %s/%d@%d, but the record there is outbox-id %d (%v)", id, p.topic, p.partition, p.offset, got, err)
+			}
+		case isStuck:
+			escalated++
+			if s.reason == "" {
+				fail("row %d is in stuck_messages without a reason", id)
+			}
+			if o.badRows[id] && s.kind != "row_fatal" {
+				fail("bad row %d was escalated as %s (%s), want row_fatal", id, s.kind, s.reason)
+			}
+			if !o.badRows[id] {
+				wronglyEscalated++
+				fail("row %d (topic %s) was escalated (%s: %s) though nothing is wrong with it", id, m.Topic, s.kind, s.reason)
+			}
+		default:
+			fail("row %d is neither sent nor in stuck_messages", id)
+		}
+		if o.badRows[id] && !isStuck {
+			fail("bad row %d was not escalated (sent: %v)", id, isSent)
+		}
+		if seen[id] == 0 && !isStuck {
+			lost++
+			fail("row %d (topic %s, key %q) is lost: not in Kafka and not in stuck_messages", id, m.Topic, m.Key)
+		}
+	}
+	if extra := len(sentAt) + len(stuck) - len(o.rows); extra != 0 {
+		fail("the outbox holds %d sent and %d stuck rows for %d committed rows", len(sentAt), len(stuck), len(o.rows))
+	}
+	if problems > 15 {
+		t.Errorf("... and %d more problems", problems-15)
+	}
+	t.Logf("FIGURES %s: rows written %d (transactions rolled back %d), faults injected %d (%s), records in Kafka %d, duplicates %d, lost %d, escalated %d (wrongly %d), drained %v after the load",
+		t.Name(), len(o.rows), o.rolledBack, o.faults, o.kinds, len(recs), dups, lost, escalated, wronglyEscalated, drained.Round(time.Millisecond))
+	if lost != 0 {
+		t.Errorf("%d rows lost, want 0", lost)
+	}
+}
+
+// consumeAll reads every record of topics, from the start to the end
+// offsets Kafka reports now.
+func consumeAll(t *testing.T, brokers []string, topics []string) []*kgo.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topics...)
+	cl.Close()
+	if err != nil {
+		t.Fatalf("end offsets: %v", err)
+	}
+	want := map[string]map[int32]int64{}
+	remaining := 0
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			t.Fatalf("end offset %s/%d: %v", o.Topic, o.Partition, o.Err)
+		}
+		if want[o.Topic] == nil {
+			want[o.Topic] = map[int32]int64{}
+		}
+		want[o.Topic][o.Partition] = o.Offset
+		if o.Offset > 0 {
+			remaining++
+		}
+	})
+	cons, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	var out []*kgo.Record
+	for remaining > 0 {
+		fs := cons.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d records; %d partitions not read to their end within 2m", len(out), remaining)
+		}
+		fs.EachError(func(topic string, p int32, err error) { t.Fatalf("fetch %s/%d: %v", topic, p, err) })
+		for _, r := range fs.Records() {
+			out = append(out, r)
+			if r.Offset == want[r.Topic][r.Partition]-1 {
+				remaining--
+			}
+		}
+	}
+	return out
+}
+
+func outboxID(r *kgo.Record) (int64, error) {
+	v, ok := relaytest.Header(r, relay.HeaderOutboxID)
+	if !ok {
+		return 0, fmt.Errorf("record %s/%d@%d has no %s header", r.Topic, r.Partition, r.Offset, relay.HeaderOutboxID)
+	}
+	return strconv.ParseInt(v, 10, 64)
+}
