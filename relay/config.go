@@ -14,6 +14,10 @@ type Config struct {
 	Schema string
 	// BatchSize is how many rows one claim takes. Default 1000.
 	BatchSize int
+	// InFlightBatches is how many claimed batches may await Kafka at once:
+	// the relay claims the next batch while the last one is being
+	// produced. Each holds a pool connection. Default 2.
+	InFlightBatches int
 	// PollInterval is the longest an idle relay waits before looking for
 	// rows again; with Wakeup on it is only the fallback. Default 500ms.
 	PollInterval time.Duration
@@ -61,6 +65,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
+	}
+	if c.InFlightBatches <= 0 {
+		c.InFlightBatches = 2
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 500 * time.Millisecond

@@ -43,13 +43,16 @@ type topicVerdict struct {
 }
 
 // durabilityProblems returns what is unsafe about topic, reading its settings
-// with kadm on first use and caching the verdict. Only the delivery loop
-// calls it. A check that fails (unknown topic, no permission to describe
-// configs) reports no problem: the produce will tell.
+// with kadm on first use and caching the verdict. A check that fails
+// (unknown topic, no permission to describe configs) reports no problem: the
+// produce will tell. Batches in flight call it concurrently.
 func (r *Relay) durabilityProblems(ctx context.Context, topic string) []string {
 	if r.cfg.Durability == DurabilityOff {
 		return nil
 	}
+	// One check at a time: the batches in flight share the verdicts.
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
 	if v, ok := r.topics[topic]; ok {
 		age := time.Since(v.checked)
 		if (!v.failed && age < topicRecheck) || (v.failed && age < topicRetry) {

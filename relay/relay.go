@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,8 +35,16 @@ type Relay struct {
 
 	alerter alert.Alerter
 	health  kafkaHealth
-	// topics caches durability verdicts; only the delivery loop uses it.
-	topics map[string]*topicVerdict
+	// inFlight holds a token per claimed batch awaiting Kafka; its
+	// capacity is InFlightBatches. finished carries their results. Only
+	// the delivery loop uses them.
+	inFlight chan struct{}
+	finished chan batchResult
+
+	// topicsMu guards topics, the cached verdicts on topics' settings,
+	// shared by the batches in flight.
+	topicsMu sync.Mutex
+	topics   map[string]*topicVerdict
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -61,6 +70,9 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
 		topics:  map[string]*topicVerdict{},
+
+		inFlight: make(chan struct{}, cfg.InFlightBatches),
+		finished: make(chan batchResult, cfg.InFlightBatches),
 	}
 }
 
@@ -96,6 +108,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // wake-up, the poll interval or the end of ctx.
 func (r *Relay) deliverLoop(ctx context.Context) {
 	defer r.declareBusy(context.WithoutCancel(ctx))
+	defer r.drain()
 	failures := 0
 	// rechecked is true once the relay, having found nothing, registered
 	// for notifications and looked once more; the next empty claim sleeps.
@@ -250,46 +263,120 @@ func (r *Relay) declareBusy(ctx context.Context) {
 	r.idle = false
 }
 
-// deliverOnce claims one batch, produces it and records the outcome, all in
-// one transaction. It returns how many rows it claimed.
+// deliverOnce keeps up to InFlightBatches claimed batches awaiting Kafka and
+// returns when one of them has finished: how many rows it claimed and its
+// error. It returns 0 rows only when nothing was claimed and nothing is in
+// flight. Claiming the next batch while the last one waits for Kafka is
+// safe for per-key order: a row is claimable only when no earlier row of its
+// key is pending, and the rows in flight are still pending.
 func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
-	return r.deliverBatch(ctx, nil)
+	var claimErr error
+	for len(r.inFlight) < cap(r.inFlight) && ctx.Err() == nil {
+		b, err := r.claimBatch(ctx, nil)
+		if err != nil {
+			claimErr = err
+			break
+		}
+		if b == nil {
+			break
+		}
+		r.inFlight <- struct{}{}
+		go func() {
+			n, err := r.finishBatch(ctx, b, nil)
+			r.finished <- batchResult{n, err}
+		}()
+		if len(b.rows) < r.cfg.BatchSize {
+			break // the backlog is drained: the next claim would find little
+		}
+	}
+	if len(r.inFlight) == 0 {
+		return 0, claimErr
+	}
+	res := <-r.finished
+	<-r.inFlight
+	return res.n, cmp.Or(res.err, claimErr)
+}
+
+// drain waits for the batches in flight, for shutdown.
+func (r *Relay) drain() {
+	for len(r.inFlight) > 0 {
+		<-r.finished
+		<-r.inFlight
+	}
+}
+
+type batchResult struct {
+	n   int
+	err error
 }
 
 // errOutage reports a batch that Kafka did not take at all, for reasons that
 // are not the rows' own. The loop backs off; no row spent an attempt.
 var errOutage = errors.New("kafka unavailable")
 
-// deliverBatch is deliverOnce with an optional fixed "now" for tests.
+// batch is a claimed set of rows and the transaction holding their locks.
+type batch struct {
+	work    context.Context
+	cancel  context.CancelFunc
+	tx      pgx.Tx
+	rows    []row
+	started time.Time
+}
+
+// deliverBatch claims and finishes one batch; now is a fixed "now" for tests.
 func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
-	started := time.Now()
-	// The batch must be able to finish after ctx ends (graceful shutdown),
-	// but not for longer than the shutdown timeout.
-	work, cancel := r.batchContext(ctx)
-	defer cancel()
-
-	tx, err := r.pool.Begin(work)
-	if err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(work)) }()
-
-	rows, err := claim(work, tx, r.cfg.BatchSize, r.cfg.StuckRowsReleaseKey, now)
-	if err != nil {
+	b, err := r.claimBatch(ctx, now)
+	if err != nil || b == nil {
 		return 0, err
 	}
-	if len(rows) == 0 {
+	return r.finishBatch(ctx, b, now)
+}
+
+// claimBatch opens a transaction and claims rows in it. It returns nil, and
+// no transaction, when there are none. Only the delivery loop calls it.
+func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err error) {
+	b := &batch{started: time.Now()}
+	// The batch must be able to finish after ctx ends (graceful shutdown),
+	// but not for longer than the shutdown timeout.
+	b.work, b.cancel = r.batchContext(ctx)
+	b.tx, err = r.pool.Begin(b.work)
+	if err != nil {
+		b.cancel()
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil || b.rows == nil {
+			_ = b.tx.Rollback(context.WithoutCancel(b.work))
+			b.cancel()
+		}
+	}()
+	b.rows, err = claim(b.work, b.tx, r.cfg.BatchSize, r.cfg.StuckRowsReleaseKey, now)
+	if err != nil {
+		return nil, err
+	}
+	if len(b.rows) == 0 {
 		// Keep the idle registration as it was: nothing changed.
-		return 0, nil
+		b.rows = nil
+		return nil, nil
 	}
 	if r.idle {
 		// We have work again: stop asking inserts to notify us. setval
 		// is immediate, so inserts stop notifying now, not at commit.
-		if _, err := tx.Exec(work, declareBusyQuery); err != nil {
-			return 0, fmt.Errorf("declare busy: %w", err)
+		if _, err := b.tx.Exec(b.work, declareBusyQuery); err != nil {
+			return nil, fmt.Errorf("declare busy: %w", err)
 		}
 		r.idle = false
 	}
+	return b, nil
+}
+
+// finishBatch produces the batch's rows, records the outcome and commits. It
+// returns how many rows the batch held. Batches in flight run it
+// concurrently.
+func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int, error) {
+	defer b.cancel()
+	defer func() { _ = b.tx.Rollback(context.WithoutCancel(b.work)) }()
+	work, tx, rows := b.work, b.tx, b.rows
 
 	out := r.produce(work, rows, r.stallAfter(), r.kafkaStalled)
 	escalated, err := out.record(work, tx, r.cfg, now)
@@ -300,9 +387,8 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 		// The rows stay pending and are produced again: a duplicate, not a loss.
 		return len(rows), fmt.Errorf("commit batch: %w", err)
 	}
-	r.idle = false
 	r.report(ctx, out, escalated)
-	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(started))
+	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(b.started))
 	if out.outage() {
 		reason := out.failed[0].err
 		r.health.down(time.Now(), reason)

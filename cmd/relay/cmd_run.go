@@ -82,6 +82,7 @@ func (d *daemon) run(ctx context.Context) error {
 		"kafka_sasl_mechanism", cfg.KafkaSASLMechanism,
 		"http_addr", cfg.HTTPAddr,
 		"batch_size", cfg.BatchSize,
+		"in_flight_batches", cfg.InFlightBatches,
 		"poll_interval", cfg.PollInterval.String(),
 		"wakeup", cfg.Wakeup,
 		"shutdown_timeout", cfg.ShutdownTimeout.String(),
@@ -117,6 +118,9 @@ func (d *daemon) serve(ctx context.Context) error {
 			return err
 		}
 	}
+	// Each batch in flight holds a connection; the lag watch, retention
+	// and health checks need a few more.
+	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.InFlightBatches)+3)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)

@@ -118,6 +118,8 @@ type Config struct {
 	// BatchSize is how many rows one claim takes. Default 1000, between 1
 	// and 100000.
 	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
+	// InFlightBatches is how many claimed batches may await Kafka at once.
+	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64); each holds a database connection."`
 	// PollInterval is the longest an idle relay waits before looking for
 	// rows again. Default 500ms.
 	PollInterval time.Duration `env:"POLL_INTERVAL" envDefault:"500ms" desc:"Longest wait of an idle relay before it polls again (the fallback to the wake-up)."`
@@ -362,6 +364,9 @@ func (c Config) validate(problems map[string]string) {
 	if parsed("RELAY_SHUTDOWN_TIMEOUT") && c.ShutdownTimeout <= 0 {
 		add("RELAY_SHUTDOWN_TIMEOUT", "%v: must be positive", c.ShutdownTimeout)
 	}
+	if parsed("RELAY_IN_FLIGHT_BATCHES") && (c.InFlightBatches < 1 || c.InFlightBatches > 64) {
+		add("RELAY_IN_FLIGHT_BATCHES", "%d: must be between 1 and 64", c.InFlightBatches)
+	}
 	if parsed("RELAY_BATCH_SIZE") && (c.BatchSize < 1 || c.BatchSize > 100000) {
 		add("RELAY_BATCH_SIZE", "%d: must be between 1 and 100000", c.BatchSize)
 	}
@@ -425,6 +430,7 @@ func (c Config) relayConfig() relay.Config {
 	return relay.Config{
 		Schema:              c.Schema,
 		BatchSize:           c.BatchSize,
+		InFlightBatches:     c.InFlightBatches,
 		PollInterval:        c.PollInterval,
 		DisableWakeup:       !c.Wakeup,
 		Retry:               retry.Policy{Base: c.RetryBase, Max: c.RetryMax},

@@ -41,6 +41,7 @@ func TestConfigDefaults(t *testing.T) {
 		AlertWindow:          time.Minute,
 		ShutdownTimeout:      30 * time.Second,
 		BatchSize:            1000,
+		InFlightBatches:      2,
 		PollInterval:         500 * time.Millisecond,
 		Wakeup:               true,
 		RetryBase:            time.Second,
@@ -59,6 +60,7 @@ func TestConfigDefaults(t *testing.T) {
 	wantRelay := relay.Config{
 		Schema:           "outbox",
 		BatchSize:        1000,
+		InFlightBatches:  2,
 		PollInterval:     500 * time.Millisecond,
 		Retry:            retry.Policy{Base: time.Second, Max: 5 * time.Minute},
 		ShutdownTimeout:  30 * time.Second,
@@ -97,6 +99,7 @@ func TestConfigValues(t *testing.T) {
 		"RELAY_LAG_ALERT_AFTER":        "2m",
 		"RELAY_SENT_RETENTION":         "0",
 		"RELAY_REQUIRE_DURABLE_TOPICS": "true",
+		"RELAY_IN_FLIGHT_BATCHES":      "4",
 		"RELAY_UNKNOWN_IS_IGNORED":     "x",
 	}))
 	if err != nil {
@@ -108,6 +111,7 @@ func TestConfigValues(t *testing.T) {
 	want := relay.Config{
 		Schema:              "events_outbox",
 		BatchSize:           100000,
+		InFlightBatches:     4,
 		PollInterval:        2 * time.Second,
 		DisableWakeup:       true,
 		Retry:               retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
@@ -138,6 +142,8 @@ func TestConfigInvalidValueNamesTheVariable(t *testing.T) {
 		{"RELAY_BATCH_SIZE", "abc", `RELAY_BATCH_SIZE: "abc" is not an integer`},
 		{"RELAY_BATCH_SIZE", "0", "RELAY_BATCH_SIZE: 0: must be between 1 and 100000"},
 		{"RELAY_BATCH_SIZE", "100001", "RELAY_BATCH_SIZE: 100001: must be between 1 and 100000"},
+		{"RELAY_IN_FLIGHT_BATCHES", "0", "RELAY_IN_FLIGHT_BATCHES: 0: must be between 1 and 64"},
+		{"RELAY_IN_FLIGHT_BATCHES", "65", "RELAY_IN_FLIGHT_BATCHES: 65: must be between 1 and 64"},
 		{"RELAY_BATCH_SIZE", "99999999999999999999999", `RELAY_BATCH_SIZE: "99999999999999999999999" is out of range`},
 		{"RELAY_MAX_ATTEMPTS", "0", "RELAY_MAX_ATTEMPTS: 0: must be at least 1"},
 		{"RELAY_MAX_ATTEMPTS", "many", `RELAY_MAX_ATTEMPTS: "many" is not an integer`},
