@@ -66,6 +66,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds; medians are taken over them")
 			fs.BoolVar(&cfg.DeleteOnSend, "delete-on-send", false, "delete rows once acknowledged (retention 0); the baseline deletes too")
 			fs.IntVar(&cfg.BatchSize, "batch-size", 1000, "rows per claim, relay and baseline")
+			fs.IntVar(&cfg.InFlightBatches, "in-flight", 0, "claimed batches a relay may have awaiting Kafka at once; 0: the relay's default (2)")
 			fs.IntVar(&cfg.PoolSize, "pool-size", 0, "max Postgres connections per relay instance; 0: pgxpool's default")
 			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")

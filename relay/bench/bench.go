@@ -106,6 +106,9 @@ type Config struct {
 	// BatchSize is the claim size of the relay and the baseline. Default
 	// 1000.
 	BatchSize int
+	// InFlightBatches is relay.Config.InFlightBatches: how many claimed
+	// batches may await Kafka at once. 0: the relay's default.
+	InFlightBatches int
 	// PoolSize is the MaxConns of each relay instance's pool. 0: pgxpool's
 	// default.
 	PoolSize int

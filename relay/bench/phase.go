@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"sync/atomic"
@@ -108,6 +109,9 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		instances = append(instances, in)
 	}
 
+	// Start the peak from this phase's own footprint, not the garbage an
+	// earlier phase (or its check) left behind.
+	debug.FreeOSMemory()
 	resetPeakRSS()
 	cpu0 := cpuTime()
 	tl.start = time.Now()
@@ -257,12 +261,13 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, tl *timeline) 
 		return in, nil
 	}
 	r := relay.New(relay.Config{
-		Schema:        cfg.Schema,
-		BatchSize:     cfg.BatchSize,
-		PollInterval:  cfg.PollInterval,
-		DisableWakeup: cfg.DisableWakeup,
-		DeleteOnSend:  cfg.DeleteOnSend,
-		Instance:      fmt.Sprintf("bench-%d", i+1),
+		Schema:          cfg.Schema,
+		BatchSize:       cfg.BatchSize,
+		InFlightBatches: cfg.InFlightBatches,
+		PollInterval:    cfg.PollInterval,
+		DisableWakeup:   cfg.DisableWakeup,
+		DeleteOnSend:    cfg.DeleteOnSend,
+		Instance:        fmt.Sprintf("bench-%d", i+1),
 	}, pool, client, cfg.Logger)
 	in.run = r.Run
 	return in, nil

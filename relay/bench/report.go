@@ -28,6 +28,7 @@ type Scenario struct {
 	Topics       int     `json:"topics"`
 	Partitions   int     `json:"partitions"`
 	BatchSize    int     `json:"batch_size"`
+	InFlight     int     `json:"in_flight_batches"`
 	PoolSize     int     `json:"pool_size"`
 	DeleteOnSend bool    `json:"delete_on_send"`
 	Wakeup       bool    `json:"wakeup"`
@@ -120,7 +121,7 @@ func newReport(cfg Config, variants []*variant) *Report {
 	r := &Report{Scenario: Scenario{
 		Preload: cfg.Preload, Rate: cfg.Rate, RowsPerTx: cfg.RowsPerTx, Writers: cfg.Writers,
 		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
-		BatchSize: cfg.BatchSize, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
+		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
 		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds,
 	}}
 	if cfg.Rate > 0 {
@@ -222,9 +223,9 @@ func median(xs []float64) float64 {
 // medians against the baseline under each relay variant.
 func (r *Report) WriteTable(w io.Writer) error {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, delete-on-send %v, wake-up %v; medians of %d rounds\n\n",
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %d, pool %d, delete-on-send %v, wake-up %v; medians of %d rounds\n\n",
 		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
-		sc.BatchSize, sc.DeleteOnSend, sc.Wakeup, sc.Rounds)
+		sc.BatchSize, sc.InFlight, sc.PoolSize, sc.DeleteOnSend, sc.Wakeup, sc.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
