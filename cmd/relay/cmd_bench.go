@@ -70,6 +70,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.IntVar(&cfg.PoolSize, "pool-size", 0, "max Postgres connections per relay instance; 0: pgxpool's default")
 			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
+			fs.DurationVar(&cfg.Outage, "outage", 0, "stop the in-memory broker for this long at the start of each phase, then restart it (bounded memory under an outage)")
 			check := fs.Bool("check", true, "consume each phase's topics and check count, duplicates and per-key order")
 			asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 			cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`; samples carry a variant label (pprof -tagfocus variant=...)")
@@ -98,15 +99,19 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				if *verbose {
 					cfg.Logger = slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 				}
+				if cfg.Outage > 0 && *brokers != "" {
+					return usageErrorf("bench: --outage needs the bench's own broker: drop --brokers")
+				}
 				if *brokers != "" {
 					cfg.Brokers = strings.Split(*brokers, ",")
 				} else {
-					addr, stop, err := startBenchKafka(ctx, cfg.Partitions)
-					if err != nil {
+					k := &benchKafka{partitions: cfg.Partitions}
+					if err := k.start(ctx); err != nil {
 						return err
 					}
-					defer stop()
-					cfg.Brokers = []string{addr}
+					defer func() { _ = k.stop(ctx) }()
+					cfg.Brokers = []string{k.addr}
+					cfg.KafkaDown, cfg.KafkaUp = k.stop, k.start
 				}
 				if *cpuProfile != "" {
 					f, err := os.Create(*cpuProfile)
@@ -141,35 +146,44 @@ func cmpOr(a, b string) string {
 	return b
 }
 
-// startBenchKafka re-executes this binary as "relay bench-kafka" and returns
-// the address it listens on and a function that stops it. The broker gets
-// its own process so that its CPU and memory stay out of the bench's
-// getrusage and RSS figures.
-func startBenchKafka(ctx context.Context, partitions int) (string, func(), error) {
+// benchKafka is the in-memory broker of relay bench, in a child process:
+// this binary re-executed as "relay bench-kafka". Its own process keeps its
+// CPU and memory out of the bench's getrusage and RSS figures. It can be
+// stopped and restarted on the same address, for --outage.
+type benchKafka struct {
+	partitions int
+	addr       string // after the first start: the port it got
+	stopFn     func()
+}
+
+func (k *benchKafka) start(ctx context.Context) error {
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, fmt.Errorf("bench: find own binary: %w", err)
+		return fmt.Errorf("bench: find own binary: %w", err)
 	}
-	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(partitions))
+	listen := cmpOr(k.addr, "127.0.0.1:0")
+	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(k.partitions), "--addr", listen)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return "", nil, err
+		return err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("bench: start kafka: %w", err)
+		return fmt.Errorf("bench: start kafka: %w", err)
 	}
 	stop := func() {
 		_ = stdin.Close() // the child exits when its stdin closes
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-t.C:
 			_ = cmd.Process.Kill()
 			<-done
 		}
@@ -180,19 +194,30 @@ func startBenchKafka(ctx context.Context, partitions int) (string, func(), error
 		line <- strings.TrimSpace(s)
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
 	select {
 	case addr := <-line:
 		if addr == "" {
 			stop()
-			return "", nil, errors.New("bench: the in-memory kafka child printed no address")
+			return errors.New("bench: the in-memory kafka child printed no address")
 		}
-		return addr, stop, nil
-	case <-time.After(30 * time.Second):
+		k.addr, k.stopFn = addr, stop
+		return nil
+	case <-t.C:
 	case <-ctx.Done():
 	}
 	_ = cmd.Process.Kill()
 	stop()
-	return "", nil, errors.New("bench: the in-memory kafka child did not start")
+	return errors.New("bench: the in-memory kafka child did not start")
+}
+
+func (k *benchKafka) stop(context.Context) error {
+	if k.stopFn != nil {
+		k.stopFn()
+		k.stopFn = nil
+	}
+	return nil
 }
 
 // benchKafkaCommand is the child process of startBenchKafka: an in-memory

@@ -42,17 +42,17 @@ type baseline struct {
 }
 
 // run claims batches until ctx ends, sleeping pollInterval after an empty
-// claim.
+// or failed claim.
 func (b *baseline) run(ctx context.Context) error {
 	for {
 		n, err := b.once(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("baseline: %w", err)
+		if ctx.Err() != nil {
+			return nil
 		}
-		if n > 0 {
+		// A failed batch (Kafka away) is rolled back and tried again
+		// after the poll interval; a phase that never recovers stalls
+		// and fails there.
+		if err == nil && n > 0 {
 			continue
 		}
 		t := time.NewTimer(b.pollInterval)

@@ -117,6 +117,14 @@ type Config struct {
 	// PollInterval is the relay's poll interval, and how long the
 	// baseline sleeps after an empty claim. Default 500ms.
 	PollInterval time.Duration
+	// Outage, when positive, makes Kafka unreachable for this long at the
+	// start of each phase (KafkaDown, then KafkaUp): the variant faces
+	// its whole backlog with no broker, and then drains it. The phase's
+	// peak RSS covers the outage. Topics are re-created on first use
+	// after the broker returns (an in-memory broker forgets them).
+	Outage time.Duration
+	// KafkaDown and KafkaUp stop and restart the broker, for Outage.
+	KafkaDown, KafkaUp func(context.Context) error
 	// SkipCheck skips consuming the topics after each phase.
 	SkipCheck bool
 
@@ -167,6 +175,9 @@ func (c Config) validate() error {
 		return errors.New("nothing to deliver: set a preload, a rate or both")
 	case c.Topics < 1 || c.Partitions < 1 || c.PayloadSize < 0 || c.Writers < 1 || c.RowsPerTx < 1 || c.Rounds < 1:
 		return errors.New("topics, partitions, writers, rows per transaction and rounds must be at least 1")
+	}
+	if c.Outage > 0 && (c.KafkaDown == nil || c.KafkaUp == nil) {
+		return errors.New("an outage needs a broker the bench can stop and restart")
 	}
 	for _, n := range c.Relays {
 		if n < 1 {

@@ -113,6 +113,11 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	// earlier phase (or its check) left behind.
 	debug.FreeOSMemory()
 	resetPeakRSS()
+	if cfg.Outage > 0 {
+		if err := cfg.KafkaDown(ctx); err != nil {
+			return Phase{}, fmt.Errorf("stop kafka: %w", err)
+		}
+	}
 	cpu0 := cpuTime()
 	tl.start = time.Now()
 	runCtx, stop := context.WithCancel(ctx)
@@ -131,6 +136,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 			return nil
 		})
 	}
+	var p Phase
 	var ins insertStats
 	writersDone := make(chan struct{})
 	if streamed > 0 {
@@ -142,6 +148,19 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		})
 	} else {
 		close(writersDone)
+	}
+	if cfg.Outage > 0 {
+		t := time.NewTimer(cfg.Outage)
+		select {
+		case <-t.C:
+		case <-gctx.Done():
+			t.Stop()
+		}
+		p.OutageRSSMiB = float64(peakRSS()) / (1 << 20)
+		if err := cfg.KafkaUp(ctx); err != nil {
+			stop()
+			return Phase{}, errors.Join(fmt.Errorf("restart kafka: %w", err), g.Wait())
+		}
 	}
 	waitErr := make(chan error, 1)
 	go func() {
@@ -160,17 +179,18 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
 
-	p := Phase{
-		Round:       round,
-		Rows:        int64(total),
-		Seconds:     end.Seconds(),
-		RowsPerSec:  float64(total) / end.Seconds(),
-		CPUSeconds:  cpu.Seconds(),
-		CPUMsPer1k:  float64(cpu.Milliseconds()) / float64(total) * 1000,
-		PeakRSSMiB:  float64(peak) / (1 << 20),
-		InsertRate:  ins.rate(),
-		Streamed:    int64(streamed),
-		ForeignAcks: tl.foreign.Load(),
+	p = Phase{
+		OutageRSSMiB: p.OutageRSSMiB,
+		Round:        round,
+		Rows:         int64(total),
+		Seconds:      end.Seconds(),
+		RowsPerSec:   float64(total) / end.Seconds(),
+		CPUSeconds:   cpu.Seconds(),
+		CPUMsPer1k:   float64(cpu.Milliseconds()) / float64(total) * 1000,
+		PeakRSSMiB:   float64(peak) / (1 << 20),
+		InsertRate:   ins.rate(),
+		Streamed:     int64(streamed),
+		ForeignAcks:  tl.foreign.Load(),
 	}
 	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup))
 	if !cfg.SkipCheck {
@@ -248,7 +268,12 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, tl *timeline) 
 	if err != nil {
 		return instance{}, fmt.Errorf("pool: %w", err)
 	}
-	client, err := relay.NewKafkaClient(cfg.Brokers, kgo.WithHooks(tl))
+	opts := []kgo.Opt{kgo.WithHooks(tl)}
+	if cfg.Outage > 0 {
+		// The restarted in-memory broker has no topics until produced to.
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	client, err := relay.NewKafkaClient(cfg.Brokers, opts...)
 	if err != nil {
 		pool.Close()
 		return instance{}, err

@@ -44,6 +44,10 @@ type VariantReport struct {
 	Phases    []Phase  `json:"phases"`
 	Median    Summary  `json:"median"`
 	Ratio     *Summary `json:"ratio_vs_baseline,omitempty"`
+	// RoundRatio is the median over rounds of this variant's rows/s over
+	// the baseline's in the same round: less sensitive than the ratio of
+	// medians to a neighbour that slowed one whole round down.
+	RoundRatio float64 `json:"rows_per_s_round_ratio_median,omitempty"`
 	// VsOneRelay is this variant's median rows/s over the single relay's,
 	// when the run measured both.
 	VsOneRelay float64 `json:"rows_per_s_vs_one_relay,omitempty"`
@@ -51,18 +55,21 @@ type VariantReport struct {
 
 // Phase is one measurement of one variant.
 type Phase struct {
-	Round       int      `json:"round"`
-	Rows        int64    `json:"rows"`
-	Streamed    int64    `json:"streamed"`
-	Seconds     float64  `json:"seconds"`
-	RowsPerSec  float64  `json:"rows_per_s"`
-	InsertRate  float64  `json:"insert_rows_per_s,omitempty"`
-	Latency     *Latency `json:"commit_to_ack,omitempty"`
-	CPUSeconds  float64  `json:"cpu_s"`
-	CPUMsPer1k  float64  `json:"cpu_ms_per_1k_rows"`
-	PeakRSSMiB  float64  `json:"peak_rss_mib"`
-	ForeignAcks int64    `json:"foreign_acks,omitempty"`
-	Check       *Check   `json:"check,omitempty"`
+	Round      int      `json:"round"`
+	Rows       int64    `json:"rows"`
+	Streamed   int64    `json:"streamed"`
+	Seconds    float64  `json:"seconds"`
+	RowsPerSec float64  `json:"rows_per_s"`
+	InsertRate float64  `json:"insert_rows_per_s,omitempty"`
+	Latency    *Latency `json:"commit_to_ack,omitempty"`
+	CPUSeconds float64  `json:"cpu_s"`
+	CPUMsPer1k float64  `json:"cpu_ms_per_1k_rows"`
+	PeakRSSMiB float64  `json:"peak_rss_mib"`
+	// OutageRSSMiB is the peak RSS from the phase start to the end of
+	// the Kafka outage, if there was one.
+	OutageRSSMiB float64 `json:"outage_peak_rss_mib,omitempty"`
+	ForeignAcks  int64   `json:"foreign_acks,omitempty"`
+	Check        *Check  `json:"check,omitempty"`
 }
 
 // Latency is commit→ack of the streamed rows after the warm-up.
@@ -105,6 +112,9 @@ type Summary struct {
 func (p Phase) summary() string {
 	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s, cpu %6.0f ms/1k rows, peak rss %5.0f MiB",
 		p.Rows, p.Seconds, p.RowsPerSec, p.CPUMsPer1k, p.PeakRSSMiB)
+	if p.OutageRSSMiB > 0 {
+		s += fmt.Sprintf(" (%.0f MiB during the outage)", p.OutageRSSMiB)
+	}
 	if p.InsertRate > 0 {
 		s += fmt.Sprintf(", insert %6.0f rows/s", p.InsertRate)
 	}
@@ -144,6 +154,11 @@ func newReport(cfg Config, variants []*variant) *Report {
 		if base != nil {
 			ratio := ratios(vr.Median, base.Median)
 			vr.Ratio = &ratio
+			var rr []float64
+			for i := range min(len(vr.Phases), len(base.Phases)) {
+				rr = append(rr, vr.Phases[i].RowsPerSec/base.Phases[i].RowsPerSec)
+			}
+			vr.RoundRatio = median(rr)
 		}
 		if one != nil && vr != one {
 			vr.VsOneRelay = vr.Median.RowsPerSec / one.Median.RowsPerSec
@@ -223,9 +238,9 @@ func median(xs []float64) float64 {
 // medians against the baseline under each relay variant.
 func (r *Report) WriteTable(w io.Writer) error {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %d, pool %d, delete-on-send %v, wake-up %v; medians of %d rounds\n\n",
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v; medians of %d rounds\n\n",
 		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
-		sc.BatchSize, sc.InFlight, sc.PoolSize, sc.DeleteOnSend, sc.Wakeup, sc.Rounds)
+		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
@@ -244,6 +259,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 				num(q.RowsPerSec, 2), num(q.InsertRate, 2), num(q.P50Ms, 3), num(q.P90Ms, 3), num(q.P99Ms, 3), num(q.MaxMs, 3),
 				num(q.CPUMsPer1k, 2), num(q.PeakRSSMiB, 2))
 		}
+		if v.RoundRatio > 0 {
+			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
+		}
 		if v.VsOneRelay > 0 {
 			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
 		}
@@ -261,4 +279,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	_, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, "; "))
 	return err
+}
+
+func orDefault(n int) string {
+	if n == 0 {
+		return "default"
+	}
+	return fmt.Sprint(n)
 }
