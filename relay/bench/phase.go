@@ -178,6 +178,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	end := tl.lastDone
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
+	pgCPU := e.backendCPU(ctx, "relay-bench-"+v.name)
 
 	p = Phase{
 		OutageRSSMiB: p.OutageRSSMiB,
@@ -187,6 +188,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		RowsPerSec:   float64(total) / end.Seconds(),
 		CPUSeconds:   cpu.Seconds(),
 		CPUMsPer1k:   float64(cpu.Milliseconds()) / float64(total) * 1000,
+		PGCPUMsPer1k: float64(pgCPU.Milliseconds()) / float64(total) * 1000,
 		PeakRSSMiB:   float64(peak) / (1 << 20),
 		InsertRate:   ins.rate(),
 		Streamed:     int64(streamed),

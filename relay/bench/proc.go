@@ -3,6 +3,8 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"syscall"
@@ -45,4 +47,41 @@ func procStatus(field string) int64 {
 		}
 	}
 	return 0
+}
+
+// backendCPU sums the CPU time of the Postgres backends whose
+// application_name is app, read from /proc (Postgres on this machine; 0
+// elsewhere). Each phase's pools are new, so their backends' whole life is
+// the phase: this is the database's work for the variant.
+func (e *env) backendCPU(ctx context.Context, app string) time.Duration {
+	rs, err := e.pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, app)
+	if err != nil {
+		return 0
+	}
+	defer rs.Close()
+	var total time.Duration
+	for rs.Next() {
+		var pid int32
+		if rs.Scan(&pid) != nil {
+			return 0
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command: state is 3, utime 14,
+		// stime 15 (1-based), in clock ticks of 1/100 s.
+		i := bytes.LastIndexByte(raw, ')')
+		if i < 0 {
+			continue
+		}
+		f := bytes.Fields(raw[i+1:])
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(string(f[11]), 10, 64)
+		st, _ := strconv.ParseInt(string(f[12]), 10, 64)
+		total += time.Duration(ut+st) * 10 * time.Millisecond
+	}
+	return total
 }
