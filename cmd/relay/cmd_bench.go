@@ -71,6 +71,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
 			fs.DurationVar(&cfg.Outage, "outage", 0, "stop the in-memory broker for this long at the start of each phase, then restart it (bounded memory under an outage)")
+			fs.DurationVar(&cfg.VacuumInterval, "vacuum-interval", 0, "run VACUUM on the outbox table this often during each phase (stands in for autovacuum); 0: never")
 			check := fs.Bool("check", true, "consume each phase's topics and check count, duplicates and per-key order")
 			asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 			cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`; samples carry a variant label (pprof -tagfocus variant=...)")

@@ -125,6 +125,10 @@ type Config struct {
 	Outage time.Duration
 	// KafkaDown and KafkaUp stop and restart the broker, for Outage.
 	KafkaDown, KafkaUp func(context.Context) error
+	// VacuumInterval, when positive, runs VACUUM on the outbox table this
+	// often while a phase runs, standing in for autovacuum on servers
+	// where it is off or too slow to matter within a phase.
+	VacuumInterval time.Duration
 	// SkipCheck skips consuming the topics after each phase.
 	SkipCheck bool
 

@@ -136,6 +136,22 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 			return nil
 		})
 	}
+	if cfg.VacuumInterval > 0 {
+		g.Go(func() error {
+			t := time.NewTicker(cfg.VacuumInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+				}
+				if _, err := e.pool.Exec(gctx, `VACUUM messages`); err != nil && gctx.Err() == nil {
+					return fmt.Errorf("vacuum: %w", err)
+				}
+			}
+		})
+	}
 	var p Phase
 	var ins insertStats
 	writersDone := make(chan struct{})

@@ -33,6 +33,7 @@ type Scenario struct {
 	DeleteOnSend bool    `json:"delete_on_send"`
 	Wakeup       bool    `json:"wakeup"`
 	Rounds       int     `json:"rounds"`
+	VacuumSec    float64 `json:"vacuum_interval_s,omitempty"`
 }
 
 // VariantReport is one variant's phases and their medians. Ratio is
@@ -136,7 +137,7 @@ func newReport(cfg Config, variants []*variant) *Report {
 		Preload: cfg.Preload, Rate: cfg.Rate, RowsPerTx: cfg.RowsPerTx, Writers: cfg.Writers,
 		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
 		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
-		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds,
+		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
 	}}
 	if cfg.Rate > 0 {
 		r.Scenario.DurationSec = cfg.Duration.Seconds()
@@ -244,9 +245,9 @@ func median(xs []float64) float64 {
 // medians against the baseline under each relay variant.
 func (r *Report) WriteTable(w io.Writer) error {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v; medians of %d rounds\n\n",
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds\n\n",
 		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
-		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.Rounds)
+		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
