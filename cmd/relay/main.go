@@ -78,6 +78,9 @@ type command struct {
 	// flags declares the command's flags on fs and returns the function
 	// that runs it once fs has parsed the arguments.
 	flags func(fs *flag.FlagSet, env *environment) func(ctx context.Context, args []string) error
+	// hidden leaves the command out of the top-level usage (internal
+	// helpers such as bench's child broker).
+	hidden bool
 }
 
 // environment is what every command receives from run.
@@ -87,7 +90,7 @@ type environment struct {
 }
 
 func commands() []*command {
-	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), healthcheckCommand(), versionCommand(), helpCommand()}
+	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), healthcheckCommand(), benchCommand(), benchKafkaCommand(), versionCommand(), helpCommand()}
 }
 
 func lookupCommand(name string) *command {
@@ -158,6 +161,9 @@ Usage: relay [command] [flags]
 Commands:
 `)
 	for _, c := range commands() {
+		if c.hidden {
+			continue
+		}
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/relay/relay/bench"
+	"github.com/outboxrelay/relay/relay/relaytest"
+)
+
+// TestBench runs a tiny bench — a preload plus a short stream, baseline and
+// one and two relays, one round — against the test Postgres and an
+// in-process kfake, and checks that the report adds up.
+func TestBench(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	brokers := relaytest.NewCluster(t, 4).ListenAddrs()
+	schema := "bench_test_" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "_"))
+	stdout, stderr, err := runCLI(t, nil, "bench",
+		"--database-url", relaytest.DatabaseURL(), "--brokers", strings.Join(brokers, ","),
+		"--schema", schema, "--preload", "1500", "--rate", "1000", "--duration", "500ms", "--warmup", "100ms",
+		"--keys", "100", "--partitions", "4", "--batch-size", "200", "--poll-interval", "100ms",
+		"--relays", "1,2", "--rounds", "1", "--json")
+	if err != nil {
+		t.Fatalf("relay bench: %v\n%s", err, stderr)
+	}
+	var report bench.Report
+	if err := json.Unmarshal([]byte(stdout), &report); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, stdout)
+	}
+	if len(report.Variants) != 3 {
+		t.Fatalf("want baseline, relay x1, relay x2; got %d variants", len(report.Variants))
+	}
+	for _, v := range report.Variants {
+		if len(v.Phases) != 1 {
+			t.Fatalf("%s: %d phases, want 1", v.Name, len(v.Phases))
+		}
+		p := v.Phases[0]
+		if p.Rows != 2000 || p.Streamed != 500 {
+			t.Errorf("%s: %d rows (%d streamed), want 2000 (500)", v.Name, p.Rows, p.Streamed)
+		}
+		if p.RowsPerSec <= 0 || p.InsertRate <= 0 {
+			t.Errorf("%s: rows/s %v, insert rows/s %v", v.Name, p.RowsPerSec, p.InsertRate)
+		}
+		if p.Latency == nil || p.Latency.Rows == 0 || p.Latency.P50Ms > p.Latency.P99Ms {
+			t.Errorf("%s: latency %+v", v.Name, p.Latency)
+		}
+		c := p.Check
+		if c == nil || c.Missing != 0 || c.OrderViolations != 0 || c.Foreign != 0 || c.Records < 2000 {
+			t.Errorf("%s: check %+v", v.Name, c)
+		}
+		if v.Name == "baseline" {
+			if v.Ratio != nil {
+				t.Errorf("baseline has a ratio against itself")
+			}
+			continue
+		}
+		if v.Ratio == nil || v.Ratio.RowsPerSec <= 0 {
+			t.Errorf("%s: no ratio against the baseline: %+v", v.Name, v.Ratio)
+		}
+	}
+	if report.Variants[2].VsOneRelay <= 0 {
+		t.Errorf("relay x2 has no comparison with relay x1")
+	}
+
+	conn, err := pgx.Connect(context.Background(), relaytest.DatabaseURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var exists bool
+	if err := conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if exists {
+		t.Errorf("schema %s left behind", schema)
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"bench", "--brokers", "x:1"}, // nothing to deliver
+		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "0"},
+		{"bench", "--brokers", "x:1", "--preload", "10", "--partitions", "0"},
+	} {
+		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
+			t.Errorf("relay %v: exit %d (%v), want 2", args, exitCode(err), err)
+		}
+	}
+	stdout, _, _ := runCLI(t, nil, "--help")
+	if strings.Contains(stdout, "bench-kafka") || !strings.Contains(stdout, "bench ") {
+		t.Errorf("top-level usage should list bench and hide bench-kafka:\n%s", stdout)
+	}
+}

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/outboxrelay/relay/relay/bench"
+)
+
+func benchCommand() *command {
+	return &command{
+		name:    "bench",
+		summary: "measure throughput and latency against a naive outbox loop",
+		args:    "[flags]",
+		about: `Creates an outbox schema of its own (dropped at the end unless --keep), and
+measures the relay (--relays instances in this process) against the naive
+loop (--baseline: one worker; BEGIN; SELECT … FOR UPDATE SKIP LOCKED;
+ProduceSync; UPDATE or DELETE; COMMIT) on the same database and broker,
+alternating them for --rounds rounds. It prints the medians and the ratio of
+medians against the baseline.
+
+Each phase pre-loads --preload rows before its clock starts, and/or streams
+--rate rows/s for --duration while the variant runs. rows/s is rows divided by
+the time until every row was acknowledged by Kafka and none is pending.
+commit→ack latency (streamed rows) runs from the writer's COMMIT returning to
+the producing client receiving the broker's ack. CPU and peak RSS are this
+process's (relays, writers, bench), not Kafka's or Postgres's.
+
+Without --brokers the bench starts an in-memory Kafka broker (kfake) in a
+child process, so it does not share this process's CPU accounting.
+
+The database is RELAY_DATABASE_URL unless --database-url is given.`,
+		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
+			var cfg bench.Config
+			dbURL := fs.String("database-url", "", "Postgres connection string; default RELAY_DATABASE_URL, else "+defaultDatabaseURL)
+			brokers := fs.String("brokers", "", "comma-separated Kafka brokers; default: start an in-memory broker in a child process")
+			fs.StringVar(&cfg.Schema, "schema", "", "schema the bench creates and drops (must not exist); default bench_<random>")
+			fs.BoolVar(&cfg.Keep, "keep", false, "keep the schema and the last phase's topics at the end")
+			fs.IntVar(&cfg.Topics, "topics", 1, "topics rows are spread over")
+			fs.IntVar(&cfg.Partitions, "partitions", 12, "partitions per topic")
+			fs.IntVar(&cfg.PayloadSize, "payload", 256, "payload size in bytes")
+			fs.IntVar(&cfg.Keys, "keys", 10000, "distinct keys; negative: rows without a key")
+			fs.IntVar(&cfg.Preload, "preload", 0, "rows inserted before each phase's clock starts")
+			fs.IntVar(&cfg.Rate, "rate", 0, "rows/s the writers commit while the variant runs; 0: none")
+			fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long the writers stream")
+			fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "streamed rows of the first stretch left out of latency")
+			fs.IntVar(&cfg.Writers, "writers", 4, "concurrent writer connections")
+			fs.IntVar(&cfg.RowsPerTx, "rows-per-tx", 1, "rows per streamed transaction")
+			relays := fs.String("relays", "1", "comma-separated relay instance counts to measure, e.g. 1,2,3")
+			fs.BoolVar(&cfg.Baseline, "baseline", true, "measure the naive loop too and report ratios against it")
+			fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds; medians are taken over them")
+			fs.BoolVar(&cfg.DeleteOnSend, "delete-on-send", false, "delete rows once acknowledged (retention 0); the baseline deletes too")
+			fs.IntVar(&cfg.BatchSize, "batch-size", 1000, "rows per claim, relay and baseline")
+			fs.IntVar(&cfg.InFlightBatches, "in-flight", 0, "claimed batches a relay may have awaiting Kafka at once; 0: the relay's default (2)")
+			fs.IntVar(&cfg.PoolSize, "pool-size", 0, "max Postgres connections per relay instance; 0: pgxpool's default")
+			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
+			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
+			fs.DurationVar(&cfg.Outage, "outage", 0, "stop the in-memory broker for this long at the start of each phase, then restart it (bounded memory under an outage)")
+			fs.DurationVar(&cfg.VacuumInterval, "vacuum-interval", 0, "run VACUUM on the outbox table this often during each phase (stands in for autovacuum); 0: never")
+			check := fs.Bool("check", true, "consume each phase's topics and check count, duplicates and per-key order")
+			asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
+			cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`; samples carry a variant label (pprof -tagfocus variant=...)")
+			verbose := fs.Bool("v", false, "log the relays' warnings and errors to stderr")
+			return noArgs("bench", func(ctx context.Context) error {
+				cfg.DisableWakeup = !*wakeup
+				cfg.SkipCheck = !*check
+				cfg.DatabaseURL = *dbURL
+				if cfg.DatabaseURL == "" {
+					cfg.DatabaseURL = cmpOr(env.getenv("RELAY_DATABASE_URL"), defaultDatabaseURL)
+				}
+				for _, s := range strings.Split(*relays, ",") {
+					n, err := strconv.Atoi(strings.TrimSpace(s))
+					if err != nil || n < 1 {
+						return usageErrorf("bench: --relays %q: want instance counts like 1,2,3", *relays)
+					}
+					cfg.Relays = append(cfg.Relays, n)
+				}
+				if cfg.Preload < 0 || cfg.Rate < 0 || (cfg.Preload == 0 && cfg.Rate == 0) {
+					return usageErrorf("bench: set --preload, --rate or both (non-negative)")
+				}
+				if cfg.Partitions < 1 || cfg.Topics < 1 || cfg.Writers < 1 || cfg.RowsPerTx < 1 || cfg.Rounds < 1 || cfg.BatchSize < 1 {
+					return usageErrorf("bench: --partitions, --topics, --writers, --rows-per-tx, --rounds and --batch-size must be at least 1")
+				}
+				cfg.Progress = env.stderr
+				if *verbose {
+					cfg.Logger = slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+				}
+				if cfg.Outage > 0 && *brokers != "" {
+					return usageErrorf("bench: --outage needs the bench's own broker: drop --brokers")
+				}
+				if *brokers != "" {
+					cfg.Brokers = strings.Split(*brokers, ",")
+				} else {
+					k := &benchKafka{partitions: cfg.Partitions}
+					if err := k.start(ctx); err != nil {
+						return err
+					}
+					defer func() { _ = k.stop(ctx) }()
+					cfg.Brokers = []string{k.addr}
+					cfg.KafkaDown, cfg.KafkaUp = k.stop, k.start
+				}
+				if *cpuProfile != "" {
+					f, err := os.Create(*cpuProfile)
+					if err != nil {
+						return fmt.Errorf("bench: %w", err)
+					}
+					defer f.Close()
+					if err := pprof.StartCPUProfile(f); err != nil {
+						return fmt.Errorf("bench: %w", err)
+					}
+					defer pprof.StopCPUProfile()
+				}
+				report, err := bench.Run(ctx, cfg)
+				if err != nil {
+					return fmt.Errorf("bench: %w", err)
+				}
+				if *asJSON {
+					enc := json.NewEncoder(env.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(report)
+				}
+				return report.WriteTable(env.stdout)
+			})
+		},
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// benchKafka is the in-memory broker of relay bench, in a child process:
+// this binary re-executed as "relay bench-kafka". Its own process keeps its
+// CPU and memory out of the bench's getrusage and RSS figures. It can be
+// stopped and restarted on the same address, for --outage.
+type benchKafka struct {
+	partitions int
+	addr       string // after the first start: the port it got
+	stopFn     func()
+}
+
+func (k *benchKafka) start(ctx context.Context) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: find own binary: %w", err)
+	}
+	listen := cmpOr(k.addr, "127.0.0.1:0")
+	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(k.partitions), "--addr", listen)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("bench: start kafka: %w", err)
+	}
+	stop := func() {
+		_ = stdin.Close() // the child exits when its stdin closes
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(stdout).ReadString('\n')
+		line <- strings.TrimSpace(s)
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	t := time.NewTimer(30 * time.Second)
+	defer t.Stop()
+	select {
+	case addr := <-line:
+		if addr == "" {
+			stop()
+			return errors.New("bench: the in-memory kafka child printed no address")
+		}
+		k.addr, k.stopFn = addr, stop
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	_ = cmd.Process.Kill()
+	stop()
+	return errors.New("bench: the in-memory kafka child did not start")
+}
+
+func (k *benchKafka) stop(context.Context) error {
+	if k.stopFn != nil {
+		k.stopFn()
+		k.stopFn = nil
+	}
+	return nil
+}
+
+// benchKafkaCommand is the child process of startBenchKafka: an in-memory
+// broker that prints its address and runs until its stdin closes. Hidden
+// from the command list.
+func benchKafkaCommand() *command {
+	return &command{
+		name:    "bench-kafka",
+		hidden:  true,
+		summary: "internal: the in-memory Kafka broker of relay bench",
+		about: `Runs an in-memory Kafka broker (kfake) on a free local port, prints its
+address on stdout and runs until stdin closes. relay bench starts it.`,
+		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
+			partitions := fs.Int("partitions", 12, "partitions of topics created on first use")
+			addr := fs.String("addr", "127.0.0.1:0", "listen `host:port`")
+			return noArgs("bench-kafka", func(ctx context.Context) error {
+				c, err := kfake.NewCluster(
+					kfake.NumBrokers(1),
+					kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, *addr) }),
+					kfake.AllowAutoTopicCreation(),
+					kfake.DefaultNumPartitions(*partitions),
+				)
+				if err != nil {
+					return fmt.Errorf("bench-kafka: %w", err)
+				}
+				defer c.Close()
+				fmt.Fprintln(env.stdout, c.ListenAddrs()[0])
+				eof := make(chan struct{})
+				go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(eof) }()
+				select {
+				case <-ctx.Done():
+				case <-eof:
+				}
+				return nil
+			})
+		},
+	}
+}

@@ -1,0 +1,320 @@
+// Package bench measures the relay against a naive outbox loop on the same
+// database and broker, in the same run.
+//
+// A run creates an outbox schema of its own (migrated with the relay's
+// embedded migrations), then measures each variant — the naive baseline loop
+// and the relay with one or more in-process instances — for several rounds,
+// alternating their order, so that a noisy neighbour or a checkpoint hurts
+// both alike. Each phase starts from an empty outbox and fresh topics, loads
+// or streams rows, and ends when every row is acknowledged by Kafka and no
+// row is pending in Postgres. Every figure is reported as the median over
+// rounds, and the relay's as a ratio against the baseline's median.
+//
+// What is measured, precisely:
+//
+//   - rows/s: rows of the phase divided by the time from starting the
+//     variant until the last row was acknowledged by Kafka and no row is
+//     pending (its mark or delete committed). Pre-loaded rows are inserted
+//     before that clock starts.
+//   - commit→ack latency (streamed rows only): from the moment the writer's
+//     COMMIT returned to the moment the producing client (relay or baseline)
+//     received the broker's acknowledgement of the row's first delivery
+//     (kgo.HookProduceRecordUnbuffered). Both are read from this process's
+//     monotonic clock. The row is marked sent a little later, in the claim
+//     transaction's commit.
+//   - insert rate: rows the writers committed per second of streaming.
+//   - CPU: user+system time of this whole process (getrusage) during the
+//     phase: the relay instances plus the bench's writers and hooks; Kafka
+//     runs in another process and Postgres is not included.
+//   - RSS: peak resident set of this process during the phase (VmHWM after
+//     resetting it through /proc/self/clear_refs).
+//
+// After each phase a consumer reads the phase's topics from the start and
+// checks that every row arrived, counts duplicates, and checks per-key order
+// (the first delivery of each row of a key in id order).
+package bench
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/relay"
+)
+
+// Config describes one bench run. Zero values mean the documented default.
+type Config struct {
+	// DatabaseURL is the Postgres server to measure. Required.
+	DatabaseURL string
+	// Brokers are the Kafka seed brokers. Required.
+	Brokers []string
+	// Schema is the outbox schema the bench creates, and drops at the end
+	// unless Keep is set. Default: bench_<random>.
+	Schema string
+	// Keep leaves the schema (with the last phase's rows) and the last
+	// phase's topics in place.
+	Keep bool
+
+	// Topics is how many topics rows are spread over. Default 1.
+	Topics int
+	// Partitions is the partition count of each topic. Default 12.
+	Partitions int
+	// PayloadSize is the size of each row's payload in bytes. Default 256.
+	PayloadSize int
+	// Keys is how many distinct keys rows cycle through. Default 10000;
+	// negative means rows without a key.
+	Keys int
+	// Preload is how many rows are inserted before each phase's clock
+	// starts.
+	Preload int
+	// Rate is how many rows per second the writers commit while the
+	// variant runs; 0 streams nothing.
+	Rate int
+	// Duration is how long the writers stream. Default 10s.
+	Duration time.Duration
+	// Warmup leaves the rows streamed in the first Warmup out of the
+	// latency figures. Default 1s.
+	Warmup time.Duration
+	// Writers is how many concurrent application transactions stream
+	// rows. Default 4.
+	Writers int
+	// RowsPerTx is how many rows each streamed transaction inserts.
+	// Default 1.
+	RowsPerTx int
+
+	// Relays lists the relay variants by instance count: {1, 2} measures
+	// one relay and two relays sharing the database. Default {1}.
+	Relays []int
+	// Baseline adds the naive loop as a variant; ratios need it.
+	Baseline bool
+	// Rounds is how many times each variant is measured. Default 3.
+	Rounds int
+
+	// DeleteOnSend deletes rows once acknowledged (relay retention 0);
+	// the baseline then deletes too.
+	DeleteOnSend bool
+	// BatchSize is the claim size of the relay and the baseline. Default
+	// 1000.
+	BatchSize int
+	// InFlightBatches is relay.Config.InFlightBatches: how many claimed
+	// batches may await Kafka at once. 0: the relay's default.
+	InFlightBatches int
+	// PoolSize is the MaxConns of each relay instance's pool. 0: pgxpool's
+	// default.
+	PoolSize int
+	// DisableWakeup turns the relay's wake-up off.
+	DisableWakeup bool
+	// PollInterval is the relay's poll interval, and how long the
+	// baseline sleeps after an empty claim. Default 500ms.
+	PollInterval time.Duration
+	// Outage, when positive, makes Kafka unreachable for this long at the
+	// start of each phase (KafkaDown, then KafkaUp): the variant faces
+	// its whole backlog with no broker, and then drains it. The phase's
+	// peak RSS covers the outage. Topics are re-created on first use
+	// after the broker returns (an in-memory broker forgets them).
+	Outage time.Duration
+	// KafkaDown and KafkaUp stop and restart the broker, for Outage.
+	KafkaDown, KafkaUp func(context.Context) error
+	// VacuumInterval, when positive, runs VACUUM on the outbox table this
+	// often while a phase runs, standing in for autovacuum on servers
+	// where it is off or too slow to matter within a phase.
+	VacuumInterval time.Duration
+	// SkipCheck skips consuming the topics after each phase.
+	SkipCheck bool
+
+	// Logger receives the relays' logs. Default: discarded.
+	Logger *slog.Logger
+	// Progress receives one line per phase. Default: discarded.
+	Progress io.Writer
+}
+
+func (c Config) withDefaults() Config {
+	if c.Schema == "" {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		c.Schema = "bench_" + hex.EncodeToString(b[:])
+	}
+	c.Topics = cmp.Or(c.Topics, 1)
+	c.Partitions = cmp.Or(c.Partitions, 12)
+	c.PayloadSize = cmp.Or(c.PayloadSize, 256)
+	c.Keys = cmp.Or(c.Keys, 10000)
+	c.Duration = cmp.Or(c.Duration, 10*time.Second)
+	c.Warmup = cmp.Or(c.Warmup, time.Second)
+	c.Writers = cmp.Or(c.Writers, 4)
+	c.RowsPerTx = cmp.Or(c.RowsPerTx, 1)
+	if len(c.Relays) == 0 {
+		c.Relays = []int{1}
+	}
+	c.Rounds = cmp.Or(c.Rounds, 3)
+	c.BatchSize = cmp.Or(c.BatchSize, 1000)
+	c.PollInterval = cmp.Or(c.PollInterval, 500*time.Millisecond)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.DatabaseURL == "":
+		return errors.New("no database url")
+	case len(c.Brokers) == 0:
+		return errors.New("no kafka brokers")
+	case c.Preload < 0 || c.Rate < 0:
+		return errors.New("preload and rate must not be negative")
+	case c.Preload == 0 && c.Rate == 0:
+		return errors.New("nothing to deliver: set a preload, a rate or both")
+	case c.Topics < 1 || c.Partitions < 1 || c.PayloadSize < 0 || c.Writers < 1 || c.RowsPerTx < 1 || c.Rounds < 1:
+		return errors.New("topics, partitions, writers, rows per transaction and rounds must be at least 1")
+	}
+	if c.Outage > 0 && (c.KafkaDown == nil || c.KafkaUp == nil) {
+		return errors.New("an outage needs a broker the bench can stop and restart")
+	}
+	for _, n := range c.Relays {
+		if n < 1 {
+			return fmt.Errorf("relay instance count %d: must be at least 1", n)
+		}
+	}
+	return relay.ValidSchema(c.Schema)
+}
+
+// variant is one contestant: the baseline loop or n relay instances.
+type variant struct {
+	name      string
+	baseline  bool
+	instances int
+	phases    []Phase
+}
+
+// Run measures every variant for cfg.Rounds rounds and returns the report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	env, err := setup(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer env.close(context.WithoutCancel(ctx))
+
+	var variants []*variant
+	if cfg.Baseline {
+		variants = append(variants, &variant{name: "baseline", baseline: true, instances: 1})
+	}
+	for _, n := range cfg.Relays {
+		variants = append(variants, &variant{name: fmt.Sprintf("relay x%d", n), instances: n})
+	}
+	phaseNo := 0
+	for round := range cfg.Rounds {
+		// ABC, CBA, ABC, …: each variant runs as often first as last.
+		order := variants
+		if round%2 == 1 {
+			order = make([]*variant, len(variants))
+			for i, v := range variants {
+				order[len(variants)-1-i] = v
+			}
+		}
+		for _, v := range order {
+			phaseNo++
+			last := round == cfg.Rounds-1 && v == order[len(order)-1]
+			p, err := env.runPhase(ctx, v, round+1, phaseNo, last)
+			if err != nil {
+				return nil, fmt.Errorf("%s, round %d: %w", v.name, round+1, err)
+			}
+			v.phases = append(v.phases, p)
+			fmt.Fprintf(cfg.Progress, "round %d %-10s %s\n", round+1, v.name, p.summary())
+		}
+	}
+	return newReport(cfg, variants), nil
+}
+
+// env is what every phase shares: the schema, the bench's own pool (for
+// loading, streaming and watching) and an admin Kafka client.
+type env struct {
+	cfg     Config
+	runID   string
+	pool    *pgxpool.Pool
+	admin   *kgo.Client
+	payload []byte
+}
+
+func setup(ctx context.Context, cfg Config) (*env, error) {
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	var exists bool
+	conn, err := pgx.ConnectConfig(ctx, poolCfg.ConnConfig)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, cfg.Schema).Scan(&exists)
+	_ = conn.Close(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("look up schema: %w", err)
+	}
+	if exists {
+		// Never truncate someone's outbox: the bench wants a schema
+		// of its own.
+		return nil, fmt.Errorf("schema %s exists; the bench creates (and drops) its own: pick another name", cfg.Schema)
+	}
+	m, err := relay.NewMigrator(ctx, poolCfg, cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	_, err = m.Up(ctx)
+	_ = m.Close()
+	e := &env{cfg: cfg, runID: cfg.Schema}
+	if err != nil {
+		e.dropSchema(ctx)
+		return nil, err
+	}
+	poolCfg.MaxConns = int32(cfg.Writers + 2)
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = "relay-bench-app"
+	if e.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
+		e.dropSchema(ctx)
+		return nil, fmt.Errorf("pool: %w", err)
+	}
+	if e.admin, err = kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...)); err != nil {
+		e.pool.Close()
+		e.dropSchema(ctx)
+		return nil, fmt.Errorf("kafka admin client: %w", err)
+	}
+	e.payload = make([]byte, cfg.PayloadSize)
+	_, _ = rand.Read(e.payload)
+	return e, nil
+}
+
+func (e *env) close(ctx context.Context) {
+	e.admin.Close()
+	e.pool.Close()
+	if !e.cfg.Keep {
+		e.dropSchema(ctx)
+	}
+}
+
+func (e *env) dropSchema(ctx context.Context) {
+	conn, err := pgx.Connect(ctx, e.cfg.DatabaseURL)
+	if err != nil {
+		e.cfg.Logger.Warn("bench_drop_schema_failed", "schema", e.cfg.Schema, "error", err)
+		return
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{e.cfg.Schema}.Sanitize()+" CASCADE"); err != nil {
+		e.cfg.Logger.Warn("bench_drop_schema_failed", "schema", e.cfg.Schema, "error", err)
+	}
+}

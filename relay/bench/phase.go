@@ -1,0 +1,355 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/outboxrelay/relay/relay"
+)
+
+// stallTimeout fails a phase in which no row was acknowledged for this long.
+const stallTimeout = time.Minute
+
+// timeline records, per outbox id, when the writer's commit returned and
+// when Kafka first acknowledged the row, in nanoseconds since the phase
+// started (0: not yet). Ids start at 1 in every phase (the outbox is
+// truncated with RESTART IDENTITY), so a slice indexed by id holds them.
+type timeline struct {
+	start     time.Time
+	committed []atomic.Int64
+	acked     []atomic.Int64
+	nAcked    atomic.Int64
+	lastAck   atomic.Int64
+	foreign   atomic.Int64 // acks of ids out of range: must stay 0
+	// lastDone is when the phase ended: every row acknowledged and none
+	// pending. Written once, by waitDelivered.
+	lastDone time.Duration
+}
+
+func newTimeline(rows int) *timeline {
+	return &timeline{committed: make([]atomic.Int64, rows+1), acked: make([]atomic.Int64, rows+1)}
+}
+
+func (t *timeline) since() int64 { return max(1, int64(time.Since(t.start))) }
+
+// OnProduceRecordUnbuffered sees every record's acknowledgement (or
+// failure) just before its promise runs, in the relay's client as in the
+// baseline's.
+func (t *timeline) OnProduceRecordUnbuffered(rec *kgo.Record, err error) {
+	if err != nil || len(rec.Headers) == 0 || rec.Headers[0].Key != relay.HeaderOutboxID {
+		return
+	}
+	id, perr := strconv.ParseInt(string(rec.Headers[0].Value), 10, 64)
+	if perr != nil || id < 1 || id >= int64(len(t.acked)) {
+		t.foreign.Add(1)
+		return
+	}
+	now := t.since()
+	if t.acked[id].CompareAndSwap(0, now) {
+		t.nAcked.Add(1)
+		t.lastAck.Store(now)
+	}
+}
+
+var _ kgo.HookProduceRecordUnbuffered = (*timeline)(nil)
+
+// runPhase measures one variant once: fresh topics, an empty outbox, the
+// preload, then the variant (and the writers, if streaming) until every row
+// is delivered.
+func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last bool) (Phase, error) {
+	cfg := e.cfg
+	topics := make([]string, cfg.Topics)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("%s-p%d-t%d", e.runID, phaseNo, i)
+	}
+	if err := e.createTopics(ctx, topics); err != nil {
+		return Phase{}, err
+	}
+	if !cfg.Keep || !last {
+		defer e.deleteTopics(context.WithoutCancel(ctx), topics)
+	}
+	if _, err := e.pool.Exec(ctx, `TRUNCATE messages, stuck_messages RESTART IDENTITY`); err != nil {
+		return Phase{}, fmt.Errorf("truncate: %w", err)
+	}
+	if err := e.preload(ctx, topics); err != nil {
+		return Phase{}, err
+	}
+	streamed := cfg.Rate * int(cfg.Duration/time.Millisecond) / 1000
+	if cfg.Rate == 0 {
+		streamed = 0
+	}
+	// The writers commit whole transactions; the last may overshoot.
+	streamed = (streamed + cfg.RowsPerTx - 1) / cfg.RowsPerTx * cfg.RowsPerTx
+	total := cfg.Preload + streamed
+	tl := newTimeline(total)
+
+	// Clients and pools are per phase, created before the clock starts.
+	var instances []instance
+	defer func() {
+		for _, in := range instances {
+			in.close()
+		}
+	}()
+	for i := range v.instances {
+		in, err := e.newInstance(ctx, v, i, tl)
+		if err != nil {
+			return Phase{}, err
+		}
+		instances = append(instances, in)
+	}
+
+	// Start the peak from this phase's own footprint, not the garbage an
+	// earlier phase (or its check) left behind.
+	debug.FreeOSMemory()
+	resetPeakRSS()
+	if cfg.Outage > 0 {
+		if err := cfg.KafkaDown(ctx); err != nil {
+			return Phase{}, fmt.Errorf("stop kafka: %w", err)
+		}
+	}
+	cpu0 := cpuTime()
+	tl.start = time.Now()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	for _, in := range instances {
+		// Labels let a CPU profile tell the variants apart:
+		// go tool pprof -tagfocus variant=relay ...
+		labels := pprof.Labels("variant", v.name)
+		g.Go(func() error {
+			var err error
+			pprof.Do(gctx, labels, func(ctx context.Context) { err = in.run(ctx) })
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+			return nil
+		})
+	}
+	if cfg.VacuumInterval > 0 {
+		g.Go(func() error {
+			t := time.NewTicker(cfg.VacuumInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-t.C:
+				}
+				if _, err := e.pool.Exec(gctx, `VACUUM messages`); err != nil && gctx.Err() == nil {
+					return fmt.Errorf("vacuum: %w", err)
+				}
+			}
+		})
+	}
+	var p Phase
+	var ins insertStats
+	writersDone := make(chan struct{})
+	if streamed > 0 {
+		g.Go(func() error {
+			defer close(writersDone)
+			var err error
+			ins, err = e.stream(gctx, topics, streamed, tl)
+			return err
+		})
+	} else {
+		close(writersDone)
+	}
+	if cfg.Outage > 0 {
+		t := time.NewTimer(cfg.Outage)
+		select {
+		case <-t.C:
+		case <-gctx.Done():
+			t.Stop()
+		}
+		p.OutageRSSMiB = float64(peakRSS()) / (1 << 20)
+		if err := cfg.KafkaUp(ctx); err != nil {
+			stop()
+			return Phase{}, errors.Join(fmt.Errorf("restart kafka: %w", err), g.Wait())
+		}
+	}
+	waitErr := make(chan error, 1)
+	go func() {
+		err := e.waitDelivered(gctx, tl, total, writersDone)
+		stop() // delivered (or failed): stop the variant and the writers
+		waitErr <- err
+	}()
+	gerr := g.Wait()
+	if err := <-waitErr; err != nil {
+		return Phase{}, errors.Join(err, gerr)
+	}
+	if gerr != nil {
+		return Phase{}, gerr
+	}
+	end := tl.lastDone
+	cpu := cpuTime() - cpu0
+	peak := peakRSS()
+	pgCPU := e.backendCPU(ctx, "relay-bench-"+v.name)
+
+	p = Phase{
+		OutageRSSMiB: p.OutageRSSMiB,
+		Round:        round,
+		Rows:         int64(total),
+		Seconds:      end.Seconds(),
+		RowsPerSec:   float64(total) / end.Seconds(),
+		CPUSeconds:   cpu.Seconds(),
+		CPUMsPer1k:   float64(cpu.Milliseconds()) / float64(total) * 1000,
+		PGCPUMsPer1k: float64(pgCPU.Milliseconds()) / float64(total) * 1000,
+		PeakRSSMiB:   float64(peak) / (1 << 20),
+		InsertRate:   ins.rate(),
+		Streamed:     int64(streamed),
+		ForeignAcks:  tl.foreign.Load(),
+	}
+	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup))
+	if !cfg.SkipCheck {
+		chk, err := e.check(ctx, topics, total)
+		if err != nil {
+			return Phase{}, err
+		}
+		p.Check = &chk
+	}
+	return p, nil
+}
+
+// waitDelivered returns once every row has been acknowledged and none is
+// pending any more (the last batch's mark or delete committed). It records
+// that moment as tl.lastDone.
+func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writersDone <-chan struct{}) error {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	lastProgress, lastN := time.Now(), int64(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped after %d of %d rows were acknowledged: %w", tl.nAcked.Load(), total, context.Cause(ctx))
+		case <-tick.C:
+		}
+		n := tl.nAcked.Load()
+		if n != lastN {
+			lastN, lastProgress = n, time.Now()
+		} else if time.Since(lastProgress) > stallTimeout {
+			return fmt.Errorf("stalled: %d of %d rows acknowledged, none for %v", n, total, stallTimeout)
+		}
+		if n < int64(total) {
+			continue
+		}
+		select {
+		case <-writersDone:
+		default:
+			continue
+		}
+		var pending bool
+		if err := e.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE status = 'pending')`).Scan(&pending); err != nil {
+			return fmt.Errorf("count pending: %w", err)
+		}
+		if !pending {
+			tl.lastDone = time.Since(tl.start)
+			return nil
+		}
+	}
+}
+
+// instance is one relay (or the baseline loop) with its own pool and
+// Kafka client.
+type instance struct {
+	pool   *pgxpool.Pool
+	client *kgo.Client
+	run    func(ctx context.Context) error
+}
+
+func (in instance) close() {
+	in.client.Close()
+	in.pool.Close()
+}
+
+func (e *env) newInstance(ctx context.Context, v *variant, i int, tl *timeline) (instance, error) {
+	cfg := e.cfg
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return instance{}, err
+	}
+	if cfg.PoolSize > 0 {
+		poolCfg.MaxConns = int32(cfg.PoolSize)
+	}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = "relay-bench-" + v.name
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return instance{}, fmt.Errorf("pool: %w", err)
+	}
+	opts := []kgo.Opt{kgo.WithHooks(tl)}
+	if cfg.Outage > 0 {
+		// The restarted in-memory broker has no topics until produced to.
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	client, err := relay.NewKafkaClient(cfg.Brokers, opts...)
+	if err != nil {
+		pool.Close()
+		return instance{}, err
+	}
+	in := instance{pool: pool, client: client}
+	if v.baseline {
+		b := &baseline{pool: pool, client: client, batchSize: cfg.BatchSize,
+			deleteOnSend: cfg.DeleteOnSend, pollInterval: cfg.PollInterval}
+		in.run = b.run
+		return in, nil
+	}
+	r := relay.New(relay.Config{
+		Schema:          cfg.Schema,
+		BatchSize:       cfg.BatchSize,
+		InFlightBatches: cfg.InFlightBatches,
+		PollInterval:    cfg.PollInterval,
+		DisableWakeup:   cfg.DisableWakeup,
+		DeleteOnSend:    cfg.DeleteOnSend,
+		Instance:        fmt.Sprintf("bench-%d", i+1),
+	}, pool, client, cfg.Logger)
+	in.run = r.Run
+	return in, nil
+}
+
+func (e *env) createTopics(ctx context.Context, topics []string) error {
+	adm := kadm.NewClient(e.admin)
+	resp, err := adm.CreateTopics(ctx, int32(e.cfg.Partitions), 1, nil, topics...)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	if err := resp.Error(); err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	return nil
+}
+
+func (e *env) deleteTopics(ctx context.Context, topics []string) {
+	if _, err := kadm.NewClient(e.admin).DeleteTopics(ctx, topics...); err != nil {
+		e.cfg.Logger.Warn("bench_delete_topics_failed", "error", err)
+	}
+}
+
+// insertStats is what the writers did.
+type insertStats struct {
+	rows        int64
+	first, last time.Duration // since the phase start: first begin, last commit
+}
+
+func (s insertStats) rate() float64 {
+	if s.rows == 0 || s.last <= s.first {
+		return 0
+	}
+	return float64(s.rows) / (s.last - s.first).Seconds()
+}
+
+func (s insertStats) warmupEnd(w time.Duration) time.Duration {
+	if s.rows == 0 {
+		return 0
+	}
+	return s.first + w
+}

@@ -1,0 +1,296 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+	"text/tabwriter"
+)
+
+// Report is the outcome of a run: per variant, every phase, the medians
+// over rounds and the ratios of the medians against the baseline.
+type Report struct {
+	Scenario Scenario         `json:"scenario"`
+	Variants []*VariantReport `json:"variants"`
+}
+
+// Scenario repeats what the run measured.
+type Scenario struct {
+	Preload      int     `json:"preload"`
+	Rate         int     `json:"rate"`
+	DurationSec  float64 `json:"duration_s"`
+	RowsPerTx    int     `json:"rows_per_tx"`
+	Writers      int     `json:"writers"`
+	PayloadSize  int     `json:"payload_size"`
+	Keys         int     `json:"keys"`
+	Topics       int     `json:"topics"`
+	Partitions   int     `json:"partitions"`
+	BatchSize    int     `json:"batch_size"`
+	InFlight     int     `json:"in_flight_batches"`
+	PoolSize     int     `json:"pool_size"`
+	DeleteOnSend bool    `json:"delete_on_send"`
+	Wakeup       bool    `json:"wakeup"`
+	Rounds       int     `json:"rounds"`
+	VacuumSec    float64 `json:"vacuum_interval_s,omitempty"`
+}
+
+// VariantReport is one variant's phases and their medians. Ratio is
+// median(this)/median(baseline) per figure; nil without a baseline or for
+// the baseline itself.
+type VariantReport struct {
+	Name      string   `json:"name"`
+	Instances int      `json:"instances"`
+	Phases    []Phase  `json:"phases"`
+	Median    Summary  `json:"median"`
+	Ratio     *Summary `json:"ratio_vs_baseline,omitempty"`
+	// RoundRatio is the median over rounds of this variant's rows/s over
+	// the baseline's in the same round: less sensitive than the ratio of
+	// medians to a neighbour that slowed one whole round down.
+	RoundRatio float64 `json:"rows_per_s_round_ratio_median,omitempty"`
+	// VsOneRelay is this variant's median rows/s over the single relay's,
+	// when the run measured both.
+	VsOneRelay float64 `json:"rows_per_s_vs_one_relay,omitempty"`
+}
+
+// Phase is one measurement of one variant.
+type Phase struct {
+	Round      int      `json:"round"`
+	Rows       int64    `json:"rows"`
+	Streamed   int64    `json:"streamed"`
+	Seconds    float64  `json:"seconds"`
+	RowsPerSec float64  `json:"rows_per_s"`
+	InsertRate float64  `json:"insert_rows_per_s,omitempty"`
+	Latency    *Latency `json:"commit_to_ack,omitempty"`
+	CPUSeconds float64  `json:"cpu_s"`
+	CPUMsPer1k float64  `json:"cpu_ms_per_1k_rows"`
+	// PGCPUMsPer1k is the CPU time of the variant's own Postgres
+	// backends per 1000 rows (when Postgres runs on this machine).
+	PGCPUMsPer1k float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
+	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	// OutageRSSMiB is the peak RSS from the phase start to the end of
+	// the Kafka outage, if there was one.
+	OutageRSSMiB float64 `json:"outage_peak_rss_mib,omitempty"`
+	ForeignAcks  int64   `json:"foreign_acks,omitempty"`
+	Check        *Check  `json:"check,omitempty"`
+}
+
+// Latency is commit→ack of the streamed rows after the warm-up.
+type Latency struct {
+	Rows  int     `json:"rows"`
+	P50Ms float64 `json:"p50_ms"`
+	P90Ms float64 `json:"p90_ms"`
+	P99Ms float64 `json:"p99_ms"`
+	MaxMs float64 `json:"max_ms"`
+	// AckedBeforeCommitReturned counts rows acknowledged before their
+	// writer's COMMIT returned (counted as 0 ms).
+	AckedBeforeCommitReturned int `json:"acked_before_commit_returned"`
+}
+
+// Check is what the consumer found after the phase.
+type Check struct {
+	Records         int `json:"records"`
+	Duplicates      int `json:"duplicates"`
+	OrderViolations int `json:"order_violations"`
+	Missing         int `json:"missing"`
+	Foreign         int `json:"foreign"`
+}
+
+// Summary holds the medians (or ratios of medians) of a variant's figures.
+// Check counts are sums over the phases.
+type Summary struct {
+	RowsPerSec      float64 `json:"rows_per_s"`
+	InsertRate      float64 `json:"insert_rows_per_s,omitempty"`
+	P50Ms           float64 `json:"p50_ms,omitempty"`
+	P90Ms           float64 `json:"p90_ms,omitempty"`
+	P99Ms           float64 `json:"p99_ms,omitempty"`
+	MaxMs           float64 `json:"max_ms,omitempty"`
+	CPUMsPer1k      float64 `json:"cpu_ms_per_1k_rows"`
+	PGCPUMsPer1k    float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
+	PeakRSSMiB      float64 `json:"peak_rss_mib"`
+	Duplicates      int     `json:"duplicates"`
+	OrderViolations int     `json:"order_violations"`
+	Missing         int     `json:"missing"`
+}
+
+func (p Phase) summary() string {
+	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s, cpu %6.0f ms/1k rows (postgres %4.0f), peak rss %5.0f MiB",
+		p.Rows, p.Seconds, p.RowsPerSec, p.CPUMsPer1k, p.PGCPUMsPer1k, p.PeakRSSMiB)
+	if p.OutageRSSMiB > 0 {
+		s += fmt.Sprintf(" (%.0f MiB during the outage)", p.OutageRSSMiB)
+	}
+	if p.InsertRate > 0 {
+		s += fmt.Sprintf(", insert %6.0f rows/s", p.InsertRate)
+	}
+	if l := p.Latency; l != nil {
+		s += fmt.Sprintf(", commit→ack p50 %.1fms p99 %.1fms max %.1fms", l.P50Ms, l.P99Ms, l.MaxMs)
+	}
+	if c := p.Check; c != nil {
+		s += fmt.Sprintf(", dup %d, order violations %d, missing %d", c.Duplicates, c.OrderViolations, c.Missing)
+	}
+	return s
+}
+
+func newReport(cfg Config, variants []*variant) *Report {
+	r := &Report{Scenario: Scenario{
+		Preload: cfg.Preload, Rate: cfg.Rate, RowsPerTx: cfg.RowsPerTx, Writers: cfg.Writers,
+		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
+		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
+		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
+	}}
+	if cfg.Rate > 0 {
+		r.Scenario.DurationSec = cfg.Duration.Seconds()
+	}
+	var base, one *VariantReport
+	for _, v := range variants {
+		vr := &VariantReport{Name: v.name, Instances: v.instances, Phases: v.phases, Median: medians(v.phases)}
+		r.Variants = append(r.Variants, vr)
+		if v.baseline {
+			base = vr
+		} else if v.instances == 1 {
+			one = vr
+		}
+	}
+	for _, vr := range r.Variants {
+		if vr == base {
+			continue
+		}
+		if base != nil {
+			ratio := ratios(vr.Median, base.Median)
+			vr.Ratio = &ratio
+			var rr []float64
+			for i := range min(len(vr.Phases), len(base.Phases)) {
+				rr = append(rr, vr.Phases[i].RowsPerSec/base.Phases[i].RowsPerSec)
+			}
+			vr.RoundRatio = median(rr)
+		}
+		if one != nil && vr != one {
+			vr.VsOneRelay = vr.Median.RowsPerSec / one.Median.RowsPerSec
+		}
+	}
+	return r
+}
+
+func medians(ps []Phase) Summary {
+	pick := func(f func(Phase) float64) float64 {
+		xs := make([]float64, 0, len(ps))
+		for _, p := range ps {
+			xs = append(xs, f(p))
+		}
+		return median(xs)
+	}
+	lat := func(f func(*Latency) float64) func(Phase) float64 {
+		return func(p Phase) float64 {
+			if p.Latency == nil {
+				return 0
+			}
+			return f(p.Latency)
+		}
+	}
+	s := Summary{
+		RowsPerSec:   pick(func(p Phase) float64 { return p.RowsPerSec }),
+		InsertRate:   pick(func(p Phase) float64 { return p.InsertRate }),
+		P50Ms:        pick(lat(func(l *Latency) float64 { return l.P50Ms })),
+		P90Ms:        pick(lat(func(l *Latency) float64 { return l.P90Ms })),
+		P99Ms:        pick(lat(func(l *Latency) float64 { return l.P99Ms })),
+		MaxMs:        pick(lat(func(l *Latency) float64 { return l.MaxMs })),
+		CPUMsPer1k:   pick(func(p Phase) float64 { return p.CPUMsPer1k }),
+		PGCPUMsPer1k: pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
+		PeakRSSMiB:   pick(func(p Phase) float64 { return p.PeakRSSMiB }),
+	}
+	for _, p := range ps {
+		if c := p.Check; c != nil {
+			s.Duplicates += c.Duplicates
+			s.OrderViolations += c.OrderViolations
+			s.Missing += c.Missing
+		}
+	}
+	return s
+}
+
+func ratios(a, b Summary) Summary {
+	div := func(x, y float64) float64 {
+		if y == 0 {
+			return 0
+		}
+		return x / y
+	}
+	return Summary{
+		RowsPerSec:   div(a.RowsPerSec, b.RowsPerSec),
+		InsertRate:   div(a.InsertRate, b.InsertRate),
+		P50Ms:        div(a.P50Ms, b.P50Ms),
+		P90Ms:        div(a.P90Ms, b.P90Ms),
+		P99Ms:        div(a.P99Ms, b.P99Ms),
+		MaxMs:        div(a.MaxMs, b.MaxMs),
+		CPUMsPer1k:   div(a.CPUMsPer1k, b.CPUMsPer1k),
+		PGCPUMsPer1k: div(a.PGCPUMsPer1k, b.PGCPUMsPer1k),
+		PeakRSSMiB:   div(a.PeakRSSMiB, b.PeakRSSMiB),
+	}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// WriteTable prints the medians, one line per variant, with the ratio of
+// medians against the baseline under each relay variant.
+func (r *Report) WriteTable(w io.Writer) error {
+	sc := r.Scenario
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds\n\n",
+		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
+		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
+	num := func(x float64, prec int) string {
+		if x == 0 || math.IsNaN(x) {
+			return "-"
+		}
+		return fmt.Sprintf("%.*f", prec, x)
+	}
+	for _, v := range r.Variants {
+		m := v.Median
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
+			num(m.RowsPerSec, 0), num(m.InsertRate, 0), num(m.P50Ms, 1), num(m.P90Ms, 1), num(m.P99Ms, 1), num(m.MaxMs, 1),
+			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
+		if q := v.Ratio; q != nil {
+			fmt.Fprintf(tw, "  ratio vs baseline\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n",
+				num(q.RowsPerSec, 2), num(q.InsertRate, 2), num(q.P50Ms, 3), num(q.P90Ms, 3), num(q.P99Ms, 3), num(q.MaxMs, 3),
+				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.PeakRSSMiB, 2))
+		}
+		if v.RoundRatio > 0 {
+			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
+		}
+		if v.VsOneRelay > 0 {
+			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var rounds []string
+	for _, v := range r.Variants {
+		var xs []string
+		for _, p := range v.Phases {
+			xs = append(xs, fmt.Sprintf("%.0f", p.RowsPerSec))
+		}
+		rounds = append(rounds, fmt.Sprintf("%s: %s", v.Name, strings.Join(xs, " ")))
+	}
+	_, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, "; "))
+	return err
+}
+
+func orDefault(n int) string {
+	if n == 0 {
+		return "default"
+	}
+	return fmt.Sprint(n)
+}
