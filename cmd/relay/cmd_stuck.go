@@ -90,16 +90,7 @@ func stuckPool(ctx context.Context, env *environment) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
-	if err != nil {
-		return nil, err
-	}
-	poolCfg.MaxConns = 2
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return nil, fmt.Errorf("database: %w", err)
-	}
-	return pool, nil
+	return commandPool(ctx, cfg)
 }
 
 func parseIDs(action string, args []string) ([]int64, error) {

@@ -110,7 +110,7 @@ func verifyFailed(c verify.Counts, allowTruncated bool) bool {
 
 // runVerify connects to the outbox and Kafka as configured and verifies.
 func runVerify(ctx context.Context, cfg Config, opts verify.Options) (verify.Report, error) {
-	pool, err := verifyPool(ctx, cfg)
+	pool, err := commandPool(ctx, cfg)
 	if err != nil {
 		return verify.Report{}, err
 	}
@@ -127,7 +127,8 @@ func runVerify(ctx context.Context, cfg Config, opts verify.Options) (verify.Rep
 	return verify.Run(ctx, pool, client, opts)
 }
 
-func verifyPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
+// commandPool is the small pool of a one-shot command (stuck, verify).
+func commandPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
 	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
 		return nil, err
