@@ -8,26 +8,51 @@ package relay
 // key is pending: such a row is in flight elsewhere, waiting for a retry, or
 // in this very batch, and in every case this row must wait for it. Unless $3
 // is true, an earlier stuck row of the key holds it back too (strict order).
-// Filtering before LIMIT (rather than dropping held rows after claiming)
-// means a long run of held rows can never starve rows of other keys.
+//
+// It reads the first $4 pending rows in id order (the window) and takes the
+// first row of each key in it, then locks the chosen rows in id order until
+// it holds $1 (an index scan over the sorted ids, so locking stops early). Because the window is a prefix of the pending
+// rows, every earlier pending row of a key is in it, so "first in the window"
+// is "no earlier pending row", with no probe of the key's history: the probe
+// the older claim ran for every candidate walked index entries of sent rows
+// until vacuum removed them, and ran again for every row already locked by a
+// batch in flight. Rows in flight are in the window, so later rows of their
+// keys are never chosen; rows locked by others are then skipped by SKIP
+// LOCKED. The last column tells how many rows the window held: when it was
+// full and too few rows qualified, the caller widens it (see claim), so a
+// long run of held rows can never starve rows of other keys behind it.
 //
 // $2 is "now", NULL for the database clock; tests pass a fixed time.
 const claimQuery = `
-SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at
+WITH window_rows AS MATERIALIZED (
+    SELECT id, topic, key, next_attempt_at FROM messages
+    WHERE status = 'pending'
+    ORDER BY id
+    LIMIT $4
+), heads AS (
+    SELECT min(id) AS id FROM window_rows WHERE key IS NOT NULL GROUP BY topic, key
+)
+SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at,
+       (SELECT count(*) FROM window_rows)
 FROM messages m
-WHERE m.status = 'pending'
-  AND m.next_attempt_at <= COALESCE($2::timestamptz, now())
-  AND (m.key IS NULL OR (
-        NOT EXISTS (
-          SELECT 1 FROM messages e
-          WHERE e.status = 'pending' AND e.key IS NOT NULL
-            AND e.topic = m.topic AND e.key = m.key AND e.id < m.id)
-        AND ($3::boolean OR NOT EXISTS (
-          SELECT 1 FROM stuck_messages s
-          WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))))
+WHERE m.id = ANY (ARRAY(
+        SELECT w.id FROM window_rows w
+        WHERE w.next_attempt_at <= COALESCE($2::timestamptz, now())
+          AND (w.key IS NULL OR w.id IN (SELECT id FROM heads))
+        ORDER BY w.id))
+  AND m.status = 'pending'
+  AND (m.key IS NULL OR $3::boolean
+       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+       OR NOT EXISTS (
+            SELECT 1 FROM stuck_messages s
+            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
 ORDER BY m.id
 LIMIT $1
 FOR UPDATE OF m SKIP LOCKED`
+
+// windowFullQuery tells whether at least $1 rows are pending: whether a claim
+// that found nothing had a full window.
+const windowFullQuery = `SELECT count(*) = $1 FROM (SELECT 1 FROM messages WHERE status = 'pending' LIMIT $1) w`
 
 // markSentQuery records where each row landed. The arrays are parallel.
 const markSentQuery = `

@@ -288,7 +288,7 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 			n, err := r.finishBatch(ctx, b, nil)
 			r.finished <- batchResult{n, err}
 		}()
-		if len(b.rows) < r.cfg.BatchSize {
+		if !b.more {
 			break // the backlog is drained: the next claim would find little
 		}
 	}
@@ -323,6 +323,7 @@ type batch struct {
 	cancel  context.CancelFunc
 	tx      pgx.Tx
 	rows    []row
+	more    bool // rows may be pending beyond the claim's window
 	started time.Time
 }
 
@@ -353,7 +354,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 			b.cancel()
 		}
 	}()
-	b.rows, err = claim(b.work, b.tx, r.cfg.BatchSize, r.cfg.StuckRowsReleaseKey, now)
+	b.rows, b.more, err = claim(b.work, b.tx, r.cfg.BatchSize, r.firstWindow(), r.cfg.StuckRowsReleaseKey, now)
 	if err != nil {
 		return nil, err
 	}
@@ -450,6 +451,14 @@ func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 	}
 }
 
+// firstWindow is how many pending rows a claim looks at first: room for the
+// other batches in flight (their rows are still pending and come first), for
+// this batch, and half a batch more for rows held behind earlier rows of
+// their key. claim widens it when that was too little.
+func (r *Relay) firstWindow() int {
+	return r.cfg.BatchSize*cap(r.inFlight) + r.cfg.BatchSize/2
+}
+
 // batchContext returns a context for one batch: it ignores the cancellation
 // of ctx for up to ShutdownTimeout, so the batch in flight can finish.
 func (r *Relay) batchContext(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -461,20 +470,47 @@ func (r *Relay) batchContext(ctx context.Context) (context.Context, context.Canc
 	return work, func() { stop(); cancel() }
 }
 
-func claim(ctx context.Context, tx pgx.Tx, limit int, stuckReleasesKey bool, now *time.Time) ([]row, error) {
-	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey)
-	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+// claim locks the rows of one batch (see claimQuery) and tells whether more
+// rows may be pending beyond its window. It starts with a window wide enough
+// for the batch and the batches in flight, and doubles it while the window
+// was full and less than half a batch qualified, so held rows at the head
+// cannot starve the rows behind them. Widening stays in the same
+// transaction: a wider window's choice includes the narrower one's (a key's
+// first row in a prefix stays first in a longer one, and the new rows have
+// higher ids), so the rows already locked come back, locked by us.
+func claim(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey bool, now *time.Time) (rows []row, more bool, err error) {
+	for {
+		rows, more, err = claimWindow(ctx, tx, limit, window, stuckReleasesKey, now)
+		if err != nil || 2*len(rows) >= limit || !more {
+			return rows, more, err
+		}
+		window *= 2
 	}
+}
+
+// claimWindow runs claimQuery once and reports whether its window was full.
+func claimWindow(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey bool, now *time.Time) ([]row, bool, error) {
+	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey, window)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt)
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &scanned)
 		return x, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
-	return out, nil
+	if len(out) > 0 {
+		return out, scanned == int64(window), nil
+	}
+	var full bool
+	if err := tx.QueryRow(ctx, windowFullQuery, window).Scan(&full); err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	return out, full, nil
 }
 
 var errAborted = errors.New("batch aborted before Kafka answered")

@@ -1,0 +1,67 @@
+package relay_test
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
+)
+
+// BenchmarkClaimWithRetainedSentRows shows that the claim's cost does not
+// grow with the history kept by RELAY_SENT_RETENTION: one claim of a
+// 1,000-row batch from 20,000 pending rows (10,000 keys), with no sent rows
+// retained and with 5 million (RELAY_BENCH_RETAINED overrides). Run it alone;
+// loading the history takes a minute or two:
+//
+//	go test ./relay -run '^$' -bench BenchmarkClaimWithRetainedSentRows -benchtime 200x -count 3
+//
+// Each op is BEGIN, the claim, ROLLBACK, so every op claims the same rows.
+// Compare the two sub-benchmarks of the same run (benchstat), not absolute
+// figures across runs.
+func BenchmarkClaimWithRetainedSentRows(b *testing.B) {
+	retained := 5_000_000
+	if v := os.Getenv("RELAY_BENCH_RETAINED"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatalf("RELAY_BENCH_RETAINED=%q: %v", v, err)
+		}
+		retained = n
+	}
+	for _, n := range []int{0, retained} {
+		b.Run("retained="+strconv.Itoa(n), func(b *testing.B) {
+			benchmarkClaim(b, n)
+		})
+	}
+}
+
+func benchmarkClaim(b *testing.B, retained int) {
+	ctx := context.Background()
+	db := relaytest.NewDB(b)
+	exec := func(sql string, args ...any) {
+		b.Helper()
+		if _, err := db.Pool.Exec(ctx, sql, args...); err != nil {
+			b.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// History first, so it has the lower ids, as it would in production.
+	exec(`INSERT INTO messages (topic, key, payload, status, sent_at, kafka_partition, kafka_offset)
+	      SELECT 't', convert_to('k' || (i % 10000), 'UTF8'), convert_to(repeat('x', 200), 'UTF8'),
+	             'sent', now(), (i % 12)::int, i
+	      FROM generate_series(1, $1::int) i`, retained)
+	exec(`INSERT INTO messages (topic, key, payload)
+	      SELECT 't', convert_to('k' || (i % 10000), 'UTF8'), convert_to(repeat('x', 200), 'UTF8')
+	      FROM generate_series(1, 20000) i`)
+	exec(`VACUUM ANALYZE messages`)
+
+	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 1000}, db.Pool, nil, testLogger(b))
+	b.ResetTimer()
+	for range b.N {
+		n, err := r.ClaimAndRelease(ctx)
+		if err != nil || n != 1000 {
+			b.Fatalf("claim: %d rows, %v; want 1000", n, err)
+		}
+	}
+}
