@@ -76,6 +76,7 @@ func dev(ctx context.Context, cfg Config, addr string, partitions int, env *envi
 
 	d := &daemon{
 		cfg:     cfg,
+		getenv:  env.getenv,
 		logger:  log,
 		brokers: brokers,
 		// Let produce requests create topics, as a broker with

@@ -42,7 +42,7 @@ Configuration is read from RELAY_* environment variables: see
 				if err != nil {
 					return err
 				}
-				d := &daemon{cfg: cfg, logger: cfg.newLogger(env.stderr), brokers: cfg.KafkaBrokers, mode: "run"}
+				d := &daemon{cfg: cfg, getenv: env.getenv, logger: cfg.newLogger(env.stderr), brokers: cfg.KafkaBrokers, mode: "run"}
 				return d.run(ctx)
 			})
 		},
@@ -52,7 +52,10 @@ Configuration is read from RELAY_* environment variables: see
 // daemon is the relay process of "relay run" and "relay dev": migrations,
 // pool, Kafka client, HTTP server and the relay itself, stopped in order.
 type daemon struct {
-	cfg     Config
+	cfg Config
+	// getenv is the environment cfg was read from; AWS_MSK_IAM reads its
+	// credentials from it at each authentication.
+	getenv  func(string) string
 	logger  *slog.Logger
 	brokers []string
 	// kafkaOpts are extra client options (dev mode lets produce create
@@ -136,7 +139,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
 		kgo.WithHooks(met.kafka),
 	}
-	secOpts, err := kafkaSecurityOpts(cfg)
+	secOpts, err := kafkaSecurityOpts(cfg, d.getenv)
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,7 @@ The database, schema and brokers come from the RELAY_* variables.`,
 					return err
 				}
 				opts := verify.Options{Since: from, Topics: topics, ChunkSize: *chunk, MaxExamples: max(*examples, 1)}
-				rep, err := runVerify(ctx, cfg, opts)
+				rep, err := runVerify(ctx, cfg, env.getenv, opts)
 				if err != nil {
 					return err
 				}
@@ -108,14 +108,15 @@ func verifyFailed(c verify.Counts, allowTruncated bool) bool {
 	return c.Missing > 0 || c.Mismatched > 0 || (c.Truncated > 0 && !allowTruncated)
 }
 
-// runVerify connects to the outbox and Kafka as configured and verifies.
-func runVerify(ctx context.Context, cfg Config, opts verify.Options) (verify.Report, error) {
+// runVerify connects to the outbox and Kafka as configured (getenv is the
+// environment cfg came from) and verifies.
+func runVerify(ctx context.Context, cfg Config, getenv func(string) string, opts verify.Options) (verify.Report, error) {
 	pool, err := commandPool(ctx, cfg)
 	if err != nil {
 		return verify.Report{}, err
 	}
 	defer pool.Close()
-	secOpts, err := kafkaSecurityOpts(cfg)
+	secOpts, err := kafkaSecurityOpts(cfg, getenv)
 	if err != nil {
 		return verify.Report{}, err
 	}

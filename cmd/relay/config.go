@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -61,9 +63,11 @@ type Config struct {
 	// KafkaTLSInsecureSkipVerify accepts any broker certificate; a
 	// warning is logged at start. Default false.
 	KafkaTLSInsecureSkipVerify bool `env:"KAFKA_TLS_INSECURE_SKIP_VERIFY" envDefault:"false" desc:"Accept any broker certificate, unverified (for tests only; logged as a warning)."`
-	// KafkaSASLMechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (any
-	// case). Default: unset, no SASL.
-	KafkaSASLMechanism string `env:"KAFKA_SASL_MECHANISM" desc:"SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL. Needs a username and a password."`
+	// KafkaSASLMechanism is PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or
+	// AWS_MSK_IAM (any case). The first three need a username and a
+	// password; AWS_MSK_IAM takes the standard AWS_* credential variables
+	// instead (see kafka_security.go). Default: unset, no SASL.
+	KafkaSASLMechanism string `env:"KAFKA_SASL_MECHANISM" desc:"SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (need a username and a password), or AWS_MSK_IAM (needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN if temporary); empty: no SASL."`
 	// KafkaSASLUsername is the SASL user. Default: unset.
 	KafkaSASLUsername string `env:"KAFKA_SASL_USERNAME" desc:"SASL username."`
 	// KafkaSASLPassword is the SASL password, never logged. Default:
@@ -73,6 +77,10 @@ type Config struct {
 	// password (a mounted secret); a trailing newline is ignored. When
 	// set, it wins over KafkaSASLPassword. Default: unset.
 	KafkaSASLPasswordFile string `env:"KAFKA_SASL_PASSWORD_FILE" desc:"Path of a file holding the SASL password (e.g. a mounted secret); trailing newline ignored. Wins over RELAY_KAFKA_SASL_PASSWORD."`
+	// KafkaAWSUserAgent is the user agent AWS_MSK_IAM signs, which IAM
+	// policies can match with the aws:UserAgent condition key. Default:
+	// unset, franz-go's "franz-go/<Go version>/<hostname>".
+	KafkaAWSUserAgent string `env:"KAFKA_AWS_USER_AGENT" desc:"User agent sent with AWS_MSK_IAM, for IAM policies that match aws:UserAgent; empty: franz-go/<Go version>/<hostname>."`
 	// Schema is the Postgres schema holding the outbox tables. Default
 	// outbox.
 	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
@@ -242,17 +250,29 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		}
 	}
 	cfg.resolve(problems)
-	cfg.validate(problems)
+	cfg.validate(problems, getenv)
 	if len(problems) > 0 {
-		ce := &configError{}
-		for _, v := range configVars { // in declaration order
-			if p, ok := problems[v.Name]; ok {
-				ce.problems = append(ce.problems, v.Name+": "+p)
-			}
-		}
-		return cfg, &usageError{ce}
+		return cfg, &usageError{&configError{problems: listProblems(problems)}}
 	}
 	return cfg, nil
+}
+
+// listProblems renders problems as "VARIABLE: problem" lines: the RELAY_*
+// variables in declaration order, then the others (the AWS_* variables of
+// AWS_MSK_IAM) by name, so the message reads the same at every start.
+func listProblems(problems map[string]string) []string {
+	var lines []string
+	rest := maps.Clone(problems)
+	for _, v := range configVars {
+		if p, ok := rest[v.Name]; ok {
+			lines = append(lines, v.Name+": "+p)
+			delete(rest, v.Name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(rest)) {
+		lines = append(lines, name+": "+rest[name])
+	}
+	return lines
 }
 
 // varOfField maps a Config field name, as env's ParseError carries it, back
@@ -306,7 +326,9 @@ func (c *Config) resolve(problems map[string]string) {
 
 // validate adds a problem for every variable whose value cannot be used. It
 // skips variables that already failed to parse: their field holds no value.
-func (c Config) validate(problems map[string]string) {
+// getenv is the environment loadConfig read, for the variables that are not
+// the relay's own (AWS_MSK_IAM's credentials).
+func (c Config) validate(problems map[string]string, getenv func(string) string) {
 	add := func(name, format string, args ...any) {
 		if _, ok := problems[name]; !ok {
 			problems[name] = fmt.Sprintf(format, args...)
@@ -334,7 +356,7 @@ func (c Config) validate(problems map[string]string) {
 			add("RELAY_KAFKA_BROKERS", "%q: %v", b, err)
 		}
 	}
-	c.validateKafkaSecurity(add, parsed)
+	c.validateKafkaSecurity(add, parsed, getenv)
 	if err := relay.ValidSchema(c.Schema); err != nil {
 		add("RELAY_SCHEMA", "%v", err)
 	}

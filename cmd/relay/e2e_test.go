@@ -6,16 +6,12 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,49 +24,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
-// relayBinary builds the relay once per test run. With -race the binary is
-// built with the race detector too, so the end-to-end tests check the
-// daemon's goroutines as well as the tests'.
-func relayBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "relay-e2e-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "relay")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, ".")...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func removeBinary() {
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
-}
 
 // proc is a relay child process whose output the test can wait on.
 type proc struct {
@@ -113,22 +68,8 @@ func (w *lineWriter) Write(b []byte) (int, error) {
 // process is killed when the test ends, if it still runs.
 func startRelay(t *testing.T, vars map[string]string, args ...string) *proc {
 	t.Helper()
-	bin := relayBinary(t)
 	p := &proc{t: t, changed: make(chan struct{}), exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "RELAY_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	if raceEnabled && os.Getenv("GORACE") == "" {
-		// The race runtime sleeps a second before exiting, to let
-		// late reports out; a tenth is plenty and keeps exits quick.
-		p.cmd.Env = append(p.cmd.Env, "GORACE=atexit_sleep_ms=100")
-	}
-	for k, v := range vars {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
+	p.cmd = relaytest.RelayCommand(t, vars, args...)
 	p.cmd.Stdout = &lineWriter{p: p, dst: &p.stdout}
 	p.cmd.Stderr = &lineWriter{p: p, dst: &p.stderr}
 	if err := p.cmd.Start(); err != nil {
@@ -390,7 +331,7 @@ func consumeIDs(t *testing.T, brokers []string, rows map[int64]relaytest.Message
 		fs.EachError(func(topic string, p int32, err error) { t.Fatalf("fetch %s/%d: %v", topic, p, err) })
 		for _, r := range fs.Records() {
 			out = append(out, r)
-			if id, err := outboxID(r); err == nil {
+			if id, err := relaytest.OutboxID(r); err == nil {
 				seen[id] = true
 			}
 		}
@@ -398,87 +339,25 @@ func consumeIDs(t *testing.T, brokers []string, rows map[int64]relaytest.Message
 	return out
 }
 
-func outboxID(r *kgo.Record) (int64, error) {
-	v, ok := relaytest.Header(r, relay.HeaderOutboxID)
-	if !ok {
-		return 0, fmt.Errorf("record %s/%d@%d has no %s header", r.Topic, r.Partition, r.Offset, relay.HeaderOutboxID)
-	}
-	return strconv.ParseInt(v, 10, 64)
-}
-
-// checkDelivery checks the records against the rows: every row arrived, every
-// record is a row with its topic, key, payload and headers, and for each
-// topic and key the first delivery of each row happens in id order. With
-// exactlyOnce, a row may not arrive twice. It returns how many duplicates it
-// saw.
+// checkDelivery checks the records against the rows with the checker the
+// fault suite uses too (relaytest.CheckRecords: every record is a row,
+// intact, and each key's first deliveries are in id order), and that every
+// row arrived. With exactlyOnce, a row may not arrive twice. It returns how
+// many duplicates it saw.
 func checkDelivery(t *testing.T, rows map[int64]relaytest.Message, recs []*kgo.Record, exactlyOnce bool) int {
 	t.Helper()
-	recs = slices.Clone(recs)
-	slices.SortFunc(recs, func(a, b *kgo.Record) int {
-		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
-	})
-	seen := map[int64]bool{}
-	lastOfKey := map[string]int64{} // topic+key → last first-delivered id
-	partitionOfKey := map[string]int32{}
-	dups, errs := 0, 0
-	fail := func(format string, args ...any) {
-		t.Helper()
-		if errs++; errs <= 10 {
-			t.Errorf(format, args...)
-		}
-	}
-	for _, r := range recs {
-		id, err := outboxID(r)
-		if err != nil {
-			fail("%v", err)
-			continue
-		}
-		m, ok := rows[id]
-		if !ok {
-			fail("record %s/%d@%d carries outbox-id %d, which is no row", r.Topic, r.Partition, r.Offset, id)
-			continue
-		}
-		if r.Topic != m.Topic || !bytes.Equal(r.Key, m.Key) || !bytes.Equal(r.Value, m.Payload) || (r.Value == nil) != (m.Payload == nil) {
-			fail("row %d arrived as topic %q key %q value %q, want %q %q %q", id, r.Topic, r.Key, r.Value, m.Topic, m.Key, m.Payload)
-		}
-		if len(r.Headers) != len(m.Headers)+1 {
-			fail("row %d: %d headers, want %d", id, len(r.Headers), len(m.Headers)+1)
-		}
-		for k, v := range m.Headers {
-			if got, ok := relaytest.Header(r, k); !ok || got != v {
-				fail("row %d: header %q = %q, want %q", id, k, got, v)
-			}
-		}
-		if seen[id] {
-			dups++
-			if exactlyOnce {
-				fail("row %d arrived twice", id)
-			}
-			continue
-		}
-		seen[id] = true
-		if m.Key == nil {
-			continue
-		}
-		k := m.Topic + "\x00" + string(m.Key)
-		if p, ok := partitionOfKey[k]; ok && p != r.Partition {
-			fail("key %q of %s is in partitions %d and %d", m.Key, m.Topic, p, r.Partition)
-		}
-		partitionOfKey[k] = r.Partition
-		if last, ok := lastOfKey[k]; ok && id < last {
-			fail("key %q of %s: row %d first delivered after row %d", m.Key, m.Topic, id, last)
-		}
-		lastOfKey[k] = id
-	}
+	problems := relaytest.NewProblems(t, 10)
+	d := relaytest.CheckRecords(problems, rows, recs)
 	for id := range rows {
-		if !seen[id] {
-			fail("row %d never arrived", id)
+		switch n := d.Deliveries[id]; {
+		case n == 0:
+			problems.Errorf("row %d never arrived", id)
+		case n > 1 && exactlyOnce:
+			problems.Errorf("row %d arrived %d times", id, n)
 		}
 	}
-	if errs > 10 {
-		t.Errorf("... and %d more problems", errs-10)
-	}
-	return dups
+	problems.Done()
+	return d.Duplicates
 }
 
 // waitSent waits until n rows of the outbox are marked sent.

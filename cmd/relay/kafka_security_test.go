@@ -145,7 +145,7 @@ func connect(t *testing.T, brokers []string, environ map[string]string) error {
 	if err != nil {
 		t.Fatalf("loadConfig: %v", err)
 	}
-	opts, err := kafkaSecurityOpts(cfg)
+	opts, err := kafkaSecurityOpts(cfg, mapEnv(environ))
 	if err != nil {
 		t.Fatalf("kafkaSecurityOpts: %v", err)
 	}
@@ -255,7 +255,20 @@ func TestKafkaSecurityConfigErrors(t *testing.T) {
 		{"mechanism without password", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "PLAIN", "RELAY_KAFKA_SASL_USERNAME": "relay"},
 			"RELAY_KAFKA_SASL_PASSWORD: required with RELAY_KAFKA_SASL_MECHANISM=PLAIN"},
 		{"unknown mechanism", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "GSSAPI", "RELAY_KAFKA_SASL_USERNAME": "relay", "RELAY_KAFKA_SASL_PASSWORD": secret},
-			`RELAY_KAFKA_SASL_MECHANISM: "GSSAPI": use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`},
+			`RELAY_KAFKA_SASL_MECHANISM: "GSSAPI": use PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM`},
+		{"AWS_MSK_IAM without access key", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-west-1"},
+			"AWS_ACCESS_KEY_ID: required with RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM"},
+		{"AWS_MSK_IAM without secret key", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "aws_msk_iam", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_REGION": "eu-west-1"},
+			"AWS_SECRET_ACCESS_KEY: required with RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM"},
+		{"AWS_MSK_IAM with a username", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-west-1", "RELAY_KAFKA_SASL_USERNAME": "relay"},
+			"RELAY_KAFKA_SASL_USERNAME: not used with RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM"},
+		{"AWS_MSK_IAM with a password", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "eu-west-1", "RELAY_KAFKA_SASL_PASSWORD": secret},
+			"RELAY_KAFKA_SASL_PASSWORD: not used with RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM"},
+		{"AWS_MSK_IAM without a region", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret,
+			"RELAY_KAFKA_BROKERS": "b-1.relay.abc123.c2.kafka.eu-west-1.amazonaws.com:9098,kafka.internal:9098"},
+			`AWS_REGION: required with RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM: broker "kafka.internal:9098" does not name its region`},
+		{"user agent without AWS_MSK_IAM", map[string]string{"RELAY_KAFKA_AWS_USER_AGENT": "relay/1"},
+			"RELAY_KAFKA_AWS_USER_AGENT: needs RELAY_KAFKA_SASL_MECHANISM=AWS_MSK_IAM"},
 		{"password without mechanism", map[string]string{"RELAY_KAFKA_SASL_PASSWORD": secret},
 			"RELAY_KAFKA_SASL_PASSWORD: needs RELAY_KAFKA_SASL_MECHANISM"},
 		{"empty password file", map[string]string{"RELAY_KAFKA_SASL_MECHANISM": "PLAIN", "RELAY_KAFKA_SASL_USERNAME": "relay", "RELAY_KAFKA_SASL_PASSWORD": secret, "RELAY_KAFKA_SASL_PASSWORD_FILE": emptyPass},
@@ -311,11 +324,11 @@ func TestKafkaSecurityOptsUsageError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts, err := kafkaSecurityOpts(cfg); err != nil || len(opts) != 0 {
+	if opts, err := kafkaSecurityOpts(cfg, mapEnv(nil)); err != nil || len(opts) != 0 {
 		t.Fatalf("defaults: %d options, error %v; want none", len(opts), err)
 	}
 	cfg.KafkaTLS, cfg.KafkaTLSCAFile = true, "/nonexistent/ca.pem"
-	_, err = kafkaSecurityOpts(cfg)
+	_, err = kafkaSecurityOpts(cfg, mapEnv(nil))
 	if exitCode(err) != 2 || !strings.Contains(err.Error(), "RELAY_KAFKA_TLS_CA_FILE: cannot read it") {
 		t.Errorf("error %v (exit code %d), want a usage error about RELAY_KAFKA_TLS_CA_FILE", err, exitCode(err))
 	}

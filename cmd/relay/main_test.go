@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	removeBinary()
+	relaytest.RemoveRelayBinary()
 	os.Exit(code)
 }
 

@@ -1,19 +1,13 @@
 package faults
 
 import (
-	"bytes"
-	"cmp"
 	"context"
-	"fmt"
-	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
@@ -36,12 +30,6 @@ type outcome struct {
 	drainTimeout time.Duration
 }
 
-type position struct {
-	topic     string
-	partition int32
-	offset    int64
-}
-
 // checkInvariants waits until the relay has resolved every row, then
 // checks the relay's guarantees against the outbox tables and every record
 // of the topics, read from the beginning:
@@ -50,11 +38,11 @@ type position struct {
 //     with a reason (and only rows the scenario made bad may be there);
 //   - every row marked sent has its record at the recorded partition and
 //     offset, carrying outbox-id = the row's id;
-//   - for each topic and key, the first occurrences of its rows are in id
-//     order, and the key stays in one partition;
-//   - every record is a committed row, intact, so each duplicate carries
-//     the outbox-id, key and payload of its original; no rolled-back row
-//     reaches Kafka.
+//   - what relaytest.CheckRecords checks, as the end-to-end tests do: for
+//     each topic and key, the first occurrences of its rows are in id
+//     order, and the key stays in one partition; every record is a
+//     committed row, intact, so each duplicate carries the outbox-id, key
+//     and payload of its original, and no rolled-back row reaches Kafka.
 //
 // It logs the scenario's figures.
 func checkInvariants(t *testing.T, o outcome) {
@@ -80,15 +68,15 @@ func checkInvariants(t *testing.T, o outcome) {
 	drained := time.Since(drainStart)
 
 	// The outbox's view: where each sent row landed, and the stuck rows.
-	sentAt := map[int64]position{}
+	sentAt := map[int64]relaytest.Position{}
 	rs, err := o.db.Pool.Query(ctx, `SELECT id, topic, kafka_partition, kafka_offset FROM messages WHERE status = 'sent'`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for rs.Next() {
 		var id int64
-		var p position
-		if err := rs.Scan(&id, &p.topic, &p.partition, &p.offset); err != nil {
+		var p relaytest.Position
+		if err := rs.Scan(&id, &p.Topic, &p.Partition, &p.Offset); err != nil {
 			t.Fatal(err)
 		}
 		sentAt[id] = p
@@ -115,65 +103,9 @@ func checkInvariants(t *testing.T, o outcome) {
 	}
 
 	recs := consumeAll(t, o.brokers, o.topics)
-	slices.SortFunc(recs, func(a, b *kgo.Record) int {
-		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
-	})
-
-	problems := 0
-	fail := func(format string, args ...any) {
-		t.Helper()
-		if problems++; problems <= 15 {
-			t.Errorf(format, args...)
-		}
-	}
-	at := map[position]*kgo.Record{}
-	seen := map[int64]int{}
-	lastOfKey := map[string]int64{}
-	partitionOfKey := map[string]int32{}
-	dups := 0
-	for _, r := range recs {
-		at[position{r.Topic, r.Partition, r.Offset}] = r
-		id, err := outboxID(r)
-		if err != nil {
-			fail("%v", err)
-			continue
-		}
-		m, ok := o.rows[id]
-		if !ok {
-			fail("record %s/%d@%d carries outbox-id %d, which is no committed row", r.Topic, r.Partition, r.Offset, id)
-			continue
-		}
-		if r.Topic != m.Topic || !bytes.Equal(r.Key, m.Key) || (r.Key == nil) != (m.Key == nil) ||
-			!bytes.Equal(r.Value, m.Payload) || (r.Value == nil) != (m.Payload == nil) {
-			fail("record %s/%d@%d (outbox-id %d) is topic %q key %q value %q, want the row's %q %q %q",
-				r.Topic, r.Partition, r.Offset, id, r.Topic, r.Key, r.Value, m.Topic, m.Key, m.Payload)
-		}
-		if len(r.Headers) != len(m.Headers)+1 {
-			fail("record of row %d has %d headers, want %d", id, len(r.Headers), len(m.Headers)+1)
-		}
-		for k, v := range m.Headers {
-			if got, ok := relaytest.Header(r, k); !ok || got != v {
-				fail("record of row %d: header %q = %q, want %q", id, k, got, v)
-			}
-		}
-		seen[id]++
-		if seen[id] > 1 {
-			dups++
-			continue
-		}
-		if m.Key == nil {
-			continue
-		}
-		k := m.Topic + "\x00" + string(m.Key)
-		if p, ok := partitionOfKey[k]; ok && p != r.Partition {
-			fail("key %q of %s is in partitions %d and %d", m.Key, m.Topic, p, r.Partition)
-		}
-		partitionOfKey[k] = r.Partition
-		if last, ok := lastOfKey[k]; ok && id < last {
-			fail("key %q of %s: row %d first delivered after row %d", m.Key, m.Topic, id, last)
-		}
-		lastOfKey[k] = id
-	}
+	problems := relaytest.NewProblems(t, 15)
+	d := relaytest.CheckRecords(problems, o.rows, recs)
+	fail := problems.Errorf
 
 	lost, escalated, wronglyEscalated := 0, 0, 0
 	if len(o.badRows) > 0 {
@@ -184,11 +116,11 @@ func checkInvariants(t *testing.T, o outcome) {
 		p, isSent := sentAt[id]
 		switch {
 		case isSent:
-			r := at[p]
+			r := d.At[p]
 			if r == nil {
-				fail("row %d is marked sent at %s/%d@%d, but Kafka has no record there", id, p.topic, p.partition, p.offset)
-			} else if got, err := outboxID(r); err != nil || got != id {
-				fail("row %d is marked sent at %s/%d@%d, but the record there is outbox-id %d (%v)", id, p.topic, p.partition, p.offset, got, err)
+				fail("row %d is marked sent at %s/%d@%d, but Kafka has no record there", id, p.Topic, p.Partition, p.Offset)
+			} else if got, err := relaytest.OutboxID(r); err != nil || got != id {
+				fail("row %d is marked sent at %s/%d@%d, but the record there is outbox-id %d (%v)", id, p.Topic, p.Partition, p.Offset, got, err)
 			}
 		case isStuck:
 			escalated++
@@ -208,7 +140,7 @@ func checkInvariants(t *testing.T, o outcome) {
 		if o.badRows[id] && !isStuck {
 			fail("bad row %d was not escalated (sent: %v)", id, isSent)
 		}
-		if seen[id] == 0 && !isStuck {
+		if d.Deliveries[id] == 0 && !isStuck {
 			lost++
 			fail("row %d (topic %s, key %q) is lost: not in Kafka and not in stuck_messages", id, m.Topic, m.Key)
 		}
@@ -216,11 +148,9 @@ func checkInvariants(t *testing.T, o outcome) {
 	if extra := len(sentAt) + len(stuck) - len(o.rows); extra != 0 {
 		fail("the outbox holds %d sent and %d stuck rows for %d committed rows", len(sentAt), len(stuck), len(o.rows))
 	}
-	if problems > 15 {
-		t.Errorf("... and %d more problems", problems-15)
-	}
+	problems.Done()
 	t.Logf("FIGURES %s: rows written %d (transactions rolled back %d), faults injected %d (%s), records in Kafka %d, duplicates %d, lost %d, escalated %d (wrongly %d), drained %v after the load",
-		t.Name(), len(o.rows), o.rolledBack, o.faults, o.kinds, len(recs), dups, lost, escalated, wronglyEscalated, drained.Round(time.Millisecond))
+		t.Name(), len(o.rows), o.rolledBack, o.faults, o.kinds, len(recs), d.Duplicates, lost, escalated, wronglyEscalated, drained.Round(time.Millisecond))
 	if lost != 0 {
 		t.Errorf("%d rows lost, want 0", lost)
 	}
@@ -279,12 +209,4 @@ func consumeAll(t *testing.T, brokers []string, topics []string) []*kgo.Record {
 		}
 	}
 	return out
-}
-
-func outboxID(r *kgo.Record) (int64, error) {
-	v, ok := relaytest.Header(r, relay.HeaderOutboxID)
-	if !ok {
-		return 0, fmt.Errorf("record %s/%d@%d has no %s header", r.Topic, r.Partition, r.Offset, relay.HeaderOutboxID)
-	}
-	return strconv.ParseInt(v, 10, 64)
 }

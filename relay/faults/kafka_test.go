@@ -80,21 +80,8 @@ func TestKafkaNetworkCutAndHealed(t *testing.T) {
 	var faults faultCounter
 	runFor(t, loadDuration(t, 10*time.Second), jitter(600*time.Millisecond), func(i int) {
 		switch i % 4 {
-		case 0:
-			faults.add("connections closed and refused")
-			net.cut()
-			pause(jitter(time.Second))
-			net.heal()
-		case 1:
-			faults.add("responses black-holed, connection closed after 1s")
-			net.addToxic("blackhole", "timeout", "downstream", 1000)
-			pause(jitter(1500 * time.Millisecond))
-			net.removeToxic("blackhole")
-		case 2:
-			faults.add("connection reset on write")
-			net.addToxic("reset", "reset_peer", "upstream", 0)
-			pause(jitter(time.Second))
-			net.removeToxic("reset")
+		case 0, 1, 2:
+			net.injectCut(i%4, &faults)
 		case 3:
 			cutNext.Store(true)
 			cut := true

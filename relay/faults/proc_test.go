@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,44 +16,9 @@ import (
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	binPath   string
-	buildErr  error
-)
-
-// relayBinary builds ../../cmd/relay once per test run, with the race
-// detector when the tests have it, so the daemon's goroutines are checked
-// under faults too.
-func relayBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "relay-faults-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "relay")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command("go", append(args, "../../cmd/relay")...).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	relaytest.RemoveRelayBinary()
 	os.Exit(code)
 }
 
@@ -179,18 +143,7 @@ func waitListening(t *testing.T, db *relaytest.DB, n int) {
 func startRelay(t *testing.T, name string, env map[string]string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, out: &tailBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(relayBinary(t), "run")
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "RELAY_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	if raceEnabled && os.Getenv("GORACE") == "" {
-		p.cmd.Env = append(p.cmd.Env, "GORACE=atexit_sleep_ms=100")
-	}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
+	p.cmd = relaytest.RelayCommand(t, env, "run")
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
 	if err := p.cmd.Start(); err != nil {

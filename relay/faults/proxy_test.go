@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
@@ -59,6 +60,37 @@ func (f *netFault) removeToxic(name string) {
 	f.t.Helper()
 	if err := f.proxy.Toxics.RemoveToxic(context.Background(), name); err != nil {
 		f.t.Fatalf("remove toxic %s: %v", name, err)
+	}
+}
+
+// injectCut injects the network fault of round i (0, 1 or 2) of a proxied
+// scenario, counts it in faults, and heals it after a jittered pause. The
+// Kafka and Postgres scenarios cut their links in the same three ways:
+//
+//  0. every connection closed, new ones refused;
+//  1. answers black-holed until the connection closes after 1s: the server
+//     did the work (wrote the batch, committed), the client never hears;
+//  2. connections reset as soon as the client sends.
+func (f *netFault) injectCut(i int, faults *faultCounter) {
+	f.t.Helper()
+	switch i {
+	case 0:
+		faults.add("connections closed and refused")
+		f.cut()
+		pause(jitter(time.Second))
+		f.heal()
+	case 1:
+		faults.add("answers black-holed, connection closed after 1s")
+		f.addToxic("blackhole", "timeout", "downstream", 1000)
+		pause(jitter(1500 * time.Millisecond))
+		f.removeToxic("blackhole")
+	case 2:
+		faults.add("connection reset on write")
+		f.addToxic("reset", "reset_peer", "upstream", 0)
+		pause(jitter(time.Second))
+		f.removeToxic("reset")
+	default:
+		f.t.Fatalf("injectCut: no network fault %d", i)
 	}
 }
 

@@ -1,6 +1,9 @@
 // Package relaytest starts the real components the relay's tests need: a
-// migrated outbox schema of its own in the test Postgres, and a kfake broker.
-// Tests fail, never skip, when Postgres is unreachable.
+// migrated outbox schema of its own in the test Postgres, a kfake broker,
+// and the relay binary built once per test run. It also holds the checker
+// of what reached Kafka (CheckRecords), so that the end-to-end tests and
+// the fault suite hold the relay to the same guarantees. Tests fail, never
+// skip, when Postgres is unreachable.
 package relaytest
 
 import (
