@@ -28,8 +28,8 @@ type failure struct {
 }
 
 // produce hands every row of the batch to the client and waits for all of
-// Kafka's answers. Rows of one key never share a batch (see claimQuery), so a
-// failure cannot let a later row of the same key overtake an earlier one.
+// Kafka's answers. Rows of one key never share a wave (see produceWaves), so
+// a failure cannot let a later row of the same key overtake an earlier one.
 //
 // The client retries retriable errors on its own until the delivery timeout
 // and, being idempotent, never fails a record it has sent but not heard back

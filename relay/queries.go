@@ -4,23 +4,29 @@ package relay
 // configured schema, so these stay constant whatever the schema is called.
 
 // claimQuery locks up to $1 due pending rows in id order, skipping rows other
-// relays hold. A keyed row qualifies only when no earlier row of its topic and
-// key is pending: such a row is in flight elsewhere, waiting for a retry, or
-// in this very batch, and in every case this row must wait for it. Unless $3
-// is true, an earlier stuck row of the key holds it back too (strict order).
+// relays hold, and numbers each keyed row's place in its key's chain. A
+// keyed row qualifies only when every earlier pending row of its topic and
+// key is in this batch, up to $5 rows a key: an earlier row in flight
+// elsewhere or waiting for a retry holds all later rows of its key. Unless
+// $3 is true, an earlier stuck row of the key holds them too (strict order).
 //
-// It reads the first $4 pending rows in id order (the window) and takes the
-// first row of each key in it, then locks the chosen rows in id order until
-// it holds $1 (an index scan over the sorted ids, so locking stops early). Because the window is a prefix of the pending
-// rows, every earlier pending row of a key is in it, so "first in the window"
-// is "no earlier pending row", with no probe of the key's history: the probe
-// the older claim ran for every candidate walked index entries of sent rows
-// until vacuum removed them, and ran again for every row already locked by a
-// batch in flight. Rows in flight are in the window, so later rows of their
-// keys are never chosen; rows locked by others are then skipped by SKIP
-// LOCKED. The last column tells how many rows the window held: when it was
-// full and too few rows qualified, the caller widens it (see claim), so a
-// long run of held rows can never starve rows of other keys behind it.
+// It reads the first $4 pending rows in id order (the window) and ranks the
+// rows of each key in it. Because the window is a prefix of the pending
+// rows, every earlier pending row of a key is in it, so a row's rank is its
+// place among its key's pending rows, with no probe of the key's history:
+// the probe the older claim ran for every candidate walked index entries of
+// sent rows until vacuum removed them, and ran again for every row already
+// locked by a batch in flight. A row qualifies when it and every earlier row
+// of its key in the window are due. The chosen rows are then locked in id
+// order until $1 are held (an index scan over the sorted ids, so locking
+// stops early); rows locked by others are skipped, which can break a chain:
+// the caller keeps a row only when the row ranked before it is in the batch
+// (see claimWindow), and produces each rank as a wave after the previous
+// rank was acknowledged (see produceWaves).
+//
+// The last column tells how many rows the window held: when it was full and
+// too few rows qualified, the caller widens it (see claim), so a long run of
+// held rows can never starve rows of other keys behind it.
 //
 // $2 is "now", NULL for the database clock; tests pass a fixed time.
 const claimQuery = `
@@ -29,26 +35,32 @@ WITH window_rows AS MATERIALIZED (
     WHERE status = 'pending'
     ORDER BY id
     LIMIT $4
-), heads AS (
-    SELECT min(id) AS id FROM window_rows WHERE key IS NOT NULL GROUP BY topic, key
+), chosen AS MATERIALIZED (
+    SELECT id, rank FROM (
+        SELECT id,
+               CASE WHEN key IS NULL THEN 1 ELSE row_number() OVER w END AS rank,
+               CASE WHEN key IS NULL THEN next_attempt_at ELSE max(next_attempt_at) OVER w END AS due_at
+        FROM window_rows
+        WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
+    WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5
+), locked AS (
+    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at
+    FROM messages m
+    WHERE m.id = ANY (ARRAY(SELECT id FROM chosen ORDER BY id))
+      AND m.status = 'pending'
+      AND (m.key IS NULL OR $3::boolean
+           OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+           OR NOT EXISTS (
+                SELECT 1 FROM stuck_messages s
+                WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
+    ORDER BY m.id
+    LIMIT $1
+    FOR UPDATE OF m SKIP LOCKED
 )
-SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at,
+SELECT l.id, l.topic, l.key, l.payload, l.headers, l.attempts, l.created_at, c.rank,
        (SELECT count(*) FROM window_rows)
-FROM messages m
-WHERE m.id = ANY (ARRAY(
-        SELECT w.id FROM window_rows w
-        WHERE w.next_attempt_at <= COALESCE($2::timestamptz, now())
-          AND (w.key IS NULL OR w.id IN (SELECT id FROM heads))
-        ORDER BY w.id))
-  AND m.status = 'pending'
-  AND (m.key IS NULL OR $3::boolean
-       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
-       OR NOT EXISTS (
-            SELECT 1 FROM stuck_messages s
-            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
-ORDER BY m.id
-LIMIT $1
-FOR UPDATE OF m SKIP LOCKED`
+FROM locked l JOIN chosen c ON c.id = l.id
+ORDER BY l.id`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim
 // that found nothing had a full window.

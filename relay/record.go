@@ -24,6 +24,7 @@ type row struct {
 	Headers   []byte // raw jsonb text
 	Attempts  int
 	CreatedAt time.Time
+	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
 }
 
 // record turns a row into a Kafka record. It fails only for rows that can

@@ -382,7 +382,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	defer func() { _ = b.tx.Rollback(context.WithoutCancel(b.work)) }()
 	work, tx, rows := b.work, b.tx, b.rows
 
-	out := r.produce(work, rows, r.stallAfter(), r.kafkaStalled)
+	out := r.produceWaves(work, rows)
 	escalated, err := out.record(work, tx, r.cfg, now)
 	if err != nil {
 		return len(rows), err
@@ -488,29 +488,57 @@ func claim(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey b
 	}
 }
 
+// maxWaves bounds how many rows of one key a batch takes: each is produced
+// only after the one before it was acknowledged, so a batch of a single hot
+// key costs this many Kafka round trips.
+const maxWaves = 100
+
 // claimWindow runs claimQuery once and reports whether its window was full.
+// It keeps a row only when the row before it in its key's chain is in the
+// batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
+// then this row must wait. A row dropped here stays locked until the batch
+// ends, untouched.
 func claimWindow(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey bool, now *time.Time) ([]row, bool, error) {
-	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey, window)
+	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey, window, maxWaves)
 	if err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &scanned)
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
 		return x, err
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		return out, scanned == int64(window), nil
+		return unbrokenChains(out), scanned == int64(window), nil
 	}
 	var full bool
 	if err := tx.QueryRow(ctx, windowFullQuery, window).Scan(&full); err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	return out, full, nil
+}
+
+// unbrokenChains drops every keyed row whose predecessor in its key's chain
+// is missing from rows (which are in id order).
+func unbrokenChains(rows []row) []row {
+	last := map[string]int{} // topic and key → wave of the key's last kept row
+	kept := rows[:0]
+	for _, x := range rows {
+		if x.Key == nil {
+			kept = append(kept, x)
+			continue
+		}
+		k := chainKey(x)
+		if x.Wave == 1 || last[k] == x.Wave-1 {
+			last[k] = x.Wave
+			kept = append(kept, x)
+		}
+	}
+	return kept
 }
 
 var errAborted = errors.New("batch aborted before Kafka answered")

@@ -146,10 +146,12 @@ func TestRequeueDeliversStuckRowBeforeTheRowsItBlocked(t *testing.T) {
 	if st := state(t, db, stuckID); st.status != "pending" || st.attempts != 0 {
 		t.Fatalf("requeued row: %+v; want pending with attempts reset, same id", st)
 	}
-	for i := 0; i < 3; i++ {
-		if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
-			t.Fatalf("batch %d: %d rows, %v; want 1", i, n, err)
-		}
+	// One batch takes the key's three rows and produces them in three waves.
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 3 {
+		t.Fatalf("batch after requeue: %d rows, %v; want 3", n, err)
+	}
+	if got := db.Count(t, "sent"); got != 3 {
+		t.Fatalf("%d rows sent, want 3", got)
 	}
 	records := relaytest.Consume(t, brokers, 3, 10*time.Second, "t")
 	want := []int64{stuckID, later[0], later[1]}

@@ -1,0 +1,69 @@
+package relay
+
+import (
+	"context"
+
+	"github.com/outboxrelay/relay/retry"
+)
+
+// produceWaves produces a batch in waves: wave n holds the n-th row of each
+// key's chain (and, in the first wave, the rows without a key), and starts
+// only when Kafka has answered every row of wave n-1. A row goes out only
+// when the row before it in its key's chain was acknowledged, so a key's
+// rows never race each other inside the client, whose retries can reorder
+// them after a failure (franz-go issues #515, #852). When a row fails, the
+// later rows of its key stay untouched and pending for a later batch. A wave
+// that ends in an outage or an abort ends the batch.
+func (r *Relay) produceWaves(ctx context.Context, rows []row) outcome {
+	waves := 1
+	for _, x := range rows {
+		waves = max(waves, x.Wave)
+	}
+	if waves == 1 {
+		return r.produce(ctx, rows, r.stallAfter(), r.kafkaStalled)
+	}
+	var total outcome
+	blocked := map[string]bool{} // topic and key of rows that were not acknowledged
+	wave := make([]row, 0, len(rows))
+	for n := 1; n <= waves; n++ {
+		wave = wave[:0]
+		for _, x := range rows {
+			if x.Wave == n && (x.Key == nil || !blocked[chainKey(x)]) {
+				wave = append(wave, x)
+			}
+		}
+		if len(wave) == 0 {
+			break
+		}
+		out := r.produce(ctx, wave, r.stallAfter(), r.kafkaStalled)
+		total.sentIDs = append(total.sentIDs, out.sentIDs...)
+		total.sentPartitions = append(total.sentPartitions, out.sentPartitions...)
+		total.sentOffsets = append(total.sentOffsets, out.sentOffsets...)
+		if n > 1 && out.outage() {
+			// Kafka went away between waves: as in any outage, the rows
+			// that did not go through spend no attempt.
+			for _, f := range out.failed {
+				if f.kind == retry.RowFatal {
+					total.failed = append(total.failed, f)
+				}
+			}
+			break
+		}
+		total.failed = append(total.failed, out.failed...)
+		if out.aborted || out.outage() {
+			total.aborted = out.aborted
+			break
+		}
+		for _, f := range out.failed {
+			if f.row.Key != nil {
+				blocked[chainKey(f.row)] = true
+			}
+		}
+	}
+	return total
+}
+
+// chainKey identifies a row's key within its topic.
+func chainKey(x row) string {
+	return x.Topic + "\x00" + string(x.Key)
+}
