@@ -248,3 +248,54 @@ func status(t *testing.T, db *relaytest.DB, id int64) string {
 	}
 	return s
 }
+
+// A batch takes a key's chain of rows and produces it in waves: when a row
+// of the chain fails, the rows after it are not produced, spend no attempt,
+// and wait behind it; the rows before it are delivered in order.
+func TestChainStopsAtAFailedRow(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+
+	var ids []int64
+	for i := 0; i < 5; i++ {
+		headers := `{}`
+		if i == 2 {
+			headers = `{"n": 1}` // not a string: can never be produced
+		}
+		var id int64
+		if err := db.Pool.QueryRow(ctx,
+			`INSERT INTO messages (topic, key, payload, headers) VALUES ('t', 'k', $1, $2) RETURNING id`,
+			strconv.Itoa(i), headers).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 5 {
+		t.Fatalf("batch: %d rows, %v; want the key's chain of 5", n, err)
+	}
+	for _, id := range ids[:2] {
+		if st := status(t, db, id); st != "sent" {
+			t.Errorf("row %d before the bad row: %s, want sent", id, st)
+		}
+	}
+	if st := stuckRow(t, db, ids[2]); st.kind != "row_fatal" {
+		t.Errorf("bad row: %+v, want escalated", st)
+	}
+	for _, id := range ids[3:] {
+		if st := state(t, db, id); st.status != "pending" || st.attempts != 0 {
+			t.Errorf("row %d after the bad row: %+v; want pending with no attempt spent", id, st)
+		}
+	}
+	// Strict order: the stuck row holds the rest of its key.
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 0 {
+		t.Fatalf("batch behind the stuck row: %d rows, %v; want 0", n, err)
+	}
+	records := relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
+	if a, b := outboxID(t, records[0]), outboxID(t, records[1]); a != ids[0] || b != ids[1] {
+		t.Errorf("delivered [%d %d], want [%d %d]", a, b, ids[0], ids[1])
+	}
+}
