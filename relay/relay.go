@@ -354,7 +354,11 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 			b.cancel()
 		}
 	}()
-	b.rows, b.more, err = claim(b.work, b.tx, r.cfg.BatchSize, r.firstWindow(), r.cfg.StuckRowsReleaseKey, now)
+	// While a batch of ours is in flight, the rows it holds back are
+	// held only until it ends: widening the window past them would read
+	// the backlog of its keys for nothing (few hot keys: all of it).
+	widen := len(r.inFlight) == 0
+	b.rows, b.more, err = claim(b.work, b.tx, r.cfg.BatchSize, r.firstWindow(), widen, r.cfg.StuckRowsReleaseKey, now)
 	if err != nil {
 		return nil, err
 	}
@@ -472,16 +476,17 @@ func (r *Relay) batchContext(ctx context.Context) (context.Context, context.Canc
 
 // claim locks the rows of one batch (see claimQuery) and tells whether more
 // rows may be pending beyond its window. It starts with a window wide enough
-// for the batch and the batches in flight, and doubles it while the window
-// was full and less than half a batch qualified, so held rows at the head
-// cannot starve the rows behind them. Widening stays in the same
-// transaction: a wider window's choice includes the narrower one's (a key's
-// first row in a prefix stays first in a longer one, and the new rows have
-// higher ids), so the rows already locked come back, locked by us.
-func claim(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey bool, now *time.Time) (rows []row, more bool, err error) {
+// for the batch and the batches in flight. If widen is set, it doubles the
+// window while the window was full and less than half a batch qualified, so
+// held rows at the head cannot starve the rows behind them. Widening stays
+// in the same transaction: a wider window's choice includes the narrower
+// one's (a key's place in a prefix stays its place in a longer one, and the
+// new rows have higher ids), so the rows already locked come back, locked by
+// us.
+func claim(ctx context.Context, tx pgx.Tx, limit, window int, widen, stuckReleasesKey bool, now *time.Time) (rows []row, more bool, err error) {
 	for {
 		rows, more, err = claimWindow(ctx, tx, limit, window, stuckReleasesKey, now)
-		if err != nil || 2*len(rows) >= limit || !more {
+		if err != nil || 2*len(rows) >= limit || !more || !widen {
 			return rows, more, err
 		}
 		window *= 2
