@@ -18,11 +18,13 @@ package relay
 // sent rows until vacuum removed them, and ran again for every row already
 // locked by a batch in flight. A row qualifies when it and every earlier row
 // of its key in the window are due. The chosen rows are then locked in id
-// order until $1 are held (an index scan over the sorted ids, so locking
+// order until $1 are held (a nested loop over the sorted ids, so locking
 // stops early); rows locked by others are skipped, which can break a chain:
 // the caller keeps a row only when the row ranked before it is in the batch
 // (see claimWindow), and produces each rank as a wave after the previous
-// rank was acknowledged (see produceWaves).
+// rank was acknowledged (see produceWaves). $6 lists the rows of the
+// caller's own batches in flight: they and the rows behind them are not
+// tried at all, so the next batch does not lock rows it would only drop.
 //
 // The last column tells how many rows the window held: when it was full and
 // too few rows qualified, the caller widens it (see claim), so a long run of
@@ -39,28 +41,28 @@ WITH window_rows AS MATERIALIZED (
     SELECT id, rank FROM (
         SELECT id,
                CASE WHEN key IS NULL THEN 1 ELSE row_number() OVER w END AS rank,
-               CASE WHEN key IS NULL THEN next_attempt_at ELSE max(next_attempt_at) OVER w END AS due_at
-        FROM window_rows
+               CASE WHEN key IS NULL THEN next_attempt_at ELSE max(next_attempt_at) OVER w END AS due_at,
+               CASE WHEN key IS NULL THEN flying ELSE bool_or(flying) OVER w END AS behind_flying
+        FROM (SELECT *, id IN (SELECT unnest($6::bigint[])) AS flying FROM window_rows) f
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
-    WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5
-), locked AS (
-    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at
-    FROM messages m
-    WHERE m.id = ANY (ARRAY(SELECT id FROM chosen ORDER BY id))
-      AND m.status = 'pending'
-      AND (m.key IS NULL OR $3::boolean
-           OR NOT EXISTS (SELECT 1 FROM stuck_messages)
-           OR NOT EXISTS (
-                SELECT 1 FROM stuck_messages s
-                WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
-    ORDER BY m.id
-    LIMIT $1
-    FOR UPDATE OF m SKIP LOCKED
+    WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
 )
-SELECT l.id, l.topic, l.key, l.payload, l.headers, l.attempts, l.created_at, c.rank,
+SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at, c.rank,
        (SELECT count(*) FROM window_rows)
-FROM locked l JOIN chosen c ON c.id = l.id
-ORDER BY l.id`
+FROM (SELECT id, rank FROM chosen ORDER BY id) c
+JOIN messages m ON m.id = c.id
+WHERE m.status = 'pending'
+  AND (m.key IS NULL OR $3::boolean
+       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+       OR NOT EXISTS (
+            SELECT 1 FROM stuck_messages s
+            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
+ORDER BY c.id
+LIMIT $1
+FOR UPDATE OF m SKIP LOCKED`
+
+// asyncCommitQuery lets a batch commit without waiting for its WAL flush.
+const asyncCommitQuery = `SET LOCAL synchronous_commit = off`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim
 // that found nothing had a full window.

@@ -40,6 +40,10 @@ type Relay struct {
 	// the delivery loop uses them.
 	inFlight chan struct{}
 	finished chan batchResult
+	// flying holds the ids of the rows of this relay's batches in flight,
+	// so the next claim does not lock rows they hold back (see claimQuery).
+	flyingMu sync.Mutex
+	flying   map[*batch][]int64
 
 	// topicsMu guards topics, the cached verdicts on topics' settings,
 	// shared by the batches in flight.
@@ -76,6 +80,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
+		flying:   map[*batch][]int64{},
 	}
 }
 
@@ -284,8 +289,10 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 			break
 		}
 		r.inFlight <- struct{}{}
+		r.setFlying(b, true)
 		go func() {
 			n, err := r.finishBatch(ctx, b, nil)
+			r.setFlying(b, false)
 			r.finished <- batchResult{n, err}
 		}()
 		if !b.more {
@@ -298,6 +305,32 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	res := <-r.finished
 	<-r.inFlight
 	return res.n, cmp.Or(res.err, claimErr)
+}
+
+// setFlying records that b is in flight, or no longer.
+func (r *Relay) setFlying(b *batch, on bool) {
+	r.flyingMu.Lock()
+	defer r.flyingMu.Unlock()
+	if !on {
+		delete(r.flying, b)
+		return
+	}
+	ids := make([]int64, len(b.rows))
+	for i, x := range b.rows {
+		ids[i] = x.ID
+	}
+	r.flying[b] = ids
+}
+
+// flyingIDs returns the ids of the rows in this relay's batches in flight.
+func (r *Relay) flyingIDs() []int64 {
+	r.flyingMu.Lock()
+	defer r.flyingMu.Unlock()
+	ids := []int64{}
+	for _, b := range r.flying {
+		ids = append(ids, b...)
+	}
+	return ids
 }
 
 // drain waits for the batches in flight, for shutdown.
@@ -358,7 +391,8 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	b.rows, b.more, err = claim(b.work, b.tx, r.cfg.BatchSize, r.firstWindow(), widen, r.cfg.StuckRowsReleaseKey, now)
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), flying: r.flyingIDs(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now}
+	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
 	if err != nil {
 		return nil, err
 	}
@@ -366,6 +400,14 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 		// Keep the idle registration as it was: nothing changed.
 		b.rows = nil
 		return nil, nil
+	}
+	// The batch's commit need not wait for its WAL to reach disk: if
+	// Postgres crashes before it does, the batch is lost as a whole and
+	// its rows are pending again, to be produced again (duplicates with
+	// the same outbox-id, never a loss). Commits are ordered in the WAL,
+	// so a later batch of a key is never kept while an earlier one is lost.
+	if _, err := b.tx.Exec(b.work, asyncCommitQuery); err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
 	}
 	if r.idle {
 		// We have work again: stop asking inserts to notify us. setval
@@ -483,14 +525,22 @@ func (r *Relay) batchContext(ctx context.Context) (context.Context, context.Canc
 // one's (a key's place in a prefix stays its place in a longer one, and the
 // new rows have higher ids), so the rows already locked come back, locked by
 // us.
-func claim(ctx context.Context, tx pgx.Tx, limit, window int, widen, stuckReleasesKey bool, now *time.Time) (rows []row, more bool, err error) {
+func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
 	for {
-		rows, more, err = claimWindow(ctx, tx, limit, window, stuckReleasesKey, now)
-		if err != nil || 2*len(rows) >= limit || !more || !widen {
+		rows, more, err = claimWindow(ctx, tx, q)
+		if err != nil || 2*len(rows) >= q.limit || !more || !widen {
 			return rows, more, err
 		}
-		window *= 2
+		q.window *= 2
 	}
+}
+
+// claimParams are claimQuery's parameters.
+type claimParams struct {
+	limit, window    int
+	flying           []int64 // rows of this relay's batches in flight
+	stuckReleasesKey bool
+	now              *time.Time // nil: the database clock
 }
 
 // maxWaves bounds how many rows of one key a batch takes: each is produced
@@ -503,8 +553,8 @@ const maxWaves = 100
 // batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
 // then this row must wait. A row dropped here stays locked until the batch
 // ends, untouched.
-func claimWindow(ctx context.Context, tx pgx.Tx, limit, window int, stuckReleasesKey bool, now *time.Time) ([]row, bool, error) {
-	rs, err := tx.Query(ctx, claimQuery, limit, now, stuckReleasesKey, window, maxWaves)
+func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flying)
 	if err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
@@ -518,10 +568,10 @@ func claimWindow(ctx context.Context, tx pgx.Tx, limit, window int, stuckRelease
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		return unbrokenChains(out), scanned == int64(window), nil
+		return unbrokenChains(out), scanned == int64(q.window), nil
 	}
 	var full bool
-	if err := tx.QueryRow(ctx, windowFullQuery, window).Scan(&full); err != nil {
+	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&full); err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	return out, full, nil
