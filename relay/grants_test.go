@@ -5,9 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
@@ -57,5 +60,105 @@ func TestApplicationRoleGrants(t *testing.T) {
 	}
 	if _, err := tx.Exec(ctx, `SELECT count(*) FROM messages`); err == nil {
 		t.Error("the application role can read the outbox; the documented grants should not allow it")
+	}
+}
+
+// The grants docs/operations.md gives the relay's runtime role and the
+// operator role are enough for what each does: the relay claims, marks
+// sent, escalates, prunes and passes /readyz's schema check; the operator
+// lists, requeues (which fires the wake-up trigger) and discards.
+func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	ctx := context.Background()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	relayRole := "relay_" + hex.EncodeToString(b[:])
+	operatorRole := "operator_" + hex.EncodeToString(b[:])
+	s := pgx.Identifier{db.Schema}.Sanitize()
+	for _, stmt := range []string{
+		"CREATE ROLE " + relayRole,
+		"GRANT USAGE ON SCHEMA " + s + " TO " + relayRole,
+		"GRANT SELECT, UPDATE, DELETE ON " + s + ".messages TO " + relayRole,
+		"GRANT SELECT, INSERT ON " + s + ".stuck_messages TO " + relayRole,
+		"GRANT SELECT, UPDATE ON SEQUENCE " + s + ".relay_idle_until TO " + relayRole,
+		"GRANT SELECT ON " + s + ".goose_db_version TO " + relayRole,
+
+		"CREATE ROLE " + operatorRole,
+		"GRANT USAGE ON SCHEMA " + s + " TO " + operatorRole,
+		"GRANT SELECT, INSERT ON " + s + ".messages TO " + operatorRole,
+		"GRANT SELECT ON SEQUENCE " + s + ".relay_idle_until TO " + operatorRole,
+		"GRANT SELECT, DELETE, UPDATE ON " + s + ".stuck_messages TO " + operatorRole,
+		"GRANT SELECT, INSERT ON " + s + ".discarded_messages TO " + operatorRole,
+		"GRANT SELECT ON " + s + ".blocked_messages TO " + operatorRole,
+	} {
+		if _, err := db.Pool.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, role := range []string{relayRole, operatorRole} {
+			_, _ = db.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
+			_, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+role)
+		}
+	})
+	// poolAs is the test's pool, but every connection acts as role.
+	poolAs := func(role string) *pgxpool.Pool {
+		cfg := db.Pool.Config().Copy()
+		cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			_, err := c.Exec(ctx, "SET ROLE "+role)
+			return err
+		}
+		p, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		return p
+	}
+
+	// The relay: a good row is sent, a row whose headers are not strings
+	// is escalated, sent rows are pruned, the schema check passes.
+	relayPool := poolAs(relayRole)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	good := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("ok")})[0]
+	var bad int64
+	if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, key, payload, headers) VALUES ('t', 'b', 'x', '{"n": 1}') RETURNING id`).Scan(&bad); err != nil {
+		t.Fatal(err)
+	}
+	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, relayPool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2 {
+		t.Fatalf("deliver as the relay role: %d rows, %v; want 2", n, err)
+	}
+	if st := state(t, db, good); st.status != "sent" {
+		t.Errorf("good row is %s, want sent", st.status)
+	}
+	stuckRow(t, db, bad)
+	later := time.Now().Add(48 * time.Hour)
+	if n, err := r.Prune(ctx, &later); err != nil || n != 1 {
+		t.Errorf("prune as the relay role: %d rows, %v; want 1", n, err)
+	}
+	if err := relay.CheckSchema(ctx, relayPool); err != nil {
+		t.Errorf("schema check (/readyz) as the relay role: %v", err)
+	}
+
+	// The operator, with a relay registered as idle so that requeue's
+	// insert runs the wake-up trigger's notify function too.
+	if _, err := db.Pool.Exec(ctx, `SELECT setval('relay_idle_until', 9e15::bigint)`); err != nil {
+		t.Fatal(err)
+	}
+	opPool := poolAs(operatorRole)
+	if rows, err := relay.ListStuck(ctx, opPool, relay.StuckFilter{}); err != nil || len(rows) != 1 {
+		t.Errorf("list as the operator: %d rows, %v; want 1", len(rows), err)
+	}
+	if ids, err := relay.Requeue(ctx, opPool, []int64{bad}, ""); err != nil || len(ids) != 1 {
+		t.Fatalf("requeue as the operator: %v, %v", ids, err)
+	}
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("deliver the requeued row: %d rows, %v; want 1", n, err)
+	}
+	if ids, err := relay.Discard(ctx, opPool, []int64{bad}, "alice", "test"); err != nil || len(ids) != 1 {
+		t.Errorf("discard as the operator: %v, %v", ids, err)
 	}
 }
