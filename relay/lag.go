@@ -9,18 +9,27 @@ import (
 )
 
 // backlogQuery reads the age of the oldest pending row (lowest id first),
-// the number of pending rows and of stuck rows. The first two go through the
-// pending index: cheap however much sent history is kept.
+// the number of pending rows, of stuck rows, and of pending rows behind a
+// stuck row of their key. The first two go through the pending index: cheap
+// however much sent history is kept; the last starts from the stuck keys, so
+// it costs nothing while stuck_messages is empty.
 const backlogQuery = `
 SELECT COALESCE((SELECT now() - created_at FROM messages WHERE status = 'pending' ORDER BY id LIMIT 1), interval '0'),
        (SELECT count(*) FROM messages WHERE status = 'pending'),
-       (SELECT count(*) FROM stuck_messages)`
+       (SELECT count(*) FROM stuck_messages),
+       (SELECT COALESCE(sum(c.n), 0)::bigint
+        FROM (SELECT topic, key, min(id) AS id FROM stuck_messages
+              WHERE key IS NOT NULL GROUP BY topic, key) s,
+        LATERAL (SELECT count(*) AS n FROM messages m
+                 WHERE m.status = 'pending' AND m.key IS NOT NULL
+                   AND m.topic = s.topic AND m.key = s.key AND m.id > s.id) c)`
 
 // backlog is what backlogQuery reads.
 type backlog struct {
 	oldest  time.Duration
 	pending int64
 	stuck   int64
+	behind  int64 // pending rows with a stuck row of their key before them
 }
 
 // watchLag updates the backlog gauges and raises a lag alert when the oldest pending row is older than
@@ -63,7 +72,7 @@ func (r *Relay) watchLag(ctx context.Context) {
 // backlog reads the oldest pending row's age and the pending and stuck counts.
 func (r *Relay) backlog(ctx context.Context) (backlog, error) {
 	var b backlog
-	if err := r.pool.QueryRow(ctx, backlogQuery).Scan(&b.oldest, &b.pending, &b.stuck); err != nil {
+	if err := r.pool.QueryRow(ctx, backlogQuery).Scan(&b.oldest, &b.pending, &b.stuck, &b.behind); err != nil {
 		return b, fmt.Errorf("backlog: %w", err)
 	}
 	return b, nil

@@ -19,6 +19,7 @@ type Metrics struct {
 	pending       prometheus.Gauge
 	oldestPending prometheus.Gauge
 	stuck         prometheus.Gauge
+	behindStuck   prometheus.Gauge
 	notDurable    *prometheus.CounterVec
 }
 
@@ -46,10 +47,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Age of the oldest pending row, as of the last check; 0 when none."}),
 		stuck: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "stuck_rows",
 			Help: "Rows in stuck_messages, as of the last check."}),
+		behindStuck: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rows_behind_stuck",
+			Help: "Pending rows with a stuck row of their topic and key before them, as of the last check: held back unless RELAY_STUCK_BLOCKS_KEY=false."}),
 		notDurable: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "topic_durability_warnings_total",
 			Help: "Times a topic was found with settings that can lose acknowledged records (RF < 3, min.insync.replicas < 2, unclean election)."}, []string{"topic"}),
 	}
-	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.notDurable)
+	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable)
 	return m
 }
 
@@ -96,6 +99,7 @@ func (m *Metrics) setBacklog(s backlog) {
 	m.pending.Set(float64(s.pending))
 	m.oldestPending.Set(s.oldest.Seconds())
 	m.stuck.Set(float64(s.stuck))
+	m.behindStuck.Set(float64(s.behind))
 }
 
 func (m *Metrics) topicNotDurable(topic string) {

@@ -27,10 +27,11 @@ func TestMetricsCountWhatTheRelayDoes(t *testing.T) {
 		relaytest.Message{Topic: "a", Key: []byte("2"), Payload: []byte("x")},
 		relaytest.Message{Topic: "b", Key: []byte("3"), Payload: []byte("x")},
 		relaytest.Message{Topic: "bad topic", Key: []byte("4"), Payload: []byte("x")},
+		relaytest.Message{Topic: "bad topic", Key: []byte("4"), Payload: []byte("behind")},
 	)
 	cfg := relay.Config{Schema: db.Schema, Metrics: m, Alerter: newRecordingAlerter()}
 	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
-	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 4 {
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 5 {
 		t.Fatalf("batch: %d rows, %v", n, err)
 	}
 	const want = `
@@ -53,16 +54,20 @@ outbox_relay_rows_sent_total{topic="b"} 1
 		t.Errorf("latency and batch histograms: %d series, %v; want 2", n, err)
 	}
 
-	// The backlog gauges follow the tables: one stuck row, nothing pending.
+	// The backlog gauges follow the tables: one stuck row, and the row of
+	// its key behind it.
 	cfg.LagAlertAfter = 20 * time.Millisecond
 	cfg.Instance = "metrics"
 	runRelay(t, db, brokers, cfg)
 	const backlog = `
+# HELP outbox_relay_rows_behind_stuck Pending rows with a stuck row of their topic and key before them, as of the last check: held back unless RELAY_STUCK_BLOCKS_KEY=false.
+# TYPE outbox_relay_rows_behind_stuck gauge
+outbox_relay_rows_behind_stuck 1
 # HELP outbox_relay_stuck_rows Rows in stuck_messages, as of the last check.
 # TYPE outbox_relay_stuck_rows gauge
 outbox_relay_stuck_rows 1
 `
-	relaytest.WaitFor(t, 10*time.Second, "the stuck_rows gauge to read 1", func() bool {
-		return testutil.GatherAndCompare(reg, strings.NewReader(backlog), "outbox_relay_stuck_rows") == nil
+	relaytest.WaitFor(t, 10*time.Second, "the stuck_rows and rows_behind_stuck gauges to read 1", func() bool {
+		return testutil.GatherAndCompare(reg, strings.NewReader(backlog), "outbox_relay_stuck_rows", "outbox_relay_rows_behind_stuck") == nil
 	})
 }
