@@ -3,6 +3,41 @@ package relay
 // The relay's SQL. Names are unqualified: the pool's search_path is the
 // configured schema, so these stay constant whatever the schema is called.
 
+// lockFirstQuery locks the $1 oldest pending rows that are not locked by
+// others, as a naive claim would, skipping only the rows of keys this relay
+// has in flight ($2, $3: topics and keys; those rows are held behind the
+// batch in flight). Which of them may go is decided with heldQuery (see
+// claimLockFirst). Rows it locks but the batch does not produce stay
+// untouched until the batch ends.
+const lockFirstQuery = `
+SELECT id, topic, key, payload, headers, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now())
+FROM messages
+WHERE status = 'pending'
+  AND (key IS NULL OR (topic, key) NOT IN (
+        SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+// heldQuery lists what holds back rows that lockFirstQuery locked: every
+// keyed pending row below id $1 that is not one of them ($2), that is rows
+// locked by others or that became visible since (the lower bound keeps the
+// scan off the sent history below the oldest pending row); and, unless $5 is true, the
+// oldest stuck row of each of their keys ($3, $4). It runs after the lock,
+// in a newer snapshot: a row it no longer sees pending was sent or moved
+// since, and one it sees newly pending holds its key (conservative either
+// way); a stuck row requeued in between is seen as pending here.
+const heldQuery = `
+SELECT o.topic, o.key, o.id FROM messages o
+WHERE o.status = 'pending' AND o.key IS NOT NULL AND o.id < $1
+  AND o.id >= (SELECT min(id) FROM messages WHERE status = 'pending')
+  AND o.id NOT IN (SELECT unnest($2::bigint[]))
+UNION ALL
+SELECT s.topic, s.key, min(s.id) FROM stuck_messages s
+WHERE NOT $5::boolean
+  AND (s.topic, s.key) IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key))
+GROUP BY s.topic, s.key`
+
 // claimQuery locks up to $1 due pending rows in id order, skipping rows other
 // relays hold, and numbers each keyed row's place in its key's chain. A
 // keyed row qualifies only when every earlier pending row of its topic and

@@ -43,7 +43,7 @@ type Relay struct {
 	// flying holds the ids of the rows of this relay's batches in flight,
 	// so the next claim does not lock rows they hold back (see claimQuery).
 	flyingMu sync.Mutex
-	flying   map[*batch][]int64
+	flying   map[*batch][]row
 
 	// topicsMu guards topics, the cached verdicts on topics' settings,
 	// shared by the batches in flight.
@@ -80,7 +80,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
-		flying:   map[*batch][]int64{},
+		flying:   map[*batch][]row{},
 	}
 }
 
@@ -311,26 +311,22 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 func (r *Relay) setFlying(b *batch, on bool) {
 	r.flyingMu.Lock()
 	defer r.flyingMu.Unlock()
-	if !on {
+	if on {
+		r.flying[b] = b.rows
+	} else {
 		delete(r.flying, b)
-		return
 	}
-	ids := make([]int64, len(b.rows))
-	for i, x := range b.rows {
-		ids[i] = x.ID
-	}
-	r.flying[b] = ids
 }
 
-// flyingIDs returns the ids of the rows in this relay's batches in flight.
-func (r *Relay) flyingIDs() []int64 {
+// flyingRows returns the rows of this relay's batches in flight.
+func (r *Relay) flyingRows() []row {
 	r.flyingMu.Lock()
 	defer r.flyingMu.Unlock()
-	ids := []int64{}
+	var rows []row
 	for _, b := range r.flying {
-		ids = append(ids, b...)
+		rows = append(rows, b...)
 	}
-	return ids
+	return rows
 }
 
 // drain waits for the batches in flight, for shutdown.
@@ -391,7 +387,8 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), flying: r.flyingIDs(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now}
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now}
+	q.setFlying(r.flyingRows())
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
 	if err != nil {
 		return nil, err
@@ -514,86 +511,6 @@ func (r *Relay) batchContext(ctx context.Context) (context.Context, context.Canc
 		context.AfterFunc(work, func() { t.Stop() })
 	})
 	return work, func() { stop(); cancel() }
-}
-
-// claim locks the rows of one batch (see claimQuery) and tells whether more
-// rows may be pending beyond its window. It starts with a window wide enough
-// for the batch and the batches in flight. If widen is set, it doubles the
-// window while the window was full and less than half a batch qualified, so
-// held rows at the head cannot starve the rows behind them. Widening stays
-// in the same transaction: a wider window's choice includes the narrower
-// one's (a key's place in a prefix stays its place in a longer one, and the
-// new rows have higher ids), so the rows already locked come back, locked by
-// us.
-func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
-	for {
-		rows, more, err = claimWindow(ctx, tx, q)
-		if err != nil || 2*len(rows) >= q.limit || !more || !widen {
-			return rows, more, err
-		}
-		q.window *= 2
-	}
-}
-
-// claimParams are claimQuery's parameters.
-type claimParams struct {
-	limit, window    int
-	flying           []int64 // rows of this relay's batches in flight
-	stuckReleasesKey bool
-	now              *time.Time // nil: the database clock
-}
-
-// maxWaves bounds how many rows of one key a batch takes: each is produced
-// only after the one before it was acknowledged, so a batch of a single hot
-// key costs this many Kafka round trips.
-const maxWaves = 100
-
-// claimWindow runs claimQuery once and reports whether its window was full.
-// It keeps a row only when the row before it in its key's chain is in the
-// batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
-// then this row must wait. A row dropped here stays locked until the batch
-// ends, untouched.
-func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
-	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flying)
-	if err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
-	}
-	var scanned int64
-	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
-		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
-		return x, err
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
-	}
-	if len(out) > 0 {
-		return unbrokenChains(out), scanned == int64(q.window), nil
-	}
-	var full bool
-	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&full); err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
-	}
-	return out, full, nil
-}
-
-// unbrokenChains drops every keyed row whose predecessor in its key's chain
-// is missing from rows (which are in id order).
-func unbrokenChains(rows []row) []row {
-	last := map[string]int{} // topic and key → wave of the key's last kept row
-	kept := rows[:0]
-	for _, x := range rows {
-		if x.Key == nil {
-			kept = append(kept, x)
-			continue
-		}
-		k := chainKey(x)
-		if x.Wave == 1 || last[k] == x.Wave-1 {
-			last[k] = x.Wave
-			kept = append(kept, x)
-		}
-	}
-	return kept
 }
 
 var errAborted = errors.New("batch aborted before Kafka answered")

@@ -1,0 +1,191 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// maxWaves bounds how many rows of one key a batch takes: each is produced
+// only after the one before it was acknowledged, so a batch of a single hot
+// key costs this many Kafka round trips.
+const maxWaves = 100
+
+// claimParams are the claim queries' parameters.
+type claimParams struct {
+	limit, window    int
+	flyingIDs        []int64  // rows of this relay's batches in flight
+	flyingTopics     []string // and their keys, in parallel
+	flyingKeys       [][]byte
+	stuckReleasesKey bool
+	now              *time.Time // nil: the database clock
+}
+
+// setFlying records the rows of this relay's batches in flight.
+func (q *claimParams) setFlying(rows []row) {
+	q.flyingIDs = []int64{}
+	q.flyingTopics = []string{}
+	q.flyingKeys = [][]byte{}
+	for _, x := range rows {
+		q.flyingIDs = append(q.flyingIDs, x.ID)
+		if x.Key != nil {
+			q.flyingTopics = append(q.flyingTopics, x.Topic)
+			q.flyingKeys = append(q.flyingKeys, x.Key)
+		}
+	}
+}
+
+// claim locks the rows of one batch and tells whether more rows may be
+// pending beyond them. It first locks the oldest pending rows as they come
+// (lockFirstQuery), which costs little more than a naive claim. When that
+// yields less than half a batch from a full page of locked rows (the oldest
+// rows are held back: a key's head waits for a retry or is stuck, or other
+// relays hold the heads), and widen is set, it claims again through a
+// window that grows until it finds rows (see claimWindow), so held rows at
+// the head cannot starve the rows behind them. Both run in the same
+// transaction; the rows the first locked stay locked and are found again.
+func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
+	rows, more, err = claimLockFirst(ctx, tx, q)
+	if err != nil || 2*len(rows) >= q.limit || !more || !widen {
+		return rows, more, err
+	}
+	for {
+		rows, more, err = claimWindow(ctx, tx, q)
+		if err != nil || 2*len(rows) >= q.limit || !more {
+			return rows, more, err
+		}
+		q.window *= 2
+	}
+}
+
+// claimLockFirst locks the oldest pending rows (lockFirstQuery) and keeps
+// those that may go now: for each key, its locked rows in id order, up to
+// maxWaves, as long as each is due and no row of the key that holds it back
+// (heldQuery: locked by others, or stuck) has a lower id. The first row that
+// fails ends its key's chain; the rest stays locked, untouched, until the
+// batch ends. It reports whether the page of locked rows was full.
+func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+	rs, err := tx.Query(ctx, lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	type candidate struct {
+		row
+		due bool
+	}
+	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
+		var c candidate
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.Attempts, &c.CreatedAt, &c.due)
+		return c, err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	if len(locked) == 0 {
+		return nil, false, nil
+	}
+	ids := make([]int64, len(locked))
+	var topics []string
+	var keys [][]byte
+	for i, c := range locked {
+		ids[i] = c.ID
+		if c.Key != nil {
+			topics = append(topics, c.Topic)
+			keys = append(keys, c.Key)
+		}
+	}
+	// The lowest id that holds back each key: rows above it wait.
+	heldFrom := map[string]int64{}
+	rs, err = tx.Query(ctx, heldQuery, locked[len(locked)-1].ID, ids, topics, keys, q.stuckReleasesKey)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+	}
+	var (
+		topic string
+		key   []byte
+		id    int64
+	)
+	_, err = pgx.ForEachRow(rs, []any{&topic, &key, &id}, func() error {
+		k := topic + "\x00" + string(key)
+		if from, ok := heldFrom[k]; !ok || id < from {
+			heldFrom[k] = id
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+	}
+
+	waves := map[string]int{} // topic and key → rows kept; -1 once the chain ended
+	var kept []row
+	for _, c := range locked {
+		if c.Key == nil {
+			if c.due {
+				c.Wave = 1
+				kept = append(kept, c.row)
+			}
+			continue
+		}
+		k := chainKey(c.row)
+		n := waves[k]
+		from, held := heldFrom[k]
+		if n < 0 || !c.due || (held && from < c.ID) || n >= maxWaves {
+			waves[k] = -1
+			continue
+		}
+		waves[k] = n + 1
+		c.Wave = n + 1
+		kept = append(kept, c.row)
+	}
+	return kept, len(locked) == q.limit, nil
+}
+
+// claimWindow runs claimQuery once and reports whether its window was full.
+// It keeps a row only when the row before it in its key's chain is in the
+// batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
+// then this row must wait. A row dropped here stays locked until the batch
+// ends, untouched.
+func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	var scanned int64
+	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
+		var x row
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
+		return x, err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	if len(out) > 0 {
+		return unbrokenChains(out), scanned == int64(q.window), nil
+	}
+	var full bool
+	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&full); err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	return out, full, nil
+}
+
+// unbrokenChains drops every keyed row whose predecessor in its key's chain
+// is missing from rows (which are in id order).
+func unbrokenChains(rows []row) []row {
+	last := map[string]int{} // topic and key → wave of the key's last kept row
+	kept := rows[:0]
+	for _, x := range rows {
+		if x.Key == nil {
+			kept = append(kept, x)
+			continue
+		}
+		k := chainKey(x)
+		if x.Wave == 1 || last[k] == x.Wave-1 {
+			last[k] = x.Wave
+			kept = append(kept, x)
+		}
+	}
+	return kept
+}
