@@ -38,8 +38,10 @@ WHERE NOT $5::boolean
   AND (s.topic, s.key) IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key))
 GROUP BY s.topic, s.key`
 
-// claimQuery locks up to $1 due pending rows in id order, skipping rows other
-// relays hold, and numbers each keyed row's place in its key's chain. A
+// claimQuery is the claim's fallback when held rows fill lockFirstQuery's
+// page (see claim). It locks up to $1 due pending rows in id order, skipping
+// rows other relays hold, and numbers each keyed row's place in its key's
+// chain. A
 // keyed row qualifies only when every earlier pending row of its topic and
 // key is in this batch, up to $5 rows a key: an earlier row in flight
 // elsewhere or waiting for a retry holds all later rows of its key. Unless
