@@ -15,3 +15,24 @@ func (r *Relay) DeliverBatch(ctx context.Context, now *time.Time) (int, error) {
 func (r *Relay) Prune(ctx context.Context, now *time.Time) (int64, error) {
 	return r.prune(ctx, now)
 }
+
+// TopicRecheck is how long a topic's verdict is trusted.
+const TopicRecheck = topicRecheck
+
+// AgeTopicVerdict moves topic's last check d into the past, so its next use
+// starts a refresh.
+func (r *Relay) AgeTopicVerdict(topic string, d time.Duration) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	r.topics[topic].verdict.checked = r.topics[topic].verdict.checked.Add(-d)
+}
+
+// TopicCheckedAt returns when topic's settings were last read.
+func (r *Relay) TopicCheckedAt(topic string) time.Time {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	return r.topics[topic].verdict.checked
+}
+
+// WaitTopicRefreshes waits for the background topic checks.
+func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }
