@@ -117,7 +117,10 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 // again; without that option it would keep them, and keep resending them,
 // and every record produced later to their partitions would queue behind
 // them. The relay then counts the unanswered rows as an outage (Classify:
-// context errors are Outage): they stay pending with no attempt spent.
+// context errors are Outage): they stay pending with no attempt spent. The
+// client fails the records buffered behind them on the same partitions too,
+// with the same error, so another batch in flight sees an outage as well,
+// never a row failure.
 //
 // Per-key order still holds. A record given up on may yet land (the broker
 // may have written it), but only as a duplicate of its row: the row stays
