@@ -205,10 +205,10 @@ func TestBrokerOutageEscalatesNothingAndLosesNothing(t *testing.T) {
 
 	alerts := newRecordingAlerter()
 	cfg := relay.Config{
-		Schema:           db.Schema,
-		MaxAttempts:      2, // a tiny retry budget the outage outlasts many times
-		Retry:            retry.Policy{Base: 5 * time.Millisecond, Max: 20 * time.Millisecond},
-		PollInterval:     10 * time.Millisecond,
+		Schema:       db.Schema,
+		MaxAttempts:  2, // a tiny retry budget the outage outlasts many times
+		Retry:        retry.Policy{Base: 5 * time.Millisecond, Max: 20 * time.Millisecond},
+		PollInterval: 10 * time.Millisecond,
 		// Long enough that no batch before the outage, however slow
 		// under -race on a loaded machine, waits this long for Kafka's
 		// first answer: that would raise an outage alert of its own.
