@@ -26,6 +26,17 @@ type Config struct {
 	DisableWakeup bool
 	// Retry spaces out the attempts of a row whose produce failed.
 	Retry retry.Policy
+	// BatchTimeout bounds how long a batch waits for Kafka's answers. An
+	// idempotent client never fails a record it may have written, so a
+	// broker that takes a produce request and never answers it would hold
+	// the batch, and every later row of its partition, for ever. When the
+	// bound passes the relay cancels the batch's records: the client drops
+	// them (and moves to a new producer epoch), and the unanswered rows
+	// stay pending as in an outage, with no attempt spent. It should be a
+	// small multiple of the client's delivery timeout
+	// (kgo.RecordDeliveryTimeout), so a slow but live broker is not cut
+	// off. Default 2 × DefaultProduceTimeout.
+	BatchTimeout time.Duration
 	// ShutdownTimeout bounds how long Run waits for the batch in flight
 	// after its context ends. Default 30s.
 	ShutdownTimeout time.Duration
@@ -83,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LagAlertAfter <= 0 {
 		c.LagAlertAfter = 5 * time.Minute
+	}
+	if c.BatchTimeout <= 0 {
+		c.BatchTimeout = 2 * DefaultProduceTimeout
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second

@@ -27,3 +27,24 @@ func (r *Relay) ClaimAndRelease(ctx context.Context) (int, error) {
 	n := len(b.rows)
 	return n, b.tx.Rollback(ctx)
 }
+
+// TopicRecheck is how long a topic's verdict is trusted.
+const TopicRecheck = topicRecheck
+
+// AgeTopicVerdict moves topic's last check d into the past, so its next use
+// starts a refresh.
+func (r *Relay) AgeTopicVerdict(topic string, d time.Duration) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	r.topics[topic].verdict.checked = r.topics[topic].verdict.checked.Add(-d)
+}
+
+// TopicCheckedAt returns when topic's settings were last read.
+func (r *Relay) TopicCheckedAt(topic string) time.Time {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	return r.topics[topic].verdict.checked
+}
+
+// WaitTopicRefreshes waits for the background topic checks.
+func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }

@@ -23,9 +23,17 @@ const DefaultProduceTimeout = 30 * time.Second
 //     reorder a partition's records.
 //   - unlimited record retries: the client retries retriable errors itself
 //     until the delivery timeout (default DefaultProduceTimeout, set
-//     kgo.RecordDeliveryTimeout in extra to change it). A record it has sent
-//     but not heard back about is never failed, so an outage makes a batch
-//     wait; a batch that fails as a whole spends no row's attempts.
+//     kgo.RecordDeliveryTimeout in extra to change it). A batch that fails
+//     as a whole spends no row's attempts.
+//   - idempotent produce cancellation: by default an idempotent client
+//     never fails a record it has written but not heard back about, so a
+//     broker that never answers holds the record, and its partition, for
+//     ever. With kgo.AllowIdempotentProduceCancellation the delivery
+//     timeout and the record's context can fail it; the client then moves
+//     to a new producer epoch. The relay relies on this to give up on a
+//     batch (Config.BatchTimeout; see Relay.giveUpAfter for why per-key
+//     order still holds). The cost is a possible duplicate of a record
+//     given up on, which at-least-once delivery allows.
 //   - the Java client's partitioner (murmur2 on the key, sticky for rows
 //     without a key), so a key lands where an in-app Java producer put it.
 //
@@ -40,6 +48,7 @@ func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 		kgo.SeedBrokers(brokers...),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordRetries(math.MaxInt),
+		kgo.AllowIdempotentProduceCancellation(),
 		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
 	)
 	cl, err := kgo.NewClient(opts...)

@@ -45,27 +45,91 @@ type topicVerdict struct {
 	maxBytes int32
 }
 
-// topicSettings returns what the relay knows of topic's settings, reading
-// them with kadm on first use and caching them. A check that fails (unknown
-// topic, no permission to describe configs) reports nothing: the produce
-// will tell. Unless durability checks are off, a topic newly found unsafe is
-// logged, counted and alerted on once. It also tells the Kafka client the
-// topic's max.message.bytes, so its batches never exceed it. Batches in
-// flight call it concurrently.
+// due reports whether the verdict should be read again.
+func (v topicVerdict) due(now time.Time) bool {
+	age := now.Sub(v.checked)
+	return (!v.failed && age >= topicRecheck) || (v.failed && age >= topicRetry)
+}
+
+// topicEntry is the relay's knowledge of one topic. Relay.topicsMu guards
+// verdict and refreshing.
+type topicEntry struct {
+	// ready is closed once the first check has ended; verdict is valid
+	// from then on.
+	ready      chan struct{}
+	verdict    topicVerdict
+	refreshing bool // a background check is running
+}
+
+// topicSettings returns what the relay knows of topic's settings. Batches
+// in flight call it concurrently.
+//
+// The first use of a topic blocks on a check (kadm, at most
+// topicCheckTimeout): an oversize row must be caught before it reaches a
+// batch, and the client told the topic's max.message.bytes before it builds
+// one. Batches of the same topic wait for that one check, other topics do
+// not. Later checks (hourly, or every topicRetry after a failed one) run in
+// the background and the batch goes on with the verdict it has: holding
+// every batch of the topic for an admin request that may take seconds, in
+// an outage, would only add latency, and the settings they refresh rarely
+// change. A check that fails (unknown topic, no permission to describe
+// configs) reports nothing: the produce will tell.
 func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
-	// One check at a time: the batches in flight share the verdicts.
 	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if v, ok := r.topics[topic]; ok {
-		age := time.Since(v.checked)
-		if (!v.failed && age < topicRecheck) || (v.failed && age < topicRetry) {
-			return *v
-		}
+	e, known := r.topics[topic]
+	if !known {
+		e = &topicEntry{ready: make(chan struct{})}
+		r.topics[topic] = e
 	}
-	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, 5*time.Second)
-	v := &topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
-	prev := r.topics[topic]
-	r.topics[topic] = v
+	r.topicsMu.Unlock()
+	if !known {
+		r.checkTopicInto(ctx, topic, e)
+		close(e.ready)
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		return topicVerdict{} // shutting down: nothing known, fail open
+	}
+	r.topicsMu.Lock()
+	v := e.verdict
+	refresh := !e.refreshing && v.due(time.Now())
+	if refresh {
+		e.refreshing = true
+	}
+	r.topicsMu.Unlock()
+	if refresh {
+		r.refreshTopic(ctx, topic, e)
+	}
+	return v
+}
+
+// refreshTopic checks topic again in the background. Run waits for it
+// before returning; the check's own timeout bounds it.
+func (r *Relay) refreshTopic(ctx context.Context, topic string, e *topicEntry) {
+	r.refreshes.Add(1)
+	go func() {
+		defer r.refreshes.Done()
+		r.checkTopicInto(context.WithoutCancel(ctx), topic, e)
+		r.topicsMu.Lock()
+		e.refreshing = false
+		r.topicsMu.Unlock()
+	}()
+}
+
+// topicCheckTimeout bounds one check of a topic's settings.
+const topicCheckTimeout = 5 * time.Second
+
+// checkTopicInto reads topic's settings into e, tells the Kafka client the
+// topic's max.message.bytes, and logs, counts and alerts when the topic is
+// newly found unsafe (unless durability checks are off).
+func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry) {
+	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, topicCheckTimeout)
+	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
+	r.topicsMu.Lock()
+	prev := e.verdict
+	e.verdict = v
+	r.topicsMu.Unlock()
 	if maxBytes > 0 {
 		r.limits.set(topic, maxBytes)
 	}
@@ -77,9 +141,9 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 			level = slog.LevelWarn
 		}
 		r.logger.Log(ctx, level, "topic_check_failed", "topic", topic, "error", err)
-		return *v
+		return
 	}
-	if r.cfg.Durability != DurabilityOff && len(problems) > 0 && (prev == nil || len(prev.problems) == 0) {
+	if r.cfg.Durability != DurabilityOff && len(problems) > 0 && len(prev.problems) == 0 {
 		reason := strings.Join(problems, "; ")
 		r.logger.Warn("topic_not_durable", "topic", topic, "problems", reason, "strict", r.cfg.Durability == DurabilityStrict)
 		r.cfg.Metrics.topicNotDurable(topic)
@@ -90,7 +154,6 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 			At:      time.Now(),
 		})
 	}
-	return *v
 }
 
 // checkTopicWithin runs checkTopic but gives up after timeout or when ctx

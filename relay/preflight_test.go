@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
@@ -109,6 +110,65 @@ func TestRowsFitTheTopicsMaxMessageBytes(t *testing.T) {
 	}
 	if n := relaytest.RecordsInTopics(t, brokers, "small"); n != 12 {
 		t.Errorf("%d records in the topic, want 12", n)
+	}
+}
+
+// After the first use, a topic's settings are read again in the background:
+// a batch does not wait for the admin request, however long the broker
+// takes to answer it.
+func TestTopicRefreshDoesNotHoldBatches(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+	r := relay.New(relay.Config{Schema: db.Schema, Durability: relay.DurabilityWarn, Alerter: newRecordingAlerter()}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	db.Insert(t, relaytest.Message{Topic: "t", Payload: []byte("x")})
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("first batch: %d, %v", n, err)
+	}
+
+	// From now on the broker holds every DescribeConfigs until release.
+	release := make(chan struct{})
+	held := make(chan struct{}, 1)
+	cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		cluster.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+
+	r.AgeTopicVerdict("t", relay.TopicRecheck)
+	aged := r.TopicCheckedAt("t")
+	db.Insert(t, relaytest.Message{Topic: "t", Payload: []byte("y")})
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("batch with a refresh due: %d, %v", n, err)
+	}
+	if got := r.TopicCheckedAt("t"); !got.Equal(aged) {
+		t.Fatalf("the batch waited for the refresh (checked %v, was %v)", got, aged)
+	}
+	select {
+	case <-held: // the refresh is running: the broker holds its request
+	case <-time.After(10 * time.Second):
+		t.Fatal("no background refresh reached the broker")
+	}
+	close(release)
+	r.WaitTopicRefreshes()
+	if got := r.TopicCheckedAt("t"); !got.After(aged) {
+		t.Errorf("the background refresh did not record a check (checked %v)", got)
+	}
+	if got := db.Count(t, "sent"); got != 2 {
+		t.Errorf("%d rows sent, want 2", got)
 	}
 }
 

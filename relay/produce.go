@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -31,21 +32,17 @@ type failure struct {
 // Kafka's answers. Rows of one key never share a wave (see produceWaves), so
 // a failure cannot let a later row of the same key overtake an earlier one.
 //
-// The client retries retriable errors on its own until the delivery timeout
-// and, being idempotent, never fails a record it has sent but not heard back
-// about: during an outage the batch may wait, holding its row locks. If ctx
+// The client retries retriable errors on its own until the delivery timeout.
+// Being idempotent it would never, on its own, fail a record it has written
+// but not heard back about: a broker that takes a produce request and never
+// answers would hold the batch, and its partitions, for ever. So the records
+// carry a context that ends after BatchTimeout (see giveUpAfter), and while
+// Kafka has answered nothing, stalled is called every stallAfter. If ctx
 // ends first (shutdown timeout) the outcome is marked aborted and the caller
-// rolls the batch back. While Kafka has answered nothing, stalled is called
-// every stallAfter.
+// rolls the batch back.
 func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duration, stalled func(since time.Time)) outcome {
-	type answer struct {
-		i   int
-		rec *kgo.Record
-		err error
-	}
-	answers := make(chan answer, len(rows))
-	pending := 0
 	var out outcome
+	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
 		rec, err := x.record()
 		if err == nil {
@@ -55,8 +52,26 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
 			continue
 		}
+		recs[i] = rec
+	}
+	// The bound starts once the topic checks are done: they have their
+	// own, and a batch's first use of a topic must not eat into it.
+	records, giveUp := r.giveUpAfter(ctx)
+	defer giveUp()
+
+	type answer struct {
+		i   int
+		rec *kgo.Record
+		err error
+	}
+	answers := make(chan answer, len(rows))
+	pending := 0
+	for i, rec := range recs {
+		if rec == nil {
+			continue
+		}
 		pending++
-		r.kafka.Produce(ctx, rec, func(rec *kgo.Record, err error) {
+		r.kafka.Produce(records, rec, func(rec *kgo.Record, err error) {
 			answers <- answer{i, rec, err}
 		})
 	}
@@ -81,7 +96,8 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		}
 		x := rows[a.i]
 		if a.err != nil {
-			out.failed = append(out.failed, failure{x, a.err, retry.Classify(a.err)})
+			err := r.gaveUp(ctx, records, a.err)
+			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
 			continue
 		}
 		out.sentIDs = append(out.sentIDs, x.ID)
@@ -89,6 +105,47 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		out.sentOffsets = append(out.sentOffsets, a.rec.Offset)
 	}
 	return out
+}
+
+// giveUpAfter returns the context of a batch's records: it ends BatchTimeout
+// from now, or when ctx ends.
+//
+// Ending it is how the relay gives up on records the client has written but
+// never heard back about. NewKafkaClient sets
+// kgo.AllowIdempotentProduceCancellation, so the client fails such records
+// with the context's error and bumps its producer epoch before it produces
+// again; without that option it would keep them, and keep resending them,
+// and every record produced later to their partitions would queue behind
+// them. The relay then counts the unanswered rows as an outage (Classify:
+// context errors are Outage): they stay pending with no attempt spent. The
+// client fails the records buffered behind them on the same partitions too,
+// with the same error, so another batch in flight sees an outage as well,
+// never a row failure.
+//
+// Per-key order still holds. A record given up on may yet land (the broker
+// may have written it), but only as a duplicate of its row: the row stays
+// pending, so no later row of its key is claimed until a new copy of it has
+// been acknowledged. And the client no longer holds the record, so the next
+// claim's copy of the row does not wait behind it. Purging the topic instead
+// (PurgeTopicsFromProducing) would fail the other batches' records of the
+// topic and restart sequence numbers under the same epoch; replacing the
+// client would take it from its owner, who also uses it for health checks
+// and verify.
+func (r *Relay) giveUpAfter(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.BatchTimeout)
+}
+
+// errBatchTimeout replaces the context error of records the relay gave up
+// on. It wraps context.DeadlineExceeded, so it classifies as an outage.
+var errBatchTimeout = fmt.Errorf("no answer from Kafka within the batch timeout: %w", context.DeadlineExceeded)
+
+// gaveUp returns err, or errBatchTimeout if err is the records' context
+// ending at the batch timeout rather than at shutdown.
+func (r *Relay) gaveUp(ctx, records context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && records.Err() != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w (%v)", errBatchTimeout, r.cfg.BatchTimeout)
+	}
+	return err
 }
 
 // checkTopicSettings refuses a record its topic cannot take: larger than the

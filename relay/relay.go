@@ -45,10 +45,12 @@ type Relay struct {
 	flyingMu sync.Mutex
 	flying   map[*batch][]row
 
-	// topicsMu guards topics, the cached verdicts on topics' settings,
-	// shared by the batches in flight.
-	topicsMu sync.Mutex
-	topics   map[string]*topicVerdict
+	// topicsMu guards topics, what the relay knows of topics' settings,
+	// shared by the batches in flight. refreshes counts the background
+	// checks running.
+	topicsMu  sync.Mutex
+	topics    map[string]*topicEntry
+	refreshes sync.WaitGroup
 	// limits tells the client each topic's max.message.bytes.
 	limits *topicLimits
 }
@@ -75,7 +77,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		wake:    make(chan struct{}, 1),
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
-		topics:  map[string]*topicVerdict{},
+		topics:  map[string]*topicEntry{},
 		limits:  limitsOf(client),
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
@@ -109,7 +111,9 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	r.refreshes.Wait()
+	return err
 }
 
 // deliverLoop claims batches while there is work and otherwise waits for a

@@ -207,11 +207,14 @@ func TestBrokerOutageEscalatesNothingAndLosesNothing(t *testing.T) {
 
 	alerts := newRecordingAlerter()
 	cfg := relay.Config{
-		Schema:           db.Schema,
-		MaxAttempts:      2, // a tiny retry budget the outage outlasts many times
-		Retry:            retry.Policy{Base: 5 * time.Millisecond, Max: 20 * time.Millisecond},
-		PollInterval:     10 * time.Millisecond,
-		OutageAlertAfter: 300 * time.Millisecond,
+		Schema:       db.Schema,
+		MaxAttempts:  2, // a tiny retry budget the outage outlasts many times
+		Retry:        retry.Policy{Base: 5 * time.Millisecond, Max: 20 * time.Millisecond},
+		PollInterval: 10 * time.Millisecond,
+		// Long enough that no batch before the outage, however slow
+		// under -race on a loaded machine, waits this long for Kafka's
+		// first answer: that would raise an outage alert of its own.
+		OutageAlertAfter: time.Second,
 		Alerter:          alerts,
 	}
 	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second)), testLogger(t))

@@ -111,8 +111,10 @@ type Config struct {
 	// earlier row of the key is stuck (strict per-key order). Default true.
 	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
 	// ProduceTimeout is how long the Kafka client retries a record before
-	// it reports the failure (kgo.RecordDeliveryTimeout). Default 30s.
-	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long the Kafka client retries a record before the row counts as failed (at least 1s)."`
+	// it reports the failure (kgo.RecordDeliveryTimeout); a batch still
+	// without answers after twice this is given up as an outage
+	// (relay.Config.BatchTimeout). Default 30s.
+	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long the Kafka client retries a record before the row counts as failed (at least 1s). A batch still unanswered after twice this is released as an outage: no attempt spent."`
 	// OutageAlertAfter is how long Kafka must take nothing before the
 	// outage alert. Default 1m.
 	OutageAlertAfter time.Duration `env:"OUTAGE_ALERT_AFTER" envDefault:"1m" desc:"How long Kafka must be unavailable before an outage alert."`
@@ -461,12 +463,16 @@ func parseLogLevel(s string) (slog.Level, error) {
 // relayConfig is the part of the configuration package relay takes.
 func (c Config) relayConfig() relay.Config {
 	return relay.Config{
-		Schema:              c.Schema,
-		BatchSize:           c.BatchSize,
-		InFlightBatches:     c.InFlightBatches,
-		PollInterval:        c.PollInterval,
-		DisableWakeup:       !c.Wakeup,
-		Retry:               retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
+		Schema:          c.Schema,
+		BatchSize:       c.BatchSize,
+		InFlightBatches: c.InFlightBatches,
+		PollInterval:    c.PollInterval,
+		DisableWakeup:   !c.Wakeup,
+		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
+		// Twice the delivery timeout: the client fails what it can
+		// within one; the relay gives up on the rest (records written
+		// and never answered) after two.
+		BatchTimeout:        2 * c.ProduceTimeout,
 		ShutdownTimeout:     c.ShutdownTimeout,
 		Instance:            c.Instance,
 		MaxAttempts:         c.MaxAttempts,

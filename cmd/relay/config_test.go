@@ -63,6 +63,7 @@ func TestConfigDefaults(t *testing.T) {
 		InFlightBatches:  2,
 		PollInterval:     500 * time.Millisecond,
 		Retry:            retry.Policy{Base: time.Second, Max: 5 * time.Minute},
+		BatchTimeout:     time.Minute,
 		ShutdownTimeout:  30 * time.Second,
 		MaxAttempts:      10,
 		OutageAlertAfter: time.Minute,
@@ -100,6 +101,7 @@ func TestConfigValues(t *testing.T) {
 		"RELAY_SENT_RETENTION":         "0",
 		"RELAY_REQUIRE_DURABLE_TOPICS": "true",
 		"RELAY_IN_FLIGHT_BATCHES":      "4",
+		"RELAY_PRODUCE_TIMEOUT":        "5s",
 		"RELAY_UNKNOWN_IS_IGNORED":     "x",
 	}))
 	if err != nil {
@@ -115,6 +117,7 @@ func TestConfigValues(t *testing.T) {
 		PollInterval:        2 * time.Second,
 		DisableWakeup:       true,
 		Retry:               retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
+		BatchTimeout:        10 * time.Second,
 		ShutdownTimeout:     5 * time.Second,
 		Instance:            "relay-a",
 		MaxAttempts:         3,
