@@ -207,3 +207,34 @@ func TestShutdownReleasesABatchKafkaNeverAnswers(t *testing.T) {
 		t.Errorf("row still locked after shutdown: %v", err)
 	}
 }
+
+// A topic the cluster does not have is the rows' problem, not an outage, even
+// when it is all the batch holds: they spend attempts and are escalated with
+// a reason that names the topic, rather than waiting for ever while the relay
+// reports Kafka down.
+func TestMissingTopicIsARowFailureNotAnOutage(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+	id := db.Insert(t, relaytest.Message{Topic: "nope", Key: []byte("k"), Payload: []byte("x")})[0]
+	policy := retry.Policy{Base: time.Minute, Max: time.Minute, Int64N: func(n int64) int64 { return n - 1 }}
+	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, MaxAttempts: 2, Alerter: newRecordingAlerter()}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+
+	now := time.Now().Truncate(time.Microsecond)
+	if n, err := r.DeliverBatch(ctx, &now); err != nil || n != 1 {
+		t.Fatalf("first batch: %d rows, %v; want 1 row and no outage", n, err)
+	}
+	st := state(t, db, id)
+	if st.status != "pending" || st.attempts != 1 || !strings.Contains(st.lastError, "topic nope: create it") {
+		t.Fatalf("row of a missing topic: %+v; want pending, 1 attempt, an error naming the topic", st)
+	}
+	later := now.Add(2 * time.Minute)
+	if _, err := r.DeliverBatch(ctx, &later); err != nil {
+		t.Fatal(err)
+	}
+	if s := stuckRow(t, db, id); s.kind != "row_retriable" || !strings.Contains(s.lastError, "does not exist") {
+		t.Errorf("after %d attempts: %+v; want escalated with the reason", 2, s)
+	}
+}

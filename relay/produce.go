@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/retry"
@@ -96,7 +97,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		}
 		x := rows[a.i]
 		if a.err != nil {
-			err := r.gaveUp(ctx, records, a.err)
+			err := topicMissing(x.Topic, r.gaveUp(ctx, records, a.err))
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
 			continue
 		}
@@ -173,11 +174,26 @@ func (o outcome) outage() bool {
 	}
 	transient := false
 	for _, f := range o.failed {
-		if f.kind != retry.RowFatal {
+		if f.kind != retry.RowFatal && !errors.Is(f.err, errTopicMissing) {
 			transient = true
 		}
 	}
 	return transient
+}
+
+// errTopicMissing marks a row whose topic the cluster does not have. That is
+// the row's own problem, not an outage, even when every row of a batch has
+// it: the rows spend attempts and are escalated with the reason, rather than
+// waiting for ever while the relay reports Kafka down.
+var errTopicMissing = errors.New("the topic does not exist")
+
+// topicMissing says so in err when the broker answered that the row's topic
+// does not exist.
+func topicMissing(topic string, err error) error {
+	if !errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return err
+	}
+	return fmt.Errorf("%w: topic %s: create it, or let the brokers create topics (%w)", errTopicMissing, topic, err)
 }
 
 // verdicts splits the failures into rows to escalate now and rows to retry.
