@@ -127,11 +127,22 @@ func TestKafkaErrorsAndDelays(t *testing.T) {
 	l := startLoadWithBadRows(t, db, topics, 4, true)
 	var faults faultCounter
 	produce := []kmsg.Key{kmsg.Produce}
+	// A fault that no produce request met before the next one is taken
+	// away: while the relay is slowed down by the faults it sends few
+	// requests, and faults piling up would turn a 0.5 s rhythm into a
+	// permanent outage, which is not what this scenario is about.
+	var leftover []*kfake.FaultHandle
+	fresh := func(installed time.Time) bool { return time.Since(installed) < time.Second }
 	runFor(t, loadDuration(t, 10*time.Second), jitter(500*time.Millisecond), func(i int) {
+		for _, h := range leftover {
+			h.Remove()
+		}
+		leftover = leftover[:0]
+		installed := time.Now()
 		switch i % 6 {
 		case 0:
 			faults.add("NOT_LEADER_FOR_PARTITION")
-			cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.NotLeaderForPartition, Count: 3})
+			leftover = append(leftover, cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.NotLeaderForPartition, Count: 3}))
 		case 1:
 			faults.add("NOT_ENOUGH_REPLICAS for 700ms")
 			h := cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.NotEnoughReplicas, Count: -1})
@@ -139,20 +150,26 @@ func TestKafkaErrorsAndDelays(t *testing.T) {
 			h.Remove()
 		case 2:
 			faults.add("REQUEST_TIMED_OUT after the write")
-			cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.RequestTimedOut, Count: 3})
+			leftover = append(leftover, cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.RequestTimedOut, Count: 3}))
 		case 3:
 			faults.add("NOT_ENOUGH_REPLICAS_AFTER_APPEND")
-			cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.NotEnoughReplicasAfterAppend, Count: 3})
+			leftover = append(leftover, cluster.Fault(kfake.Fault{Keys: produce, Err: kerr.NotEnoughReplicasAfterAppend, Count: 3}))
 		case 4:
 			faults.add("connection dropped unanswered")
 			cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+				if !fresh(installed) {
+					cluster.DropControl() // stale: let the request through
+					return nil, nil, false
+				}
 				return nil, errors.New("dropped by the test"), true
 			})
 		case 5:
 			faults.add("answer delayed beyond the produce timeout")
 			delayed := make(chan struct{}, 1)
 			cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-				cluster.SleepControl(func() { <-time.After(2500 * time.Millisecond) })
+				if fresh(installed) {
+					cluster.SleepControl(func() { <-time.After(2500 * time.Millisecond) })
+				}
 				cluster.DropControl()
 				delayed <- struct{}{}
 				return nil, nil, false
