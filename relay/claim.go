@@ -67,8 +67,19 @@ func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []ro
 // fails ends its key's chain; the rest stays locked, untouched, until the
 // batch ends. It reports whether the page of locked rows was full.
 func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
-	rs, err := tx.Query(ctx, lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
+	// One round trip: the batch's commit mode (see asyncCommitQuery) and
+	// the lock.
+	var b pgx.Batch
+	b.Queue(asyncCommitQuery)
+	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
+	br := tx.SendBatch(ctx, &b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return nil, false, fmt.Errorf("claim: %w", err)
+	}
+	rs, err := br.Query()
 	if err != nil {
+		_ = br.Close()
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	type candidate struct {
@@ -80,6 +91,9 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.Attempts, &c.CreatedAt, &c.due)
 		return c, err
 	})
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)
 	}

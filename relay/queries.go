@@ -98,7 +98,12 @@ ORDER BY c.id
 LIMIT $1
 FOR UPDATE OF m SKIP LOCKED`
 
-// asyncCommitQuery lets a batch commit without waiting for its WAL flush.
+// asyncCommitQuery lets a batch commit without waiting for its WAL flush
+// (claimLockFirst sends it with the lock). If Postgres crashes before the
+// flush, the batch is lost as a whole and its rows are pending again, to be
+// produced again (duplicates with the same outbox-id, never a loss). Commits
+// are ordered in the WAL, so a later batch of a key is never kept while an
+// earlier one is lost.
 const asyncCommitQuery = `SET LOCAL synchronous_commit = off`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim

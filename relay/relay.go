@@ -402,14 +402,6 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 		b.rows = nil
 		return nil, nil
 	}
-	// The batch's commit need not wait for its WAL to reach disk: if
-	// Postgres crashes before it does, the batch is lost as a whole and
-	// its rows are pending again, to be produced again (duplicates with
-	// the same outbox-id, never a loss). Commits are ordered in the WAL,
-	// so a later batch of a key is never kept while an earlier one is lost.
-	if _, err := b.tx.Exec(b.work, asyncCommitQuery); err != nil {
-		return nil, fmt.Errorf("claim: %w", err)
-	}
 	if r.idle {
 		// We have work again: stop asking inserts to notify us. setval
 		// is immediate, so inserts stop notifying now, not at commit.
