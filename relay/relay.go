@@ -283,6 +283,7 @@ func (r *Relay) declareBusy(ctx context.Context) {
 // key is pending, and the rows in flight are still pending.
 func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	var claimErr error
+	var last *batch // claimed by this call, with room left for another
 	for len(r.inFlight) < cap(r.inFlight) && ctx.Err() == nil {
 		b, err := r.claimBatch(ctx, nil)
 		if err != nil {
@@ -300,15 +301,29 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 			r.finished <- batchResult{n, err}
 		}()
 		if !b.more {
+			if len(r.inFlight) < cap(r.inFlight) {
+				last = b
+			}
 			break // the backlog is drained: the next claim would find little
 		}
 	}
 	if len(r.inFlight) == 0 {
 		return 0, claimErr
 	}
-	res := <-r.finished
-	<-r.inFlight
-	return res.n, cmp.Or(res.err, claimErr)
+	// A small batch (a trickle of rows) is answered by Kafka well before it
+	// is marked and committed: claim what arrived meanwhile from then on,
+	// rather than after the commit. Its keys stay excluded until it ends.
+	var produced chan struct{}
+	if last != nil && claimErr == nil {
+		produced = last.produced
+	}
+	select {
+	case res := <-r.finished:
+		<-r.inFlight
+		return res.n, cmp.Or(res.err, claimErr)
+	case <-produced:
+		return len(last.rows), nil
+	}
 }
 
 // setFlying records that b is in flight, or no longer.
@@ -357,6 +372,9 @@ type batch struct {
 	tx      pgx.Tx
 	rows    []row
 	more    bool // rows may be pending beyond the claim's window
+	// produced is closed once Kafka has answered the batch's rows, before
+	// they are marked: the loop may claim the next batch from then on.
+	produced chan struct{}
 	started time.Time
 }
 
@@ -372,7 +390,7 @@ func (r *Relay) deliverBatch(ctx context.Context, now *time.Time) (int, error) {
 // claimBatch opens a transaction and claims rows in it. It returns nil, and
 // no transaction, when there are none. Only the delivery loop calls it.
 func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err error) {
-	b := &batch{started: time.Now()}
+	b := &batch{started: time.Now(), produced: make(chan struct{})}
 	// The batch must be able to finish after ctx ends (graceful shutdown),
 	// but not for longer than the shutdown timeout.
 	b.work, b.cancel = r.batchContext(ctx)
@@ -422,6 +440,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	work, tx, rows := b.work, b.tx, b.rows
 
 	out := r.produceWaves(work, rows)
+	close(b.produced)
 	escalated, err := out.record(work, tx, r.cfg, now)
 	if err != nil {
 		return len(rows), err
