@@ -367,15 +367,15 @@ var errOutage = errors.New("kafka unavailable")
 
 // batch is a claimed set of rows and the transaction holding their locks.
 type batch struct {
-	work    context.Context
-	cancel  context.CancelFunc
-	tx      pgx.Tx
-	rows    []row
-	more    bool // rows may be pending beyond the claim's window
+	work   context.Context
+	cancel context.CancelFunc
+	tx     pgx.Tx
+	rows   []row
+	more   bool // rows may be pending beyond the claim's window
 	// produced is closed once Kafka has answered the batch's rows, before
 	// they are marked: the loop may claim the next batch from then on.
 	produced chan struct{}
-	started time.Time
+	started  time.Time
 }
 
 // deliverBatch claims and finishes one batch; now is a fixed "now" for tests.
