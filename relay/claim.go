@@ -122,7 +122,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 		id    int64
 	)
 	_, err = pgx.ForEachRow(rs, []any{&topic, &key, &id}, func() error {
-		k := topic + "\x00" + string(key)
+		k := chainKey(row{Topic: topic, Key: key})
 		if from, ok := heldFrom[k]; !ok || id < from {
 			heldFrom[k] = id
 		}

@@ -40,8 +40,8 @@ type Relay struct {
 	// the delivery loop uses them.
 	inFlight chan struct{}
 	finished chan batchResult
-	// flying holds the ids of the rows of this relay's batches in flight,
-	// so the next claim does not lock rows they hold back (see claimQuery).
+	// flying holds the rows of this relay's batches in flight, so the next
+	// claim skips their keys instead of locking rows they hold back.
 	flyingMu sync.Mutex
 	flying   map[*batch][]row
 
