@@ -20,10 +20,16 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED`
 
 // heldQuery lists what holds back rows that lockFirstQuery locked: every
-// keyed pending row below id $1 that is not one of them ($2), that is rows
-// locked by others or that became visible since (the lower bound keeps the
-// scan off the sent history below the oldest pending row); and, unless $5 is true, the
-// oldest stuck row of each of their keys ($3, $4). It runs after the lock,
+// pending row of their keys ($3, $4) below id $1 that is not one of them
+// ($2), that is rows locked by others or that became visible since (the
+// lower bound keeps the scan off the sent history below the oldest pending
+// row); and, unless $5 is true, the oldest stuck row of each of their keys.
+// Rows of other keys, such as those of this relay's batches in flight or of
+// other relays' batches, are left out: they hold back nothing here. The key
+// test is written NOT … NOT IN (the keys are never NULL) so that it stays a
+// hashed filter on the scan by id: as an IN, generic plans probe each key's
+// index entries instead, and those walk the key's sent rows until vacuum
+// removes them. It runs after the lock,
 // in a newer snapshot: a row it no longer sees pending was sent or moved
 // since, and one it sees newly pending holds its key (conservative either
 // way); a stuck row requeued in between is seen as pending here.
@@ -32,6 +38,7 @@ SELECT o.topic, o.key, o.id FROM messages o
 WHERE o.status = 'pending' AND o.key IS NOT NULL AND o.id < $1
   AND o.id >= (SELECT min(id) FROM messages WHERE status = 'pending')
   AND o.id NOT IN (SELECT unnest($2::bigint[]))
+  AND NOT ((o.topic, o.key) NOT IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key)))
 UNION ALL
 SELECT s.topic, s.key, min(s.id) FROM stuck_messages s
 WHERE NOT $5::boolean
