@@ -76,12 +76,13 @@ type Log struct {
 
 var _ Alerter = Log{}
 
-// Raise logs the alert.
+// Raise logs the alert. Kinds that count nothing (an outage, a lag) log no
+// count, rather than a misleading 0.
 func (l Log) Raise(ctx context.Context, a Alert) {
-	l.Logger.LogAttrs(ctx, slog.LevelError, "alert",
-		slog.String("alert_kind", string(a.Kind)),
-		slog.String("topic", a.Topic),
-		slog.Int("count", a.Count),
-		slog.String("detail", a.Message),
-	)
+	attrs := []slog.Attr{slog.String("alert_kind", string(a.Kind)), slog.String("topic", a.Topic)}
+	if a.Count > 0 {
+		attrs = append(attrs, slog.Int("count", a.Count))
+	}
+	attrs = append(attrs, slog.String("detail", a.Message))
+	l.Logger.LogAttrs(ctx, slog.LevelError, "alert", attrs...)
 }

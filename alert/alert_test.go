@@ -72,6 +72,24 @@ func TestLogWritesStructuredRecord(t *testing.T) {
 	}
 }
 
+func TestLogOmitsCountOfAlertsThatCountNothing(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	l := Log{Logger: slog.New(slog.NewJSONHandler(&buf, nil))}
+	l.Raise(t.Context(), Alert{Kind: KindOutage, Message: "kafka unreachable for 1m0s"})
+
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("log line is not JSON: %v: %s", err, buf.String())
+	}
+	if _, ok := rec["count"]; ok {
+		t.Errorf("outage alert logged a count: %s", buf.String())
+	}
+	if rec["alert_kind"] != string(KindOutage) || rec["detail"] != "kafka unreachable for 1m0s" {
+		t.Errorf("outage alert logged as %s", buf.String())
+	}
+}
+
 func TestFanoutAndFunc(t *testing.T) {
 	t.Parallel()
 	r1, r2 := newRecorder(), newRecorder()

@@ -20,7 +20,7 @@ func (r *Relay) listen(ctx context.Context) {
 		}
 		failures++
 		wait := r.loopBackoff(failures)
-		r.logger.Warn("listen_failed", "error", err, "retry_in", wait)
+		r.logger.Warn("listen_failed", "error", err, "retry_in", wait.String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

@@ -139,9 +139,9 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 			failures++
 			wait := r.loopBackoff(failures)
 			if errors.Is(err, errOutage) {
-				r.logger.Warn("kafka_unavailable", "error", err, "retry_in", wait)
+				r.logger.Warn("kafka_unavailable", "error", err, "retry_in", wait.String())
 			} else {
-				r.logger.Error("delivery_failed", "error", err, "retry_in", wait)
+				r.logger.Error("delivery_failed", "error", err, "retry_in", wait.String())
 			}
 			if !r.sleep(ctx, wait) {
 				return
@@ -464,7 +464,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 	if len(out.sentIDs) > 0 {
 		if d := r.health.up(); d > 0 {
-			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond))
+			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
 		}
 	}
 	if out.outage() {

@@ -106,6 +106,7 @@ func printDevBanner(w io.Writer, kafkaAddr, httpAddr string, cfg Config) {
    VALUES ('orders', 'order-1', '{"status":"created"}', '{"type":"order_created"}');
 `, line, kafkaAddr, redactedDatabase(cfg.DatabaseURL), cfg.Schema)
 	if httpAddr != "" {
+		httpAddr = dialable(httpAddr)
 		fmt.Fprintf(w, "\n Health:        http://%s/livez  http://%s/readyz\n", httpAddr, httpAddr)
 	}
 	fmt.Fprintf(w, `
@@ -115,4 +116,17 @@ func printDevBanner(w io.Writer, kafkaAddr, httpAddr string, cfg Config) {
  Stop with Ctrl-C.
 %s
 `, line)
+}
+
+// dialable turns a listen address into one a browser or curl can open: a
+// wildcard host (":8080", "[::]:8080", "0.0.0.0:8080") becomes localhost.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("localhost", port)
+	}
+	return addr
 }

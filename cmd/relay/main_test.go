@@ -183,3 +183,19 @@ func TestMigrateCommand(t *testing.T) {
 		t.Errorf("%d pending rows in a fresh outbox", got)
 	}
 }
+
+func TestDialableAddressOfWildcardListener(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		":8080":          "localhost:8080",
+		"[::]:8080":      "localhost:8080",
+		"0.0.0.0:8080":   "localhost:8080",
+		"127.0.0.1:8080": "127.0.0.1:8080",
+		"relay:9000":     "relay:9000",
+		"not an address": "not an address",
+	} {
+		if got := dialable(in); got != want {
+			t.Errorf("dialable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
