@@ -89,6 +89,7 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--brokers", "x:1"}, // nothing to deliver
 		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "0"},
 		{"bench", "--brokers", "x:1", "--preload", "10", "--partitions", "0"},
+		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "1,2", "--kill-one-after", "1s"},
 	} {
 		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
 			t.Errorf("relay %v: exit %d (%v), want 2", args, exitCode(err), err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,14 @@ the time until every row was acknowledged by Kafka and none is pending.
 commit→ack latency (streamed rows) runs from the writer's COMMIT returning to
 the producing client receiving the broker's ack. CPU and peak RSS are this
 process's (relays, writers, bench), not Kafka's or Postgres's.
+
+--kill-one-after kills one instance of each relay variant that long into
+each phase, once it has records in flight to Kafka, as a crash would: its
+Postgres connections close and its backends are terminated (its open
+transactions roll back), its Kafka client closes, no graceful drain. The rows
+it had handed to Kafka and not marked sent are its share; the takeover is the
+time from the kill until a survivor has Kafka's ack of the last of them. The
+target is two poll intervals. Every --relays count must be at least 2.
 
 Without --brokers the bench starts an in-memory Kafka broker (kfake) in a
 child process, so it does not share this process's CPU accounting.
@@ -72,6 +81,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
 			fs.DurationVar(&cfg.Outage, "outage", 0, "stop the in-memory broker for this long at the start of each phase, then restart it (bounded memory under an outage)")
 			fs.DurationVar(&cfg.VacuumInterval, "vacuum-interval", 0, "run VACUUM on the outbox table this often during each phase (stands in for autovacuum); 0: never")
+			fs.DurationVar(&cfg.KillOneAfter, "kill-one-after", 0, "kill one relay instance this long into each phase, as a crash would, and report how long the others take to deliver its rows (needs every --relays count >= 2); 0: no kill")
 			check := fs.Bool("check", true, "consume each phase's topics and check count, duplicates and per-key order")
 			asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
 			cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`; samples carry a variant label (pprof -tagfocus variant=...)")
@@ -89,6 +99,9 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 						return usageErrorf("bench: --relays %q: want instance counts like 1,2,3", *relays)
 					}
 					cfg.Relays = append(cfg.Relays, n)
+				}
+				if cfg.KillOneAfter < 0 || (cfg.KillOneAfter > 0 && slices.Min(cfg.Relays) < 2) {
+					return usageErrorf("bench: --kill-one-after needs every --relays count to be at least 2, so that others survive")
 				}
 				if cfg.Preload < 0 || cfg.Rate < 0 || (cfg.Preload == 0 && cfg.Rate == 0) {
 					return usageErrorf("bench: set --preload, --rate or both (non-negative)")

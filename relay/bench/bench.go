@@ -28,10 +28,17 @@
 //     runs in another process and Postgres is not included.
 //   - RSS: peak resident set of this process during the phase (VmHWM after
 //     resetting it through /proc/self/clear_refs).
+//   - takeover (with KillOneAfter): one relay instance is killed mid-phase
+//     as a crash would. Its share is the rows it had handed to its Kafka
+//     client and not marked sent, which only the surviving instances can
+//     deliver after the kill. The takeover runs from the kill to the moment
+//     a survivor received Kafka's acknowledgement of the last row of that
+//     share. The target: at most two poll intervals.
 //
 // After each phase a consumer reads the phase's topics from the start and
-// checks that every row arrived, counts duplicates, and checks per-key order
-// (the first delivery of each row of a key in id order).
+// checks that every row arrived, counts duplicates (those of a killed
+// instance's share apart from the rest, which must be none), and checks
+// per-key order (the first delivery of each row of a key in id order).
 package bench
 
 import (
@@ -129,6 +136,14 @@ type Config struct {
 	// often while a phase runs, standing in for autovacuum on servers
 	// where it is off or too slow to matter within a phase.
 	VacuumInterval time.Duration
+	// KillOneAfter, when positive, kills the last instance of every relay
+	// variant (each must have at least two) this long into each phase,
+	// at the first moment after that it has records in flight to Kafka,
+	// as a crash would: its Postgres connections close and its backends
+	// are terminated, so its open transactions roll back; its Run
+	// context is cancelled and its Kafka client closed. The phase then
+	// reports the takeover (Phase.Kill). The baseline is never killed.
+	KillOneAfter time.Duration
 	// SkipCheck skips consuming the topics after each phase.
 	SkipCheck bool
 
@@ -187,6 +202,12 @@ func (c Config) validate() error {
 		if n < 1 {
 			return fmt.Errorf("relay instance count %d: must be at least 1", n)
 		}
+		if c.KillOneAfter > 0 && n < 2 {
+			return fmt.Errorf("relay instance count %d: killing one needs at least 2, so others remain", n)
+		}
+	}
+	if c.KillOneAfter < 0 {
+		return errors.New("kill-one-after must not be negative")
 	}
 	return relay.ValidSchema(c.Schema)
 }

@@ -19,8 +19,10 @@ const checkTimeout = 30 * time.Second
 // every id 1..total at least once, duplicates counted, and per-key order:
 // within a partition (a key's records all land in one), the first delivery
 // of each row of a key comes after the first delivery of every earlier row
-// of that key.
-func (e *env) check(ctx context.Context, topics []string, total int) (Check, error) {
+// of that key. Duplicates of the rows a killed instance left to the others
+// (kw, nil without a kill) are counted apart: at-least-once allows them
+// after a crash, and every other duplicate is a fault.
+func (e *env) check(ctx context.Context, topics []string, total int, kw *killWatch) (Check, error) {
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(e.cfg.Brokers...),
 		kgo.ConsumeTopics(topics...),
@@ -68,7 +70,11 @@ func (e *env) check(ctx context.Context, topics []string, total int) (Check, err
 				return
 			}
 			if seen[id] {
-				c.Duplicates++
+				if kw.tookOver(id) {
+					c.DuplicatesAfterKill++
+				} else {
+					c.Duplicates++
+				}
 				return
 			}
 			seen[id] = true

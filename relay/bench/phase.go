@@ -50,8 +50,8 @@ func (t *timeline) OnProduceRecordUnbuffered(rec *kgo.Record, err error) {
 	if err != nil || len(rec.Headers) == 0 || rec.Headers[0].Key != relay.HeaderOutboxID {
 		return
 	}
-	id, perr := strconv.ParseInt(string(rec.Headers[0].Value), 10, 64)
-	if perr != nil || id < 1 || id >= int64(len(t.acked)) {
+	id, ok := outboxID(rec, len(t.acked))
+	if !ok {
 		t.foreign.Add(1)
 		return
 	}
@@ -94,15 +94,28 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	total := cfg.Preload + streamed
 	tl := newTimeline(total)
 
+	// In a phase with a kill, the last instance is the victim.
+	var kw *killWatch
+	if cfg.KillOneAfter > 0 && !v.baseline {
+		kw = newKillWatch(total)
+	}
+
 	// Clients and pools are per phase, created before the clock starts.
-	var instances []instance
+	var instances []*instance
 	defer func() {
 		for _, in := range instances {
 			in.close()
 		}
 	}()
 	for i := range v.instances {
-		in, err := e.newInstance(ctx, v, i, tl)
+		hooks := []kgo.Hook{tl}
+		switch {
+		case kw != nil && i == v.instances-1:
+			hooks = append(hooks, victimHook{kw})
+		case kw != nil:
+			hooks = append(hooks, survivorHook{kw, tl})
+		}
+		in, err := e.newInstance(ctx, v, i, hooks)
 		if err != nil {
 			return Phase{}, err
 		}
@@ -127,14 +140,21 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		// Labels let a CPU profile tell the variants apart:
 		// go tool pprof -tagfocus variant=relay ...
 		labels := pprof.Labels("variant", v.name)
+		// Each instance has a context of its own, so one can be killed.
+		ictx, cancel := context.WithCancel(gctx)
+		in.stop = cancel
 		g.Go(func() error {
+			defer cancel()
 			var err error
-			pprof.Do(gctx, labels, func(ctx context.Context) { err = in.run(ctx) })
-			if err != nil && ctx.Err() == nil {
+			pprof.Do(ictx, labels, func(ctx context.Context) { err = in.run(ctx) })
+			if err != nil && ictx.Err() == nil {
 				return err
 			}
 			return nil
 		})
+	}
+	if kw != nil {
+		g.Go(func() error { return e.killOne(gctx, cfg.KillOneAfter, instances[len(instances)-1], kw, tl) })
 	}
 	if cfg.VacuumInterval > 0 {
 		g.Go(func() error {
@@ -194,7 +214,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	end := tl.lastDone
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
-	pgCPU := e.backendCPU(ctx, "relay-bench-"+v.name)
+	pgCPU := e.backendCPU(ctx, appPrefix(v))
 
 	p = Phase{
 		OutageRSSMiB: p.OutageRSSMiB,
@@ -210,9 +230,12 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		Streamed:     int64(streamed),
 		ForeignAcks:  tl.foreign.Load(),
 	}
+	if kw != nil {
+		p.Kill = kw.result(instances[len(instances)-1].app, cfg.PollInterval)
+	}
 	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup))
 	if !cfg.SkipCheck {
-		chk, err := e.check(ctx, topics, total)
+		chk, err := e.check(ctx, topics, total, kw)
 		if err != nil {
 			return Phase{}, err
 		}
@@ -262,43 +285,54 @@ func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writer
 // instance is one relay (or the baseline loop) with its own pool and
 // Kafka client.
 type instance struct {
+	app    string // application_name of its Postgres sessions
 	pool   *pgxpool.Pool
+	cut    *cutter
 	client *kgo.Client
 	run    func(ctx context.Context) error
+	stop   context.CancelFunc // ends its run
+	killed bool               // its client was closed by the kill
 }
 
-func (in instance) close() {
-	in.client.Close()
+func (in *instance) close() {
+	if !in.killed {
+		in.client.Close()
+	}
 	in.pool.Close()
 }
 
-func (e *env) newInstance(ctx context.Context, v *variant, i int, tl *timeline) (instance, error) {
+// appPrefix starts the application_name of every instance of v, so that
+// the variant's backends can be found together and each one on its own.
+func appPrefix(v *variant) string {
+	return "relay-bench-" + v.name + " #"
+}
+
+func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Hook) (*instance, error) {
 	cfg := e.cfg
 	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
-		return instance{}, err
+		return nil, err
 	}
 	if cfg.PoolSize > 0 {
 		poolCfg.MaxConns = int32(cfg.PoolSize)
 	}
-	poolCfg.ConnConfig.RuntimeParams["application_name"] = "relay-bench-" + v.name
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return instance{}, fmt.Errorf("pool: %w", err)
+	in := &instance{app: appPrefix(v) + strconv.Itoa(i+1), cut: &cutter{dial: poolCfg.ConnConfig.DialFunc}}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = in.app
+	poolCfg.ConnConfig.DialFunc = in.cut.Dial
+	if in.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
+		return nil, fmt.Errorf("pool: %w", err)
 	}
-	opts := []kgo.Opt{kgo.WithHooks(tl)}
+	opts := []kgo.Opt{kgo.WithHooks(hooks...)}
 	if cfg.Outage > 0 {
 		// The restarted in-memory broker has no topics until produced to.
 		opts = append(opts, kgo.AllowAutoTopicCreation())
 	}
-	client, err := relay.NewKafkaClient(cfg.Brokers, opts...)
-	if err != nil {
-		pool.Close()
-		return instance{}, err
+	if in.client, err = relay.NewKafkaClient(cfg.Brokers, opts...); err != nil {
+		in.pool.Close()
+		return nil, err
 	}
-	in := instance{pool: pool, client: client}
 	if v.baseline {
-		b := &baseline{pool: pool, client: client, batchSize: cfg.BatchSize,
+		b := &baseline{pool: in.pool, client: in.client, batchSize: cfg.BatchSize,
 			deleteOnSend: cfg.DeleteOnSend, pollInterval: cfg.PollInterval}
 		in.run = b.run
 		return in, nil
@@ -311,7 +345,7 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, tl *timeline) 
 		DisableWakeup:   cfg.DisableWakeup,
 		DeleteOnSend:    cfg.DeleteOnSend,
 		Instance:        fmt.Sprintf("bench-%d", i+1),
-	}, pool, client, cfg.Logger)
+	}, in.pool, in.client, cfg.Logger)
 	in.run = r.Run
 	return in, nil
 }

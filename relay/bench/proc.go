@@ -50,11 +50,12 @@ func procStatus(field string) int64 {
 }
 
 // backendCPU sums the CPU time of the Postgres backends whose
-// application_name is app, read from /proc (Postgres on this machine; 0
-// elsewhere). Each phase's pools are new, so their backends' whole life is
-// the phase: this is the database's work for the variant.
-func (e *env) backendCPU(ctx context.Context, app string) time.Duration {
-	rs, err := e.pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, app)
+// application_name starts with prefix, read from /proc (Postgres on this
+// machine; 0 elsewhere). Each phase's pools are new, so their backends'
+// whole life is the phase: this is the database's work for the variant
+// (less a killed instance's, whose backends are gone).
+func (e *env) backendCPU(ctx context.Context, prefix string) time.Duration {
+	rs, err := e.pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE starts_with(application_name, $1)`, prefix)
 	if err != nil {
 		return 0
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // Report is the outcome of a run: per variant, every phase, the medians
@@ -34,6 +35,10 @@ type Scenario struct {
 	Wakeup       bool    `json:"wakeup"`
 	Rounds       int     `json:"rounds"`
 	VacuumSec    float64 `json:"vacuum_interval_s,omitempty"`
+	PollMs       float64 `json:"poll_interval_ms"`
+	// KillOneAfterSec is when, into each phase, one instance of each
+	// relay variant was killed (Config.KillOneAfter).
+	KillOneAfterSec float64 `json:"kill_one_after_s,omitempty"`
 }
 
 // VariantReport is one variant's phases and their medians. Ratio is
@@ -73,7 +78,30 @@ type Phase struct {
 	// the Kafka outage, if there was one.
 	OutageRSSMiB float64 `json:"outage_peak_rss_mib,omitempty"`
 	ForeignAcks  int64   `json:"foreign_acks,omitempty"`
-	Check        *Check  `json:"check,omitempty"`
+	// Kill is what the kill of one instance did; nil if the phase had
+	// none (or ended before it).
+	Kill  *Kill  `json:"kill,omitempty"`
+	Check *Check `json:"check,omitempty"`
+}
+
+// Kill is one instance killed mid-phase and the survivors taking over its
+// share: the rows it had handed to its Kafka client and not marked sent,
+// which only the others could deliver after the kill.
+type Kill struct {
+	// Instance is the killed instance's application_name.
+	Instance string `json:"instance"`
+	// AtSec is when the kill began (its connections closed), since the
+	// phase started.
+	AtSec float64 `json:"at_s"`
+	// RowsTakenOver is the size of its share.
+	RowsTakenOver int `json:"rows_taken_over"`
+	// TakeoverMs runs from the kill to the moment a survivor received
+	// Kafka's acknowledgement of the last row of the share; 0 if the
+	// share was empty.
+	TakeoverMs float64 `json:"takeover_ms"`
+	// TakeoverPollIntervals is TakeoverMs in poll intervals. The target:
+	// at most 2.
+	TakeoverPollIntervals float64 `json:"takeover_poll_intervals"`
 }
 
 // Latency is commit→ack of the streamed rows after the warm-up.
@@ -90,11 +118,16 @@ type Latency struct {
 
 // Check is what the consumer found after the phase.
 type Check struct {
-	Records         int `json:"records"`
-	Duplicates      int `json:"duplicates"`
-	OrderViolations int `json:"order_violations"`
-	Missing         int `json:"missing"`
-	Foreign         int `json:"foreign"`
+	Records int `json:"records"`
+	// Duplicates are extra copies of rows outside a killed instance's
+	// share: there must be none.
+	Duplicates int `json:"duplicates"`
+	// DuplicatesAfterKill are extra copies of the rows in a killed
+	// instance's share, which at-least-once allows.
+	DuplicatesAfterKill int `json:"duplicates_after_kill,omitempty"`
+	OrderViolations     int `json:"order_violations"`
+	Missing             int `json:"missing"`
+	Foreign             int `json:"foreign"`
 }
 
 // Summary holds the medians (or ratios of medians) of a variant's figures.
@@ -112,6 +145,14 @@ type Summary struct {
 	Duplicates      int     `json:"duplicates"`
 	OrderViolations int     `json:"order_violations"`
 	Missing         int     `json:"missing"`
+	// Over the phases with a kill: how many there were, the median and
+	// the longest takeover, the median share, and the duplicates of the
+	// shares (a sum).
+	Kills               int     `json:"kills,omitempty"`
+	TakeoverMs          float64 `json:"takeover_ms,omitempty"`
+	TakeoverMaxMs       float64 `json:"takeover_max_ms,omitempty"`
+	RowsTakenOver       float64 `json:"rows_taken_over,omitempty"`
+	DuplicatesAfterKill int     `json:"duplicates_after_kill,omitempty"`
 }
 
 func (p Phase) summary() string {
@@ -126,8 +167,14 @@ func (p Phase) summary() string {
 	if l := p.Latency; l != nil {
 		s += fmt.Sprintf(", commit→ack p50 %.1fms p99 %.1fms max %.1fms", l.P50Ms, l.P99Ms, l.MaxMs)
 	}
+	if k := p.Kill; k != nil {
+		s += fmt.Sprintf(", killed %s at %.2fs: %d rows taken over in %.0fms", k.Instance, k.AtSec, k.RowsTakenOver, k.TakeoverMs)
+	}
 	if c := p.Check; c != nil {
 		s += fmt.Sprintf(", dup %d, order violations %d, missing %d", c.Duplicates, c.OrderViolations, c.Missing)
+		if p.Kill != nil {
+			s += fmt.Sprintf(", dup after kill %d", c.DuplicatesAfterKill)
+		}
 	}
 	return s
 }
@@ -138,6 +185,7 @@ func newReport(cfg Config, variants []*variant) *Report {
 		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
 		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
 		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
+		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
 	}}
 	if cfg.Rate > 0 {
 		r.Scenario.DurationSec = cfg.Duration.Seconds()
@@ -199,12 +247,23 @@ func medians(ps []Phase) Summary {
 		PGCPUMsPer1k: pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
 		PeakRSSMiB:   pick(func(p Phase) float64 { return p.PeakRSSMiB }),
 	}
+	var takeovers, shares []float64
 	for _, p := range ps {
 		if c := p.Check; c != nil {
 			s.Duplicates += c.Duplicates
+			s.DuplicatesAfterKill += c.DuplicatesAfterKill
 			s.OrderViolations += c.OrderViolations
 			s.Missing += c.Missing
 		}
+		if k := p.Kill; k != nil {
+			s.Kills++
+			takeovers = append(takeovers, k.TakeoverMs)
+			shares = append(shares, float64(k.RowsTakenOver))
+		}
+	}
+	s.TakeoverMs, s.RowsTakenOver = median(takeovers), median(shares)
+	if len(takeovers) > 0 {
+		s.TakeoverMaxMs = slices.Max(takeovers)
 	}
 	return s
 }
@@ -284,8 +343,37 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		rounds = append(rounds, fmt.Sprintf("%s: %s", v.Name, strings.Join(xs, " ")))
 	}
-	_, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, "; "))
-	return err
+	if _, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, "; ")); err != nil {
+		return err
+	}
+	if sc.KillOneAfterSec > 0 {
+		return r.writeKills(w)
+	}
+	return nil
+}
+
+// writeKills prints the takeover of each relay variant against its target:
+// the survivors deliver the killed instance's share within two poll
+// intervals, in every round.
+func (r *Report) writeKills(w io.Writer) error {
+	sc := r.Scenario
+	fmt.Fprintf(w, "\nkill: one instance of each relay variant, %gs into each phase (once it has records in flight to Kafka); takeover target ≤ 2 poll intervals = %.0f ms\n\n",
+		sc.KillOneAfterSec, 2*sc.PollMs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "variant\tkilled in rounds\trows taken over\ttakeover ms\tmax ms\tmax poll intervals\tdup after kill\tmet\t")
+	for _, v := range r.Variants {
+		m := v.Median
+		if v.Instances < 2 {
+			continue
+		}
+		met := "no"
+		if m.Kills == len(v.Phases) && m.TakeoverMaxMs > 0 && m.TakeoverMaxMs <= 2*sc.PollMs {
+			met = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%d of %d\t%.0f\t%.0f\t%.0f\t%.2f\t%d\t%s\t\n", v.Name, m.Kills, len(v.Phases),
+			m.RowsTakenOver, m.TakeoverMs, m.TakeoverMaxMs, m.TakeoverMaxMs/sc.PollMs, m.DuplicatesAfterKill, met)
+	}
+	return tw.Flush()
 }
 
 func orDefault(n int) string {
