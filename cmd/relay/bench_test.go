@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -95,8 +98,71 @@ func TestBenchUsage(t *testing.T) {
 			t.Errorf("relay %v: exit %d (%v), want 2", args, exitCode(err), err)
 		}
 	}
+	// With relays already running: the brokers they produce to are
+	// required, and the flags of the bench's own relays are refused.
+	ext := []string{"bench", "--external-schema", "outbox", "--preload", "10"}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{ext, "--brokers"},
+		{slices.Concat(ext, []string{"--brokers", "x:1", "--relays", "2"}), "--relays"},
+		{slices.Concat(ext, []string{"--brokers", "x:1", "--baseline"}), "--baseline"},
+		{slices.Concat(ext, []string{"--brokers", "x:1", "--kill-one-after", "1s", "--outage", "1s"}), "--kill-one-after, --outage"},
+		{slices.Concat(ext, []string{"--brokers", "x:1", "--delete-on-send"}), "--delete-on-send"},
+		{slices.Concat(ext, []string{"--brokers", "x:1", "--schema", "bench_x"}), "--schema"},
+		{[]string{"bench", "--external-schema", "Outbox", "--brokers", "x:1", "--preload", "10"}, "--external-schema"},
+	} {
+		_, _, err := runCLI(t, nil, c.args...)
+		if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), c.want) {
+			t.Errorf("relay %v: exit %d (%v), want 2 and a message naming %s", c.args, exitCode(err), err, c.want)
+		}
+	}
 	stdout, _, _ := runCLI(t, nil, "--help")
 	if strings.Contains(stdout, "bench-kafka") || !strings.Contains(stdout, "bench ") {
 		t.Errorf("top-level usage should list bench and hide bench-kafka:\n%s", stdout)
+	}
+}
+
+// TestBenchExternal runs relay bench --external-schema against a relay
+// binary started as a deployment would run it: the bench must start no
+// relay of its own, see every row delivered, and leave the schema in place.
+func TestBenchExternal(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	db := relaytest.NewDB(t)
+	brokers := relaytest.NewCluster(t, 3).ListenAddrs()
+	p := startRelay(t, relayEnv(db, brokers), "run")
+	p.waitLog(30*time.Second, "http_listening")
+
+	stdout, stderr, err := runCLI(t, nil, "bench",
+		"--database-url", db.URL, "--external-schema", db.Schema, "--brokers", strings.Join(brokers, ","),
+		"--preload", "1000", "--rate", "500", "--duration", "400ms", "--warmup", "100ms",
+		"--keys", "50", "--partitions", "3", "--rounds", "1", "--json")
+	if err != nil {
+		t.Fatalf("relay bench: %v\n%s", err, stderr)
+	}
+	var report bench.Report
+	if err := json.Unmarshal([]byte(stdout), &report); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, stdout)
+	}
+	if len(report.Variants) != 1 || len(report.Variants[0].Phases) != 1 {
+		t.Fatalf("want one phase of the external relays; got %s", stdout)
+	}
+	ph := report.Variants[0].Phases[0]
+	if ph.Rows != 1200 || ph.RowsPerSec <= 0 || ph.Latency == nil || ph.Latency.Until != "consumed" || ph.Latency.Rows == 0 {
+		t.Errorf("phase %+v, latency %+v", ph, ph.Latency)
+	}
+	if c := ph.Check; c == nil || c.Missing != 0 || c.OrderViolations != 0 || c.Duplicates != 0 || c.Foreign != 0 {
+		t.Errorf("check %+v", ph.Check)
+	}
+	var sent int
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM messages WHERE status = 'sent'`).Scan(&sent); err != nil {
+		t.Fatalf("the schema after the bench: %v", err)
+	}
+	if sent != 1200 {
+		t.Errorf("%d sent rows in the outbox after the bench, want its 1200", sent)
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/bench"
 )
 
@@ -53,12 +54,28 @@ target is two poll intervals. Every --relays count must be at least 2.
 Without --brokers the bench starts an in-memory Kafka broker (kfake) in a
 child process, so it does not share this process's CPU accounting.
 
+--external-schema measures relays that already run (a deployed relay, a
+staging stack) against that existing, migrated outbox schema, with
+--brokers the Kafka they produce to. The bench starts no relay and no
+baseline, and never creates, truncates or drops the schema: it INSERTs
+REAL ROWS INTO THAT OUTBOX (use a staging environment, not production),
+for topics of its own (bench-<random>-…, which it creates with the
+cluster's default replication factor and deletes at the end; the relays
+must be allowed to produce to them), and reads them back from Kafka. Its
+rows stay in the outbox as sent rows until the relays' retention deletes
+them. rows/s then runs until the bench has consumed every row and none is
+pending; latency is commit→consumed, which includes the consumer's fetch
+delay; CPU and RSS are not the bench's to measure and print as "-". The
+flags that configure the bench's own relays, baseline or schema are
+refused with it.
+
 The database is RELAY_DATABASE_URL unless --database-url is given.`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
 			var cfg bench.Config
 			dbURL := fs.String("database-url", "", "Postgres connection string; default RELAY_DATABASE_URL, else "+defaultDatabaseURL)
 			brokers := fs.String("brokers", "", "comma-separated Kafka brokers; default: start an in-memory broker in a child process")
 			fs.StringVar(&cfg.Schema, "schema", "", "schema the bench creates and drops (must not exist); default bench_<random>")
+			fs.StringVar(&cfg.ExternalSchema, "external-schema", "", "measure relays already running against this existing, migrated outbox `schema` (needs --brokers): the bench inserts real rows into it, for topics of its own, and starts no relay")
 			fs.BoolVar(&cfg.Keep, "keep", false, "keep the schema and the last phase's topics at the end")
 			fs.IntVar(&cfg.Topics, "topics", 1, "topics rows are spread over")
 			fs.IntVar(&cfg.Partitions, "partitions", 12, "partitions per topic")
@@ -93,12 +110,22 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				if cfg.DatabaseURL == "" {
 					cfg.DatabaseURL = cmpOr(env.getenv("RELAY_DATABASE_URL"), defaultDatabaseURL)
 				}
-				for _, s := range strings.Split(*relays, ",") {
-					n, err := strconv.Atoi(strings.TrimSpace(s))
-					if err != nil || n < 1 {
-						return usageErrorf("bench: --relays %q: want instance counts like 1,2,3", *relays)
+				if cfg.ExternalSchema != "" {
+					if err := externalBenchFlags(fs, *brokers); err != nil {
+						return err
 					}
-					cfg.Relays = append(cfg.Relays, n)
+					if err := relay.ValidSchema(cfg.ExternalSchema); err != nil {
+						return usageErrorf("bench: --external-schema: %v", err)
+					}
+					cfg.Baseline = false // --baseline defaults to true; here there is none
+				} else {
+					for _, s := range strings.Split(*relays, ",") {
+						n, err := strconv.Atoi(strings.TrimSpace(s))
+						if err != nil || n < 1 {
+							return usageErrorf("bench: --relays %q: want instance counts like 1,2,3", *relays)
+						}
+						cfg.Relays = append(cfg.Relays, n)
+					}
 				}
 				if cfg.KillOneAfter < 0 || (cfg.KillOneAfter > 0 && slices.Min(cfg.Relays) < 2) {
 					return usageErrorf("bench: --kill-one-after needs every --relays count to be at least 2, so that others survive")
@@ -142,6 +169,12 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				if err != nil {
 					return fmt.Errorf("bench: %w", err)
 				}
+				if cfg.ExternalSchema != "" {
+					// The bench only inserts into someone's outbox; say
+					// what it leaves there and how to remove it.
+					fmt.Fprintf(env.stderr, "bench: its rows stay in %s.messages, sent, until the relays' retention deletes them; their topics (%s*) are gone, so relay verify reports them missing. To delete them now: DELETE FROM %[1]s.messages WHERE topic LIKE '%[2]s%%'\n",
+						cfg.ExternalSchema, report.Scenario.TopicPrefix)
+				}
 				if *asJSON {
 					enc := json.NewEncoder(env.stdout)
 					enc.SetIndent("", "  ")
@@ -151,6 +184,31 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			})
 		},
 	}
+}
+
+// inProcessBenchFlags configure the relays, the baseline or the schema the
+// bench runs itself; with --external-schema it runs none of them.
+var inProcessBenchFlags = []string{"schema", "keep", "relays", "baseline", "delete-on-send", "batch-size",
+	"in-flight", "pool-size", "wakeup", "poll-interval", "outage", "vacuum-interval", "kill-one-after"}
+
+// externalBenchFlags checks the command line of relay bench
+// --external-schema: the brokers the running relays produce to, and none
+// of the in-process flags (--baseline=false is accepted, as it says what
+// the mode does anyway).
+func externalBenchFlags(fs *flag.FlagSet, brokers string) error {
+	if brokers == "" {
+		return usageErrorf("bench: --external-schema needs --brokers: the Kafka the running relays produce to")
+	}
+	var refused []string
+	fs.Visit(func(f *flag.Flag) {
+		if slices.Contains(inProcessBenchFlags, f.Name) && (f.Name != "baseline" || f.Value.String() != "false") {
+			refused = append(refused, "--"+f.Name)
+		}
+	})
+	if len(refused) > 0 {
+		return usageErrorf("bench: %s: not with --external-schema, where the relays already run and the bench starts no relay or baseline of its own", strings.Join(refused, ", "))
+	}
+	return nil
 }
 
 func cmpOr(a, b string) string {

@@ -39,6 +39,13 @@
 // checks that every row arrived, counts duplicates (those of a killed
 // instance's share apart from the rest, which must be none), and checks
 // per-key order (the first delivery of each row of a key in id order).
+//
+// With Config.ExternalSchema the bench measures relays it did not start
+// (a deployed relay, a staging stack) and cannot hook: it inserts rows of
+// its own into their outbox, for topics of its own, and watches delivery
+// from outside (external.go). rows/s then runs until every row has been
+// consumed by the bench and none is pending; latency is commit→consumed,
+// which includes the consumer's fetch delay; CPU and RSS are not measured.
 package bench
 
 import (
@@ -71,6 +78,16 @@ type Config struct {
 	// Keep leaves the schema (with the last phase's rows) and the last
 	// phase's topics in place.
 	Keep bool
+	// ExternalSchema is an existing, migrated outbox schema that relays
+	// already running elsewhere deliver. The bench then starts no relay
+	// and no baseline, and never creates, truncates or drops the schema:
+	// it inserts rows of its own (real rows: use a staging outbox), for
+	// topics of its own (bench-<random>-…, created and deleted by the
+	// bench), and measures their delivery by consuming those topics.
+	// Schema, Keep, Relays, Baseline, DeleteOnSend, Outage, VacuumInterval
+	// and KillOneAfter must be left zero; the relay settings (BatchSize
+	// to PollInterval) are the running relays' and are ignored.
+	ExternalSchema string
 
 	// Topics is how many topics rows are spread over. Default 1.
 	Topics int
@@ -154,10 +171,8 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Schema == "" {
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		c.Schema = "bench_" + hex.EncodeToString(b[:])
+	if c.Schema == "" && !c.external() {
+		c.Schema = "bench_" + randomHex()
 	}
 	c.Topics = cmp.Or(c.Topics, 1)
 	c.Partitions = cmp.Or(c.Partitions, 12)
@@ -167,7 +182,7 @@ func (c Config) withDefaults() Config {
 	c.Warmup = cmp.Or(c.Warmup, time.Second)
 	c.Writers = cmp.Or(c.Writers, 4)
 	c.RowsPerTx = cmp.Or(c.RowsPerTx, 1)
-	if len(c.Relays) == 0 {
+	if len(c.Relays) == 0 && !c.external() {
 		c.Relays = []int{1}
 	}
 	c.Rounds = cmp.Or(c.Rounds, 3)
@@ -209,13 +224,41 @@ func (c Config) validate() error {
 	if c.KillOneAfter < 0 {
 		return errors.New("kill-one-after must not be negative")
 	}
+	if c.external() {
+		return c.validateExternal()
+	}
 	return relay.ValidSchema(c.Schema)
 }
 
-// variant is one contestant: the baseline loop or n relay instances.
+// external reports whether the run measures relays that already run.
+func (c Config) external() bool { return c.ExternalSchema != "" }
+
+// validateExternal refuses the settings that only make sense for relays
+// and a schema of the bench's own.
+func (c Config) validateExternal() error {
+	switch {
+	case c.Schema != "" || c.Keep:
+		return errors.New("external schema: the bench's own schema (schema, keep) does not apply")
+	case len(c.Relays) > 0 || c.Baseline || c.KillOneAfter > 0:
+		return errors.New("external schema: the relays already run; the bench starts no relay or baseline and kills none")
+	case c.DeleteOnSend || c.Outage > 0 || c.VacuumInterval > 0:
+		return errors.New("external schema: delete on send, outage and vacuum act on the bench's own relays and broker")
+	}
+	return relay.ValidSchema(c.ExternalSchema)
+}
+
+func randomHex() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// variant is one contestant: the baseline loop, n relay instances, or the
+// relays already running against an external schema (instances 0: unknown).
 type variant struct {
 	name      string
 	baseline  bool
+	external  bool
 	instances int
 	phases    []Phase
 }
@@ -239,6 +282,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for _, n := range cfg.Relays {
 		variants = append(variants, &variant{name: fmt.Sprintf("relay x%d", n), instances: n})
 	}
+	if cfg.external() {
+		variants = append(variants, &variant{name: "external", external: true})
+	}
 	phaseNo := 0
 	for round := range cfg.Rounds {
 		// ABC, CBA, ABC, …: each variant runs as often first as last.
@@ -260,7 +306,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			fmt.Fprintf(cfg.Progress, "round %d %-10s %s\n", round+1, v.name, p.summary())
 		}
 	}
-	return newReport(cfg, variants), nil
+	return newReport(cfg, env.runID, variants), nil
 }
 
 // env is what every phase shares: the schema, the bench's own pool (for
@@ -274,19 +320,16 @@ type env struct {
 }
 
 func setup(ctx context.Context, cfg Config) (*env, error) {
+	if cfg.external() {
+		return setupExternal(ctx, cfg)
+	}
 	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
 		return nil, err
 	}
-	var exists bool
-	conn, err := pgx.ConnectConfig(ctx, poolCfg.ConnConfig)
+	exists, err := schemaExists(ctx, poolCfg, cfg.Schema)
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, cfg.Schema).Scan(&exists)
-	_ = conn.Close(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("look up schema: %w", err)
+		return nil, err
 	}
 	if exists {
 		// Never truncate someone's outbox: the bench wants a schema
@@ -300,30 +343,53 @@ func setup(ctx context.Context, cfg Config) (*env, error) {
 	_, err = m.Up(ctx)
 	_ = m.Close()
 	e := &env{cfg: cfg, runID: cfg.Schema}
+	if err == nil {
+		err = e.open(ctx, poolCfg)
+	}
 	if err != nil {
 		e.dropSchema(ctx)
 		return nil, err
 	}
-	poolCfg.MaxConns = int32(cfg.Writers + 2)
+	return e, nil
+}
+
+// schemaExists looks schema up with a connection of its own.
+func schemaExists(ctx context.Context, poolCfg *pgxpool.Config, schema string) (bool, error) {
+	conn, err := pgx.ConnectConfig(ctx, poolCfg.ConnConfig)
+	if err != nil {
+		return false, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&exists)
+	if err != nil {
+		return false, fmt.Errorf("look up schema: %w", err)
+	}
+	return exists, nil
+}
+
+// open creates what every phase shares: the bench's pool (for loading,
+// streaming and watching), the admin Kafka client and the payload.
+func (e *env) open(ctx context.Context, poolCfg *pgxpool.Config) error {
+	var err error
+	poolCfg.MaxConns = int32(e.cfg.Writers + 2)
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = "relay-bench-app"
 	if e.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
-		e.dropSchema(ctx)
-		return nil, fmt.Errorf("pool: %w", err)
+		return fmt.Errorf("pool: %w", err)
 	}
-	if e.admin, err = kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...)); err != nil {
+	if e.admin, err = kgo.NewClient(kgo.SeedBrokers(e.cfg.Brokers...)); err != nil {
 		e.pool.Close()
-		e.dropSchema(ctx)
-		return nil, fmt.Errorf("kafka admin client: %w", err)
+		return fmt.Errorf("kafka admin client: %w", err)
 	}
-	e.payload = make([]byte, cfg.PayloadSize)
+	e.payload = make([]byte, e.cfg.PayloadSize)
 	_, _ = rand.Read(e.payload)
-	return e, nil
+	return nil
 }
 
 func (e *env) close(ctx context.Context) {
 	e.admin.Close()
 	e.pool.Close()
-	if !e.cfg.Keep {
+	if !e.cfg.Keep && !e.cfg.external() {
 		e.dropSchema(ctx)
 	}
 }

@@ -16,7 +16,8 @@ import (
 const checkTimeout = 30 * time.Second
 
 // check reads topics from the start and verifies what the phase delivered:
-// every id 1..total at least once, duplicates counted, and per-key order:
+// every row 1..total at least once (rows numbered as the timeline's, see
+// rowOf), duplicates counted, and per-key order by outbox id:
 // within a partition (a key's records all land in one), the first delivery
 // of each row of a key comes after the first delivery of every earlier row
 // of that key. Duplicates of the rows a killed instance left to the others
@@ -59,25 +60,21 @@ func (e *env) check(ctx context.Context, topics []string, total int, kw *killWat
 		}
 		fs.EachRecord(func(rec *kgo.Record) {
 			c.Records++
-			var id int64 = -1
-			for _, h := range rec.Headers {
-				if h.Key == relay.HeaderOutboxID {
-					id, _ = strconv.ParseInt(string(h.Value), 10, 64)
-				}
-			}
-			if id < 1 || id > int64(total) {
+			row, ok := e.rowOf(rec, total+1)
+			id, idOK := headerNumber(rec, relay.HeaderOutboxID)
+			if !ok || !idOK {
 				c.Foreign++
 				return
 			}
-			if seen[id] {
-				if kw.tookOver(id) {
+			if seen[row] {
+				if kw.tookOver(row) {
 					c.DuplicatesAfterKill++
 				} else {
 					c.Duplicates++
 				}
 				return
 			}
-			seen[id] = true
+			seen[row] = true
 			distinct++
 			if rec.Key == nil {
 				return
@@ -91,4 +88,27 @@ func (e *env) check(ctx context.Context, topics []string, total int, kw *killWat
 		})
 	}
 	return c, nil
+}
+
+// rowOf is the number of rec's row, if it lies in 1..n-1: the timeline's
+// and the check's index. In the bench's own outbox it is the outbox id, as
+// ids start at 1 in every phase; in an external outbox, whose ids come
+// from a sequence others use too, it is the row's bench-row header.
+func (e *env) rowOf(rec *kgo.Record, n int) (int64, bool) {
+	if !e.cfg.external() {
+		return outboxID(rec, n)
+	}
+	row, ok := headerNumber(rec, headerBenchRow)
+	return row, ok && row >= 1 && row < int64(n)
+}
+
+// headerNumber is the decimal value of rec's header key.
+func headerNumber(rec *kgo.Record, key string) (int64, bool) {
+	for _, h := range rec.Headers {
+		if h.Key == key {
+			v, err := strconv.ParseInt(string(h.Value), 10, 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
 }

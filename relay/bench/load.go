@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboxrelay/relay/relay"
 )
 
 // preloadChunk is how many rows one preload statement inserts.
@@ -29,18 +31,50 @@ INSERT INTO messages (topic, key, payload)
 SELECT t, k, $3::bytea FROM unnest($1::text[], $2::bytea[]) AS u(t, k)
 RETURNING id`
 
+// In an outbox the bench shares with external relays, ids come from a
+// sequence others use too, so each row carries its row number (1..n, its
+// timeline index) in the header bench-row, which the relays copy to Kafka.
+const (
+	headerBenchRow = "bench-row"
+
+	// preloadTaggedQuery is preloadQuery with the bench-row header.
+	preloadTaggedQuery = `
+INSERT INTO messages (topic, key, payload, headers)
+SELECT ($1::text[])[1 + i % cardinality($1::text[])],
+       CASE WHEN $2::int > 0 THEN convert_to('key-' || (i % $2::int), 'UTF8') END,
+       $3::bytea,
+       jsonb_build_object('bench-row', i::text)
+FROM generate_series($4::bigint, $5::bigint) AS i`
+
+	// streamTaggedQuery is streamQuery with the bench-row header: row
+	// numbers in $4.
+	streamTaggedQuery = `
+INSERT INTO messages (topic, key, payload, headers)
+SELECT t, k, $3::bytea, jsonb_build_object('bench-row', n::text)
+FROM unnest($1::text[], $2::bytea[], $4::bigint[]) AS u(t, k, n)`
+)
+
 // preload inserts cfg.Preload rows server-side, then vacuums and analyses
 // the table so every variant starts from the same, settled state.
 func (e *env) preload(ctx context.Context, topics []string) error {
-	n := e.cfg.Preload
-	for from := 1; from <= n; from += preloadChunk {
-		to := min(from+preloadChunk-1, n)
-		if _, err := e.pool.Exec(ctx, preloadQuery, topics, e.cfg.Keys, e.payload, from, to); err != nil {
-			return fmt.Errorf("preload: %w", err)
-		}
+	if err := e.insertPreload(ctx, e.pool, preloadQuery, topics); err != nil {
+		return err
 	}
 	if _, err := e.pool.Exec(ctx, `VACUUM (ANALYZE) messages`); err != nil {
 		return fmt.Errorf("vacuum: %w", err)
+	}
+	return nil
+}
+
+// insertPreload inserts cfg.Preload rows with query (preloadQuery or
+// preloadTaggedQuery) in statements of preloadChunk rows.
+func (e *env) insertPreload(ctx context.Context, db relay.Querier, query string, topics []string) error {
+	n := e.cfg.Preload
+	for from := 1; from <= n; from += preloadChunk {
+		to := min(from+preloadChunk-1, n)
+		if _, err := db.Exec(ctx, query, topics, e.cfg.Keys, e.payload, from, to); err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
 	}
 	return nil
 }
@@ -83,12 +117,13 @@ func (e *env) stream(ctx context.Context, topics []string, rows int, tl *timelin
 			defer conn.Release()
 			ts := make([]string, cfg.RowsPerTx)
 			keys := make([][]byte, cfg.RowsPerTx)
+			nums := make([]int64, cfg.RowsPerTx)
 			for i := range slots {
 				for j := range ts {
 					n := cfg.Preload + 1 + i*cfg.RowsPerTx + j
-					ts[j], keys[j] = topics[n%len(topics)], e.rowKey(n)
+					ts[j], keys[j], nums[j] = topics[n%len(topics)], e.rowKey(n), int64(n)
 				}
-				ids, err := insertTx(ctx, conn.Conn(), ts, keys, e.payload)
+				ids, err := e.insertRows(ctx, conn.Conn(), ts, keys, nums)
 				if err != nil {
 					errs <- fmt.Errorf("writer: %w", err)
 					return
@@ -151,6 +186,20 @@ dispatch:
 	return insertStats{rows: committed.Load(), first: first, last: time.Duration(lastCommit.Load())}, nil
 }
 
+// insertRows commits one application transaction of rows (topic, key,
+// row number) and returns their timeline indices: the ids Postgres gave
+// them in the bench's own outbox, their row numbers in an external one.
+func (e *env) insertRows(ctx context.Context, conn *pgx.Conn, topics []string, keys [][]byte, rows []int64) ([]int64, error) {
+	if !e.cfg.external() {
+		return insertTx(ctx, conn, topics, keys, e.payload)
+	}
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, streamTaggedQuery, topics, keys, e.payload, rows)
+		return err
+	})
+	return rows, err
+}
+
 // insertTx is one application transaction.
 func insertTx(ctx context.Context, conn *pgx.Conn, topics []string, keys [][]byte, payload []byte) ([]int64, error) {
 	tx, err := conn.Begin(ctx)
@@ -172,8 +221,10 @@ func insertTx(ctx context.Context, conn *pgx.Conn, topics []string, keys [][]byt
 	return ids, nil
 }
 
-// latency is commit→ack of the streamed rows committed after warmupEnd.
-func (t *timeline) latency(warmupEnd time.Duration) *Latency {
+// latency is commit→ack of the streamed rows committed after warmupEnd;
+// until says what the timeline's acks are ("ack", or "consumed" with
+// external relays).
+func (t *timeline) latency(warmupEnd time.Duration, until string) *Latency {
 	var ds []float64
 	early := 0
 	for id := range t.committed {
@@ -195,5 +246,5 @@ func (t *timeline) latency(warmupEnd time.Duration) *Latency {
 	}
 	slices.Sort(ds)
 	p := func(q float64) float64 { return ds[int(q*float64(len(ds)-1))] }
-	return &Latency{Rows: len(ds), P50Ms: p(0.5), P90Ms: p(0.9), P99Ms: p(0.99), MaxMs: ds[len(ds)-1], AckedBeforeCommitReturned: early}
+	return &Latency{Until: until, Rows: len(ds), P50Ms: p(0.5), P90Ms: p(0.9), P99Ms: p(0.99), MaxMs: ds[len(ds)-1], AckedBeforeCommitReturned: early}
 }

@@ -21,10 +21,13 @@ import (
 // stallTimeout fails a phase in which no row was acknowledged for this long.
 const stallTimeout = time.Minute
 
-// timeline records, per outbox id, when the writer's commit returned and
-// when Kafka first acknowledged the row, in nanoseconds since the phase
-// started (0: not yet). Ids start at 1 in every phase (the outbox is
-// truncated with RESTART IDENTITY), so a slice indexed by id holds them.
+// timeline records, per row, when the writer's commit returned and when
+// Kafka first acknowledged the row (with external relays: when the bench
+// first consumed it), in nanoseconds since the phase started (0: not yet).
+// Rows are numbered from 1 in every phase, so slices indexed by that
+// number hold them: in the bench's own outbox the number is the outbox id
+// (the outbox is truncated with RESTART IDENTITY); in an external one it
+// is the row's bench-row header (see env.rowOf).
 type timeline struct {
 	start     time.Time
 	committed []atomic.Int64
@@ -55,8 +58,13 @@ func (t *timeline) OnProduceRecordUnbuffered(rec *kgo.Record, err error) {
 		t.foreign.Add(1)
 		return
 	}
+	t.ack(id)
+}
+
+// ack records row's first acknowledgement; later ones change nothing.
+func (t *timeline) ack(row int64) {
 	now := t.since()
-	if t.acked[id].CompareAndSwap(0, now) {
+	if t.acked[row].CompareAndSwap(0, now) {
 		t.nAcked.Add(1)
 		t.lastAck.Store(now)
 	}
@@ -68,12 +76,12 @@ var _ kgo.HookProduceRecordUnbuffered = (*timeline)(nil)
 // preload, then the variant (and the writers, if streaming) until every row
 // is delivered.
 func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last bool) (Phase, error) {
-	cfg := e.cfg
-	topics := make([]string, cfg.Topics)
-	for i := range topics {
-		topics[i] = fmt.Sprintf("%s-p%d-t%d", e.runID, phaseNo, i)
+	if v.external {
+		return e.runExternalPhase(ctx, round, phaseNo)
 	}
-	if err := e.createTopics(ctx, topics); err != nil {
+	cfg := e.cfg
+	topics, err := e.createPhaseTopics(ctx, phaseNo)
+	if err != nil {
 		return Phase{}, err
 	}
 	if !cfg.Keep || !last {
@@ -85,12 +93,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	if err := e.preload(ctx, topics); err != nil {
 		return Phase{}, err
 	}
-	streamed := cfg.Rate * int(cfg.Duration/time.Millisecond) / 1000
-	if cfg.Rate == 0 {
-		streamed = 0
-	}
-	// The writers commit whole transactions; the last may overshoot.
-	streamed = (streamed + cfg.RowsPerTx - 1) / cfg.RowsPerTx * cfg.RowsPerTx
+	streamed := e.streamedRows()
 	total := cfg.Preload + streamed
 	tl := newTimeline(total)
 
@@ -172,19 +175,8 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 			}
 		})
 	}
-	var p Phase
-	var ins insertStats
-	writersDone := make(chan struct{})
-	if streamed > 0 {
-		g.Go(func() error {
-			defer close(writersDone)
-			var err error
-			ins, err = e.stream(gctx, topics, streamed, tl)
-			return err
-		})
-	} else {
-		close(writersDone)
-	}
+	var outageRSS float64
+	ins, writersDone := e.startWriters(gctx, g, topics, streamed, tl)
 	if cfg.Outage > 0 {
 		t := time.NewTimer(cfg.Outage)
 		select {
@@ -192,48 +184,29 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		case <-gctx.Done():
 			t.Stop()
 		}
-		p.OutageRSSMiB = float64(peakRSS()) / (1 << 20)
+		outageRSS = float64(peakRSS()) / (1 << 20)
 		if err := cfg.KafkaUp(ctx); err != nil {
 			stop()
 			return Phase{}, errors.Join(fmt.Errorf("restart kafka: %w", err), g.Wait())
 		}
 	}
-	waitErr := make(chan error, 1)
-	go func() {
-		err := e.waitDelivered(gctx, tl, total, writersDone)
-		stop() // delivered (or failed): stop the variant and the writers
-		waitErr <- err
-	}()
-	gerr := g.Wait()
-	if err := <-waitErr; err != nil {
-		return Phase{}, errors.Join(err, gerr)
+	if err := e.awaitDelivered(gctx, g, stop, tl, total, writersDone, topics); err != nil {
+		return Phase{}, err
 	}
-	if gerr != nil {
-		return Phase{}, gerr
-	}
-	end := tl.lastDone
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
 	pgCPU := e.backendCPU(ctx, appPrefix(v))
 
-	p = Phase{
-		OutageRSSMiB: p.OutageRSSMiB,
-		Round:        round,
-		Rows:         int64(total),
-		Seconds:      end.Seconds(),
-		RowsPerSec:   float64(total) / end.Seconds(),
-		CPUSeconds:   cpu.Seconds(),
-		CPUMsPer1k:   float64(cpu.Milliseconds()) / float64(total) * 1000,
-		PGCPUMsPer1k: float64(pgCPU.Milliseconds()) / float64(total) * 1000,
-		PeakRSSMiB:   float64(peak) / (1 << 20),
-		InsertRate:   ins.rate(),
-		Streamed:     int64(streamed),
-		ForeignAcks:  tl.foreign.Load(),
-	}
+	p := newPhase(round, total, streamed, tl, *ins)
+	p.OutageRSSMiB = outageRSS
+	p.CPUSeconds = cpu.Seconds()
+	p.CPUMsPer1k = float64(cpu.Milliseconds()) / float64(total) * 1000
+	p.PGCPUMsPer1k = float64(pgCPU.Milliseconds()) / float64(total) * 1000
+	p.PeakRSSMiB = float64(peak) / (1 << 20)
 	if kw != nil {
 		p.Kill = kw.result(instances[len(instances)-1].app, cfg.PollInterval)
 	}
-	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup))
+	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup), "ack")
 	if !cfg.SkipCheck {
 		chk, err := e.check(ctx, topics, total, kw)
 		if err != nil {
@@ -244,10 +217,86 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	return p, nil
 }
 
-// waitDelivered returns once every row has been acknowledged and none is
-// pending any more (the last batch's mark or delete committed). It records
-// that moment as tl.lastDone.
-func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writersDone <-chan struct{}) error {
+// newPhase holds the figures every phase reports, its own relays or not:
+// its rows, how long they took and the writers' rate.
+func newPhase(round, total, streamed int, tl *timeline, ins insertStats) Phase {
+	end := tl.lastDone
+	return Phase{
+		Round:       round,
+		Rows:        int64(total),
+		Seconds:     end.Seconds(),
+		RowsPerSec:  float64(total) / end.Seconds(),
+		InsertRate:  ins.rate(),
+		Streamed:    int64(streamed),
+		ForeignAcks: tl.foreign.Load(),
+	}
+}
+
+// createPhaseTopics creates the fresh topics of phase phaseNo.
+func (e *env) createPhaseTopics(ctx context.Context, phaseNo int) ([]string, error) {
+	topics := make([]string, e.cfg.Topics)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("%s-p%d-t%d", e.runID, phaseNo, i)
+	}
+	return topics, e.createTopics(ctx, topics)
+}
+
+// streamedRows is how many rows the writers commit in a phase.
+func (e *env) streamedRows() int {
+	cfg := e.cfg
+	if cfg.Rate == 0 {
+		return 0
+	}
+	streamed := cfg.Rate * int(cfg.Duration/time.Millisecond) / 1000
+	// The writers commit whole transactions; the last may overshoot.
+	return (streamed + cfg.RowsPerTx - 1) / cfg.RowsPerTx * cfg.RowsPerTx
+}
+
+// startWriters streams rows rows in g, if there are any. The channel is
+// closed once they are all committed; the stats are final from then on.
+func (e *env) startWriters(ctx context.Context, g *errgroup.Group, topics []string, rows int, tl *timeline) (*insertStats, <-chan struct{}) {
+	ins := new(insertStats)
+	done := make(chan struct{})
+	if rows == 0 {
+		close(done)
+		return ins, done
+	}
+	g.Go(func() error {
+		defer close(done)
+		var err error
+		*ins, err = e.stream(ctx, topics, rows, tl)
+		return err
+	})
+	return ins, done
+}
+
+// awaitDelivered waits until every row is delivered (waitDelivered), then
+// stops the phase's goroutines in g (stop ends gctx) and waits for them.
+func (e *env) awaitDelivered(gctx context.Context, g *errgroup.Group, stop context.CancelFunc, tl *timeline, total int, writersDone <-chan struct{}, topics []string) error {
+	waitErr := make(chan error, 1)
+	go func() {
+		err := e.waitDelivered(gctx, tl, total, writersDone, topics)
+		stop() // delivered (or failed): stop the variant and the writers
+		waitErr <- err
+	}()
+	gerr := g.Wait()
+	if err := <-waitErr; err != nil {
+		return errors.Join(err, gerr)
+	}
+	return gerr
+}
+
+// pendingQuery asks whether a row of the phase is still pending.
+const pendingQuery = `SELECT EXISTS (SELECT 1 FROM messages WHERE status = 'pending' AND topic = ANY($1))`
+
+// stuckQuery counts the phase's rows a relay escalated, for the error of a
+// stalled phase.
+const stuckQuery = `SELECT count(*) FROM stuck_messages WHERE topic = ANY($1)`
+
+// waitDelivered returns once every row has been acknowledged and none of
+// the phase's topics is pending any more (the last batch's mark or delete
+// committed). It records that moment as tl.lastDone.
+func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writersDone <-chan struct{}, topics []string) error {
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	lastProgress, lastN := time.Now(), int64(-1)
@@ -261,7 +310,9 @@ func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writer
 		if n != lastN {
 			lastN, lastProgress = n, time.Now()
 		} else if time.Since(lastProgress) > stallTimeout {
-			return fmt.Errorf("stalled: %d of %d rows acknowledged, none for %v", n, total, stallTimeout)
+			var stuck int
+			_ = e.pool.QueryRow(ctx, stuckQuery, topics).Scan(&stuck)
+			return fmt.Errorf("stalled: %d of %d rows acknowledged, none for %v; %d rows of the phase in stuck_messages", n, total, stallTimeout, stuck)
 		}
 		if n < int64(total) {
 			continue
@@ -272,7 +323,7 @@ func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writer
 			continue
 		}
 		var pending bool
-		if err := e.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE status = 'pending')`).Scan(&pending); err != nil {
+		if err := e.pool.QueryRow(ctx, pendingQuery, topics).Scan(&pending); err != nil {
 			return fmt.Errorf("count pending: %w", err)
 		}
 		if !pending {
@@ -352,7 +403,15 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Ho
 
 func (e *env) createTopics(ctx context.Context, topics []string) error {
 	adm := kadm.NewClient(e.admin)
-	resp, err := adm.CreateTopics(ctx, int32(e.cfg.Partitions), 1, nil, topics...)
+	// External relays check each topic's durability on first use: the
+	// bench's topics get the cluster's default replication factor (-1)
+	// rather than 1, so that where that default is safe they set off no
+	// warning, alert or strict mode of the relays.
+	replicas := int16(1)
+	if e.cfg.external() {
+		replicas = -1
+	}
+	resp, err := adm.CreateTopics(ctx, int32(e.cfg.Partitions), replicas, nil, topics...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}

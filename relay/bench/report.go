@@ -39,6 +39,14 @@ type Scenario struct {
 	// KillOneAfterSec is when, into each phase, one instance of each
 	// relay variant was killed (Config.KillOneAfter).
 	KillOneAfterSec float64 `json:"kill_one_after_s,omitempty"`
+	// ExternalSchema is the outbox of the running relays the run
+	// measured (Config.ExternalSchema). The relay settings above (batch
+	// size to poll interval) are then the bench's defaults: the running
+	// relays' own are unknown to it.
+	ExternalSchema string `json:"external_schema,omitempty"`
+	// TopicPrefix starts the name of every topic (and so of every row) of
+	// the run. The rows stay in an external outbox after the run.
+	TopicPrefix string `json:"topic_prefix"`
 }
 
 // VariantReport is one variant's phases and their medians. Ratio is
@@ -68,12 +76,12 @@ type Phase struct {
 	RowsPerSec float64  `json:"rows_per_s"`
 	InsertRate float64  `json:"insert_rows_per_s,omitempty"`
 	Latency    *Latency `json:"commit_to_ack,omitempty"`
-	CPUSeconds float64  `json:"cpu_s"`
-	CPUMsPer1k float64  `json:"cpu_ms_per_1k_rows"`
+	CPUSeconds float64  `json:"cpu_s,omitempty"`
+	CPUMsPer1k float64  `json:"cpu_ms_per_1k_rows,omitempty"`
 	// PGCPUMsPer1k is the CPU time of the variant's own Postgres
 	// backends per 1000 rows (when Postgres runs on this machine).
 	PGCPUMsPer1k float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
-	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	PeakRSSMiB   float64 `json:"peak_rss_mib,omitempty"`
 	// OutageRSSMiB is the peak RSS from the phase start to the end of
 	// the Kafka outage, if there was one.
 	OutageRSSMiB float64 `json:"outage_peak_rss_mib,omitempty"`
@@ -104,8 +112,14 @@ type Kill struct {
 	TakeoverPollIntervals float64 `json:"takeover_poll_intervals"`
 }
 
-// Latency is commit→ack of the streamed rows after the warm-up.
+// Latency is commit→ack (commit→consumed with external relays) of the
+// streamed rows after the warm-up.
 type Latency struct {
+	// Until is where it ends: "ack", the producing client received the
+	// broker's acknowledgement; or "consumed", with external relays, the
+	// bench's consumer read the record (so it includes the consumer's
+	// fetch delay).
+	Until string  `json:"until"`
 	Rows  int     `json:"rows"`
 	P50Ms float64 `json:"p50_ms"`
 	P90Ms float64 `json:"p90_ms"`
@@ -139,9 +153,9 @@ type Summary struct {
 	P90Ms           float64 `json:"p90_ms,omitempty"`
 	P99Ms           float64 `json:"p99_ms,omitempty"`
 	MaxMs           float64 `json:"max_ms,omitempty"`
-	CPUMsPer1k      float64 `json:"cpu_ms_per_1k_rows"`
+	CPUMsPer1k      float64 `json:"cpu_ms_per_1k_rows,omitempty"`
 	PGCPUMsPer1k    float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
-	PeakRSSMiB      float64 `json:"peak_rss_mib"`
+	PeakRSSMiB      float64 `json:"peak_rss_mib,omitempty"`
 	Duplicates      int     `json:"duplicates"`
 	OrderViolations int     `json:"order_violations"`
 	Missing         int     `json:"missing"`
@@ -156,8 +170,10 @@ type Summary struct {
 }
 
 func (p Phase) summary() string {
-	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s, cpu %6.0f ms/1k rows (postgres %4.0f), peak rss %5.0f MiB",
-		p.Rows, p.Seconds, p.RowsPerSec, p.CPUMsPer1k, p.PGCPUMsPer1k, p.PeakRSSMiB)
+	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s", p.Rows, p.Seconds, p.RowsPerSec)
+	if p.CPUSeconds > 0 || p.PeakRSSMiB > 0 { // not measured for external relays
+		s += fmt.Sprintf(", cpu %6.0f ms/1k rows (postgres %4.0f), peak rss %5.0f MiB", p.CPUMsPer1k, p.PGCPUMsPer1k, p.PeakRSSMiB)
+	}
 	if p.OutageRSSMiB > 0 {
 		s += fmt.Sprintf(" (%.0f MiB during the outage)", p.OutageRSSMiB)
 	}
@@ -165,7 +181,7 @@ func (p Phase) summary() string {
 		s += fmt.Sprintf(", insert %6.0f rows/s", p.InsertRate)
 	}
 	if l := p.Latency; l != nil {
-		s += fmt.Sprintf(", commit→ack p50 %.1fms p99 %.1fms max %.1fms", l.P50Ms, l.P99Ms, l.MaxMs)
+		s += fmt.Sprintf(", commit→%s p50 %.1fms p99 %.1fms max %.1fms", l.Until, l.P50Ms, l.P99Ms, l.MaxMs)
 	}
 	if k := p.Kill; k != nil {
 		s += fmt.Sprintf(", killed %s at %.2fs: %d rows taken over in %.0fms", k.Instance, k.AtSec, k.RowsTakenOver, k.TakeoverMs)
@@ -179,13 +195,14 @@ func (p Phase) summary() string {
 	return s
 }
 
-func newReport(cfg Config, variants []*variant) *Report {
+func newReport(cfg Config, runID string, variants []*variant) *Report {
 	r := &Report{Scenario: Scenario{
 		Preload: cfg.Preload, Rate: cfg.Rate, RowsPerTx: cfg.RowsPerTx, Writers: cfg.Writers,
 		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
 		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
 		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
 		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
+		ExternalSchema: cfg.ExternalSchema, TopicPrefix: runID + "-",
 	}}
 	if cfg.Rate > 0 {
 		r.Scenario.DurationSec = cfg.Duration.Seconds()
@@ -304,9 +321,11 @@ func median(xs []float64) float64 {
 // medians against the baseline under each relay variant.
 func (r *Report) WriteTable(w io.Writer) error {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds\n\n",
-		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
-		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
+	if sc.ExternalSchema != "" {
+		r.writeExternalHeader(w)
+	} else {
+		r.writeHeader(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
@@ -350,6 +369,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return r.writeKills(w)
 	}
 	return nil
+}
+
+// writeHeader describes a run of the bench's own relays.
+func (r *Report) writeHeader(w io.Writer) {
+	sc := r.Scenario
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds\n\n",
+		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
+		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
+}
+
+// writeExternalHeader describes a run against relays already running, and
+// what its figures mean there.
+func (r *Report) writeExternalHeader(w io.Writer) {
+	sc := r.Scenario
+	fmt.Fprintf(w, "\nrelays already running on schema %s (not started by the bench); preload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; medians of %d rounds\n",
+		sc.ExternalSchema, sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions, sc.Rounds)
+	fmt.Fprintf(w, "rows/s: until the bench consumed every row from Kafka and none is pending; p50…max: commit→consumed, including the consumer's fetch delay; cpu and rss: the relays' are not the bench's to measure (-)\n\n")
 }
 
 // writeKills prints the takeover of each relay variant against its target:
