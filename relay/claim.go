@@ -46,7 +46,7 @@ func (q *claimParams) setFlying(rows []row) {
 // window that grows until it finds rows (see claimWindow), so held rows at
 // the head cannot starve the rows behind them. Both run in the same
 // transaction; the rows the first locked stay locked and are found again.
-func claim(ctx context.Context, tx querier, q claimParams, widen bool) (rows []row, more bool, err error) {
+func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
 	rows, more, err = claimLockFirst(ctx, tx, q)
 	if err != nil || 2*len(rows) >= q.limit || !more || !widen {
 		return rows, more, err
@@ -66,7 +66,7 @@ func claim(ctx context.Context, tx querier, q claimParams, widen bool) (rows []r
 // (heldQuery: locked by others, or stuck) has a lower id. The first row that
 // fails ends its key's chain; the rest stays locked, untouched, until the
 // batch ends. It reports whether the page of locked rows was full.
-func claimLockFirst(ctx context.Context, tx querier, q claimParams) ([]row, bool, error) {
+func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
 	// One round trip: the batch's commit mode (see asyncCommitQuery) and
 	// the lock.
 	var b pgx.Batch
@@ -161,7 +161,7 @@ func claimLockFirst(ctx context.Context, tx querier, q claimParams) ([]row, bool
 // batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
 // then this row must wait. A row dropped here stays locked until the batch
 // ends, untouched.
-func claimWindow(ctx context.Context, tx querier, q claimParams) ([]row, bool, error) {
+func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
 	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs)
 	if err != nil {
 		return nil, false, fmt.Errorf("claim: %w", err)

@@ -48,6 +48,3 @@ func (r *Relay) TopicCheckedAt(topic string) time.Time {
 
 // WaitTopicRefreshes waits for the background topic checks.
 func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }
-
-// BeginBatchTx exposes the batch transaction to the external tests.
-var BeginBatchTx = beginBatch

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -218,7 +219,7 @@ func (o outcome) verdicts(maxAttempts int) (escalate, retryLater []failure) {
 // record writes the outcome into the claim transaction: sent rows get their
 // position, retriable failures their error and next attempt time, and rows
 // past saving move to stuck_messages.
-func (o outcome) record(ctx context.Context, tx querier, cfg Config, now *time.Time) (escalated []failure, err error) {
+func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Time) (escalated []failure, err error) {
 	if o.aborted {
 		return nil, errAborted
 	}

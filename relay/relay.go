@@ -369,7 +369,7 @@ var errOutage = errors.New("kafka unavailable")
 type batch struct {
 	work   context.Context
 	cancel context.CancelFunc
-	tx     *batchTx
+	tx     pgx.Tx
 	rows   []row
 	more   bool // rows may be pending beyond the claim's window
 	// produced is closed once Kafka has answered the batch's rows, before
@@ -394,7 +394,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// The batch must be able to finish after ctx ends (graceful shutdown),
 	// but not for longer than the shutdown timeout.
 	b.work, b.cancel = r.batchContext(ctx)
-	b.tx, err = beginBatch(b.work, r.pool)
+	b.tx, err = r.pool.Begin(b.work)
 	if err != nil {
 		b.cancel()
 		return nil, fmt.Errorf("begin: %w", err)
