@@ -111,3 +111,85 @@ func TestClaimsNextBatchWhileKafkaAnswers(t *testing.T) {
 	open()
 	relaytest.WaitFor(t, 10*time.Second, "all rows sent", func() bool { return db.Count(t, "sent") == len(msgs) })
 }
+
+// TestClaimsAgainOnceKafkaAnsweredASmallBatch checks the early claim: once
+// Kafka has answered a small batch, the relay claims what arrived meanwhile
+// without waiting for that batch's mark and commit. Here the first batch's
+// mark is held (a trigger waits for an advisory lock the test holds); the
+// row inserted while Kafka held the first batch must still go out and be
+// marked sent before the first row is. A loop that claims only after the
+// commit would send nothing more.
+func TestClaimsAgainOnceKafkaAnsweredASmallBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 3, "orders")
+	first := db.Insert(t, relaytest.Message{Topic: "orders", Key: []byte("a"), Payload: []byte("1")})[0]
+
+	// The mark of the first row waits for lockKey, which the test holds.
+	probe := newClaimProbe(t, db)
+	var lockKey int64
+	if err := probe.conn.QueryRow(ctx, `SELECT hashtext(current_schema())::bigint`).Scan(&lockKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.conn.Exec(ctx, fmt.Sprintf(`
+CREATE FUNCTION hold_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(%d);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER hold_mark BEFORE UPDATE ON messages
+    FOR EACH ROW WHEN (OLD.id = %d) EXECUTE FUNCTION hold_mark();
+SELECT pg_advisory_lock(%d);`, lockKey, first, lockKey)); err != nil {
+		t.Fatal(err)
+	}
+	var unlockOnce sync.Once
+	unlock := func() {
+		unlockOnce.Do(func() {
+			if _, err := probe.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, lockKey); err != nil {
+				t.Errorf("unlock: %v", err)
+			}
+		})
+	}
+
+	// Kafka holds the first produce request until the second row is in.
+	// (kfake runs the control function for any other produce request that
+	// comes in while this one sleeps: that one waits too.)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var arrivedOnce, releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		arrivedOnce.Do(func() { close(arrived) })
+		cluster.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+
+	runRelay(t, db, cluster.ListenAddrs(), relay.Config{BatchSize: 100, InFlightBatches: 2})
+	// Cleanups run last first: free Kafka and the mark before the relay stops.
+	t.Cleanup(open)
+	t.Cleanup(unlock)
+
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first row was never produced")
+	}
+	second := db.Insert(t, relaytest.Message{Topic: "orders", Key: []byte("b"), Payload: []byte("2")})[0]
+	open()
+
+	status := func(id int64) string {
+		var s string
+		if err := db.Pool.QueryRow(ctx, `SELECT status FROM messages WHERE id = $1`, id).Scan(&s); err != nil {
+			t.Fatalf("status of %d: %v", id, err)
+		}
+		return s
+	}
+	relaytest.WaitFor(t, 10*time.Second, "the second row sent while the first batch's mark waits", func() bool {
+		return status(second) == "sent"
+	})
+	if s := status(first); s != "pending" {
+		t.Fatalf("first row %s before its mark was let through", s)
+	}
+	unlock()
+	relaytest.WaitFor(t, 10*time.Second, "the first row sent", func() bool { return status(first) == "sent" })
+}
