@@ -32,12 +32,36 @@ func BenchmarkClaimWithRetainedSentRows(b *testing.B) {
 	}
 	for _, n := range []int{0, retained} {
 		b.Run("retained="+strconv.Itoa(n), func(b *testing.B) {
-			benchmarkClaim(b, n)
+			benchmarkClaim(b, n, 20_000)
 		})
 	}
 }
 
-func benchmarkClaim(b *testing.B, retained int) {
+// BenchmarkClaimWithBacklog shows that the claim's cost does not grow with
+// the backlog: one claim of a 1,000-row batch (10,000 keys) from 20,000
+// pending rows and from 1 million (RELAY_BENCH_BACKLOG overrides), no
+// history. The claim reads the oldest pending rows and, for the keys it
+// locked, the pending rows below them; neither depends on how many wait
+// behind. Run it alone:
+//
+//	go test ./relay -run '^$' -bench BenchmarkClaimWithBacklog -benchtime 200x -count 3
+func BenchmarkClaimWithBacklog(b *testing.B) {
+	backlog := 1_000_000
+	if v := os.Getenv("RELAY_BENCH_BACKLOG"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatalf("RELAY_BENCH_BACKLOG=%q: %v", v, err)
+		}
+		backlog = n
+	}
+	for _, n := range []int{20_000, backlog} {
+		b.Run("pending="+strconv.Itoa(n), func(b *testing.B) {
+			benchmarkClaim(b, 0, n)
+		})
+	}
+}
+
+func benchmarkClaim(b *testing.B, retained, pending int) {
 	ctx := context.Background()
 	db := relaytest.NewDB(b)
 	exec := func(sql string, args ...any) {
@@ -53,7 +77,7 @@ func benchmarkClaim(b *testing.B, retained int) {
 	      FROM generate_series(1, $1::int) i`, retained)
 	exec(`INSERT INTO messages (topic, key, payload)
 	      SELECT 't', convert_to('k' || (i % 10000), 'UTF8'), convert_to(repeat('x', 200), 'UTF8')
-	      FROM generate_series(1, 20000) i`)
+	      FROM generate_series(1, $1::int) i`, pending)
 	exec(`VACUUM ANALYZE messages`)
 
 	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 1000}, db.Pool, nil, testLogger(b))
