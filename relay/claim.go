@@ -23,11 +23,8 @@ type claimParams struct {
 	now              *time.Time // nil: the database clock
 }
 
-// setFlying records the rows of this relay's batches in flight.
-func (q *claimParams) setFlying(rows []row) {
-	q.flyingIDs = []int64{}
-	q.flyingTopics = []string{}
-	q.flyingKeys = [][]byte{}
+// addFlying records rows of one of this relay's batches in flight.
+func (q *claimParams) addFlying(rows []row) {
 	for _, x := range rows {
 		q.flyingIDs = append(q.flyingIDs, x.ID)
 		if x.Key != nil {

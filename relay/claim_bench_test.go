@@ -22,14 +22,7 @@ import (
 // Compare the two sub-benchmarks of the same run (benchstat), not absolute
 // figures across runs.
 func BenchmarkClaimWithRetainedSentRows(b *testing.B) {
-	retained := 5_000_000
-	if v := os.Getenv("RELAY_BENCH_RETAINED"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			b.Fatalf("RELAY_BENCH_RETAINED=%q: %v", v, err)
-		}
-		retained = n
-	}
+	retained := envInt(b, "RELAY_BENCH_RETAINED", 5_000_000)
 	for _, n := range []int{0, retained} {
 		b.Run("retained="+strconv.Itoa(n), func(b *testing.B) {
 			benchmarkClaim(b, n, 20_000)
@@ -46,14 +39,7 @@ func BenchmarkClaimWithRetainedSentRows(b *testing.B) {
 //
 //	go test ./relay -run '^$' -bench BenchmarkClaimWithBacklog -benchtime 200x -count 3
 func BenchmarkClaimWithBacklog(b *testing.B) {
-	backlog := 1_000_000
-	if v := os.Getenv("RELAY_BENCH_BACKLOG"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			b.Fatalf("RELAY_BENCH_BACKLOG=%q: %v", v, err)
-		}
-		backlog = n
-	}
+	backlog := envInt(b, "RELAY_BENCH_BACKLOG", 1_000_000)
 	for _, n := range []int{20_000, backlog} {
 		b.Run("pending="+strconv.Itoa(n), func(b *testing.B) {
 			benchmarkClaim(b, 0, n)
@@ -88,4 +74,17 @@ func benchmarkClaim(b *testing.B, retained, pending int) {
 			b.Fatalf("claim: %d rows, %v; want 1000", n, err)
 		}
 	}
+}
+
+// envInt reads a benchmark size from the environment variable name, or def.
+func envInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		b.Fatalf("%s=%q: %v", name, v, err)
+	}
+	return n
 }

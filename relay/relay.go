@@ -337,15 +337,15 @@ func (r *Relay) setFlying(b *batch, on bool) {
 	}
 }
 
-// flyingRows returns the rows of this relay's batches in flight.
-func (r *Relay) flyingRows() []row {
+// flyingInto records in q the rows of this relay's batches in flight (empty,
+// not nil, arrays when there are none: the queries take them as arrays).
+func (r *Relay) flyingInto(q *claimParams) {
 	r.flyingMu.Lock()
 	defer r.flyingMu.Unlock()
-	var rows []row
-	for _, b := range r.flying {
-		rows = append(rows, b...)
+	q.flyingIDs, q.flyingTopics, q.flyingKeys = []int64{}, []string{}, [][]byte{}
+	for _, rows := range r.flying {
+		q.addFlying(rows)
 	}
-	return rows
 }
 
 // drain waits for the batches in flight, for shutdown.
@@ -410,7 +410,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
 	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now}
-	q.setFlying(r.flyingRows())
+	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
 	if err != nil {
 		return nil, err

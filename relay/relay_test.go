@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,21 +32,7 @@ func testLogger(t testing.TB) *slog.Logger {
 func runRelay(t *testing.T, db *relaytest.DB, brokers []string, cfg relay.Config) (stop func()) {
 	t.Helper()
 	cfg.Schema = db.Schema
-	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return relaytest.RunRelay(t, relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t)))
 }
 
 func TestDeliversRowsWithKeyPayloadHeadersAndOutboxID(t *testing.T) {

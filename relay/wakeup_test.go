@@ -209,16 +209,7 @@ func wakeupPool(t testing.TB, db *relaytest.DB) (*pgxpool.Pool, string) {
 // runRelay because benchmarks need it too (testing.TB).
 func startWakeupRelay(t testing.TB, pool *pgxpool.Pool, brokers []string, cfg relay.Config) {
 	t.Helper()
-	r := relay.New(cfg, pool, relaytest.NewProducer(t, brokers), testLogger(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	relaytest.RunRelay(t, relay.New(cfg, pool, relaytest.NewProducer(t, brokers), testLogger(t)))
 }
 
 // newWakeupConsumer reads wakeupTopic from the start. Fetches are answered

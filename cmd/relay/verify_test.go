@@ -31,17 +31,9 @@ func deliverRows(t *testing.T, db *relaytest.DB, brokers []string, n int, topics
 		}
 	}
 	db.Insert(t, msgs...)
-	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := r.Run(ctx); err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
+	stop := relaytest.RunRelay(t, relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), nil))
 	relaytest.WaitFor(t, 30*time.Second, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
-	cancel()
-	wg.Wait()
+	stop()
 }
 
 func TestVerifyCommand(t *testing.T) {

@@ -24,12 +24,7 @@ const checkTimeout = 30 * time.Second
 // (kw, nil without a kill) are counted apart: at-least-once allows them
 // after a crash, and every other duplicate is a fault.
 func (e *env) check(ctx context.Context, topics []string, total int, kw *killWatch) (Check, error) {
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(e.cfg.Brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(200*time.Millisecond),
-	)
+	cl, err := e.consumerFromStart(topics, 200*time.Millisecond)
 	if err != nil {
 		return Check{}, fmt.Errorf("check consumer: %w", err)
 	}

@@ -68,12 +68,7 @@ func (e *env) runExternalPhase(ctx context.Context, round, phaseNo int) (Phase, 
 	tl := newTimeline(total)
 
 	// The consumer is connected before the clock starts.
-	cons, err := kgo.NewClient(
-		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(100*time.Millisecond),
-	)
+	cons, err := e.consumerFromStart(topics, 100*time.Millisecond)
 	if err != nil {
 		return Phase{}, fmt.Errorf("consumer: %w", err)
 	}
@@ -106,16 +101,7 @@ func (e *env) runExternalPhase(ctx context.Context, round, phaseNo int) (Phase, 
 
 	// CPU, RSS and Postgres CPU stay 0: the relays are not this process
 	// and their backends are not the bench's to find.
-	p := newPhase(round, total, streamed, tl, *ins)
-	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup), "consumed")
-	if !cfg.SkipCheck {
-		chk, err := e.check(ctx, topics, total, nil)
-		if err != nil {
-			return Phase{}, err
-		}
-		p.Check = &chk
-	}
-	return p, nil
+	return e.finishPhase(ctx, newPhase(round, total, streamed, tl, *ins), tl, *ins, "consumed", topics, total, nil)
 }
 
 // topicsTimeout bounds how long new topics may take to reach the brokers.

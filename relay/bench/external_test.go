@@ -106,16 +106,7 @@ func TestExternal(t *testing.T) {
 // ends.
 func startRelay(t *testing.T, db *relaytest.DB, brokers []string) {
 	t.Helper()
-	r := relay.New(relay.Config{Schema: db.Schema, PollInterval: 100 * time.Millisecond}, db.Pool, relaytest.NewProducer(t, brokers), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
+	relaytest.RunRelay(t, relay.New(relay.Config{Schema: db.Schema, PollInterval: 100 * time.Millisecond}, db.Pool, relaytest.NewProducer(t, brokers), nil))
 }
 
 // TestExternalRefusesInProcessSettings: with relays already running there

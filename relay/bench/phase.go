@@ -206,8 +206,14 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	if kw != nil {
 		p.Kill = kw.result(instances[len(instances)-1].app, cfg.PollInterval)
 	}
-	p.Latency = tl.latency(ins.warmupEnd(cfg.Warmup), "ack")
-	if !cfg.SkipCheck {
+	return e.finishPhase(ctx, p, tl, *ins, "ack", topics, total, kw)
+}
+
+// finishPhase adds the latency figures (from the commit to until: "ack" or
+// "consumed") and, unless skipped, the consumer's check of the phase.
+func (e *env) finishPhase(ctx context.Context, p Phase, tl *timeline, ins insertStats, until string, topics []string, total int, kw *killWatch) (Phase, error) {
+	p.Latency = tl.latency(ins.warmupEnd(e.cfg.Warmup), until)
+	if !e.cfg.SkipCheck {
 		chk, err := e.check(ctx, topics, total, kw)
 		if err != nil {
 			return Phase{}, err
@@ -215,6 +221,16 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		p.Check = &chk
 	}
 	return p, nil
+}
+
+// consumerFromStart reads topics from their first record.
+func (e *env) consumerFromStart(topics []string, maxWait time.Duration) (*kgo.Client, error) {
+	return kgo.NewClient(
+		kgo.SeedBrokers(e.cfg.Brokers...),
+		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(maxWait),
+	)
 }
 
 // newPhase holds the figures every phase reports, its own relays or not:

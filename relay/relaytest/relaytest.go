@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -248,4 +249,24 @@ func RecordsInTopics(t testing.TB, brokers []string, topics ...string) int64 {
 		n += o.Offset - s.Offset
 	})
 	return n
+}
+
+// RunRelay runs r in the background until the returned stop is called or
+// the test ends; stop waits for Run to return and reports its error.
+func RunRelay(t testing.TB, r *relay.Relay) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("relay Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }

@@ -6,7 +6,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,17 +29,9 @@ func TestMain(m *testing.M) {
 func deliver(t *testing.T, db *relaytest.DB, brokers []string, msgs ...relaytest.Message) []int64 {
 	t.Helper()
 	ids := db.Insert(t, msgs...)
-	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 50}, db.Pool, relaytest.NewProducer(t, brokers), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := r.Run(ctx); err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	})
+	stop := relaytest.RunRelay(t, relay.New(relay.Config{Schema: db.Schema, BatchSize: 50}, db.Pool, relaytest.NewProducer(t, brokers), nil))
 	relaytest.WaitFor(t, 30*time.Second, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
-	cancel()
-	wg.Wait()
+	stop()
 	return ids
 }
 
