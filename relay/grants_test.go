@@ -20,24 +20,11 @@ func TestApplicationRoleGrants(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	ctx := context.Background()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	role := "app_" + hex.EncodeToString(b[:])
 	schema := pgx.Identifier{db.Schema}.Sanitize()
-	for _, stmt := range []string{
-		"CREATE ROLE " + role,
-		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
-		"GRANT INSERT ON " + schema + ".messages TO " + role,
-		"GRANT SELECT ON SEQUENCE " + schema + ".relay_idle_until TO " + role,
-	} {
-		if _, err := db.Pool.Exec(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = db.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
-		_, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+role)
-	})
+	role := createRole(t, db, "app",
+		"USAGE ON SCHEMA "+schema,
+		"INSERT ON "+schema+".messages",
+		"SELECT ON SEQUENCE "+schema+".relay_idle_until")
 
 	tx, err := db.Pool.Begin(ctx)
 	if err != nil {
@@ -71,37 +58,20 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	ctx := context.Background()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	relayRole := "relay_" + hex.EncodeToString(b[:])
-	operatorRole := "operator_" + hex.EncodeToString(b[:])
 	s := pgx.Identifier{db.Schema}.Sanitize()
-	for _, stmt := range []string{
-		"CREATE ROLE " + relayRole,
-		"GRANT USAGE ON SCHEMA " + s + " TO " + relayRole,
-		"GRANT SELECT, UPDATE, DELETE ON " + s + ".messages TO " + relayRole,
-		"GRANT SELECT, INSERT ON " + s + ".stuck_messages TO " + relayRole,
-		"GRANT SELECT, UPDATE ON SEQUENCE " + s + ".relay_idle_until TO " + relayRole,
-		"GRANT SELECT ON " + s + ".goose_db_version TO " + relayRole,
-
-		"CREATE ROLE " + operatorRole,
-		"GRANT USAGE ON SCHEMA " + s + " TO " + operatorRole,
-		"GRANT SELECT, INSERT ON " + s + ".messages TO " + operatorRole,
-		"GRANT SELECT ON SEQUENCE " + s + ".relay_idle_until TO " + operatorRole,
-		"GRANT SELECT, DELETE, UPDATE ON " + s + ".stuck_messages TO " + operatorRole,
-		"GRANT SELECT, INSERT ON " + s + ".discarded_messages TO " + operatorRole,
-		"GRANT SELECT ON " + s + ".blocked_messages TO " + operatorRole,
-	} {
-		if _, err := db.Pool.Exec(ctx, stmt); err != nil {
-			t.Fatalf("%s: %v", stmt, err)
-		}
-	}
-	t.Cleanup(func() {
-		for _, role := range []string{relayRole, operatorRole} {
-			_, _ = db.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
-			_, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+role)
-		}
-	})
+	relayRole := createRole(t, db, "relay",
+		"USAGE ON SCHEMA "+s,
+		"SELECT, UPDATE, DELETE ON "+s+".messages",
+		"SELECT, INSERT ON "+s+".stuck_messages",
+		"SELECT, UPDATE ON SEQUENCE "+s+".relay_idle_until",
+		"SELECT ON "+s+".goose_db_version")
+	operatorRole := createRole(t, db, "operator",
+		"USAGE ON SCHEMA "+s,
+		"SELECT, INSERT ON "+s+".messages",
+		"SELECT ON SEQUENCE "+s+".relay_idle_until",
+		"SELECT, DELETE, UPDATE ON "+s+".stuck_messages",
+		"SELECT, INSERT ON "+s+".discarded_messages",
+		"SELECT ON "+s+".blocked_messages")
 	// poolAs is the test's pool, but every connection acts as role.
 	poolAs := func(role string) *pgxpool.Pool {
 		cfg := db.Pool.Config().Copy()
@@ -161,4 +131,28 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	if ids, err := relay.Discard(ctx, opPool, []int64{bad}, "alice", "test"); err != nil || len(ids) != 1 {
 		t.Errorf("discard as the operator: %v, %v", ids, err)
 	}
+}
+
+// createRole creates a role named prefix_<random> with the given grants
+// ("INSERT ON schema.messages", …) and drops it when the test ends.
+func createRole(t *testing.T, db *relaytest.DB, prefix string, grants ...string) string {
+	t.Helper()
+	ctx := context.Background()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := prefix + "_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() {
+		_, _ = db.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+role)
+	})
+	stmts := []string{"CREATE ROLE " + role}
+	for _, g := range grants {
+		stmts = append(stmts, "GRANT "+g+" TO "+role)
+	}
+	for _, stmt := range stmts {
+		if _, err := db.Pool.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	return role
 }
