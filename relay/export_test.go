@@ -48,3 +48,6 @@ func (r *Relay) TopicCheckedAt(topic string) time.Time {
 
 // WaitTopicRefreshes waits for the background topic checks.
 func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }
+
+// InFlightLimit is how many batches the relay now keeps in flight.
+func (r *Relay) InFlightLimit() int { return r.inFlightLimit() }

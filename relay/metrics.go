@@ -21,6 +21,7 @@ type Metrics struct {
 	stuck         prometheus.Gauge
 	behindStuck   prometheus.Gauge
 	notDurable    *prometheus.CounterVec
+	instances     prometheus.Gauge
 }
 
 // NewMetrics registers the relay's metrics, named outbox_relay_*, on reg.
@@ -51,8 +52,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Pending rows with a stuck row of their topic and key before them, as of the last check: held back unless RELAY_STUCK_BLOCKS_KEY=false."}),
 		notDurable: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "topic_durability_warnings_total",
 			Help: "Times a topic was found with settings that can lose acknowledged records (RF < 3, min.insync.replicas < 2, unclean election)."}, []string{"topic"}),
+		instances: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "instances",
+			Help: "Relays counted on this outbox, this one included, as of the last check; each keeps max(1, RELAY_IN_FLIGHT_BATCHES / instances) batches in flight."}),
 	}
-	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable)
+	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable, m.instances)
 	return m
 }
 
@@ -107,4 +110,12 @@ func (m *Metrics) topicNotDurable(topic string) {
 		return
 	}
 	m.notDurable.WithLabelValues(topic).Inc()
+}
+
+// setInstances records how many relays share the outbox.
+func (m *Metrics) setInstances(n int) {
+	if m == nil {
+		return
+	}
+	m.instances.Set(float64(n))
 }

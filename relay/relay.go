@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,15 +36,21 @@ type Relay struct {
 
 	alerter alert.Alerter
 	health  kafkaHealth
-	// inFlight holds a token per claimed batch awaiting Kafka; its
-	// capacity is InFlightBatches. finished carries their results. Only
-	// the delivery loop uses them.
+	// inFlight holds a token per claimed batch awaiting Kafka, at most
+	// inFlightLimit (its capacity is InFlightBatches). finished carries
+	// their results. Only the delivery loop uses them.
 	inFlight chan struct{}
 	finished chan batchResult
 	// flying holds the rows of this relay's batches in flight, so the next
 	// claim skips their keys instead of locking rows they hold back.
 	flyingMu sync.Mutex
 	flying   map[*batch][]row
+	// instances is how many relays share this outbox, as last counted
+	// (nil before the first count); see instances.go.
+	instances atomic.Pointer[instanceCount]
+	// counted is closed once the relay has counted the instances.
+	counted     chan struct{}
+	countedOnce sync.Once
 
 	// topicsMu guards topics, what the relay knows of topics' settings,
 	// shared by the batches in flight. refreshes counts the background
@@ -83,6 +90,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
 		flying:   map[*batch][]row{},
+		counted:  make(chan struct{}),
 	}
 }
 
@@ -103,6 +111,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		r.watchLag(gctx)
+		return nil
+	})
+	g.Go(func() error {
+		r.watchInstances(gctx)
 		return nil
 	})
 	if !r.cfg.DeleteOnSend {
@@ -130,7 +142,27 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 	// them and leaves them to the poll interval.
 	var open []string
 	var openUntil time.Time
+	// Know this relay's share before the first claim, so that a standby
+	// does not claim at start; wait no longer than a poll interval, as the
+	// database may not be reachable yet.
+	t := time.NewTimer(r.cfg.PollInterval)
+	select {
+	case <-ctx.Done():
+	case <-r.counted:
+	case <-t.C:
+	}
+	t.Stop()
 	for ctx.Err() == nil {
+		if r.inFlightLimit() == 0 && len(r.inFlight) == 0 {
+			// A standby: the other instances use the whole budget. It
+			// claims nothing and does not register for wake-ups; a new
+			// count pokes it.
+			rechecked, open = false, nil
+			if !r.sleep(ctx, r.cfg.PollInterval) {
+				return
+			}
+			continue
+		}
 		n, err := r.deliverOnce(ctx)
 		switch {
 		case err != nil && ctx.Err() != nil:
@@ -275,7 +307,7 @@ func (r *Relay) declareBusy(ctx context.Context) {
 	r.idle = false
 }
 
-// deliverOnce keeps up to InFlightBatches claimed batches awaiting Kafka and
+// deliverOnce keeps up to inFlightLimit claimed batches awaiting Kafka and
 // returns when one of them has finished: how many rows it claimed and its
 // error. It returns 0 rows only when nothing was claimed and nothing is in
 // flight. Claiming the next batch while the last one waits for Kafka is
@@ -284,7 +316,8 @@ func (r *Relay) declareBusy(ctx context.Context) {
 func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	var claimErr error
 	var last *batch // claimed by this call, with room left for another
-	for len(r.inFlight) < cap(r.inFlight) && ctx.Err() == nil {
+	limit := r.inFlightLimit()
+	for len(r.inFlight) < limit && ctx.Err() == nil {
 		b, err := r.claimBatch(ctx, nil)
 		if err != nil {
 			claimErr = err
@@ -301,7 +334,7 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 			r.finished <- batchResult{n, err}
 		}()
 		if !b.more {
-			if len(r.inFlight) < cap(r.inFlight) {
+			if len(r.inFlight) < limit {
 				last = b
 			}
 			break // the backlog is drained: the next claim would find little

@@ -153,10 +153,10 @@ type Config struct {
 	// often while a phase runs, standing in for autovacuum on servers
 	// where it is off or too slow to matter within a phase.
 	VacuumInterval time.Duration
-	// KillOneAfter, when positive, kills the last instance of every relay
-	// variant (each must have at least two) this long into each phase,
-	// at the first moment after that it has records in flight to Kafka,
-	// as a crash would: its Postgres connections close and its backends
+	// KillOneAfter, when positive, kills one instance of every relay
+	// variant (each must have at least two, and at most 64) this long into
+	// each phase: the first one with records in flight to Kafka from then
+	// on (a standby has none), as a crash would: its Postgres connections close and its backends
 	// are terminated, so its open transactions roll back; its Run
 	// context is cancelled and its Kafka client closed. The phase then
 	// reports the takeover (Phase.Kill). The baseline is never killed.
@@ -219,6 +219,9 @@ func (c Config) validate() error {
 		}
 		if c.KillOneAfter > 0 && n < 2 {
 			return fmt.Errorf("relay instance count %d: killing one needs at least 2, so others remain", n)
+		}
+		if c.KillOneAfter > 0 && n > maxKillInstances {
+			return fmt.Errorf("relay instance count %d: killing one follows at most %d", n, maxKillInstances)
 		}
 	}
 	if c.KillOneAfter < 0 {

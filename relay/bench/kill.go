@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,15 +68,22 @@ func (c *cutter) cutAll() {
 // and while the victim lived it held the lock of every row it had claimed,
 // so the rows a survivor acknowledges after the kill that the victim had
 // been handed are exactly the rows the victim took and did not finish: its
-// share, which only the survivors can deliver now.
+// share, which only the survivors can deliver now. The victim is chosen at
+// the kill, among the instances with records in flight (a standby has
+// none), so every instance's client marks what it is handed.
 type killWatch struct {
-	at      atomic.Int64   // ns since the phase start when the kill began; 0: not yet
-	handed  []atomic.Bool  // by id: handed to the victim's client
-	retaken []atomic.Int64 // by id: a survivor's first ack after the kill, ns since the phase start
+	at      atomic.Int64    // ns since the phase start when the kill began; 0: not yet
+	victim  atomic.Int32    // index of the victim, valid once at is set
+	handed  []atomic.Uint64 // by id: bit i set once handed to instance i's client
+	retaken []atomic.Int64  // by id: a survivor's first ack after the kill, ns since the phase start
 }
 
+// maxKillInstances bounds the instances of a phase with a kill (the bits
+// of handed).
+const maxKillInstances = 64
+
 func newKillWatch(rows int) *killWatch {
-	return &killWatch{handed: make([]atomic.Bool, rows+1), retaken: make([]atomic.Int64, rows+1)}
+	return &killWatch{handed: make([]atomic.Uint64, rows+1), retaken: make([]atomic.Int64, rows+1)}
 }
 
 // tookOver reports whether row id is in the victim's share; false on a nil
@@ -84,34 +92,37 @@ func (w *killWatch) tookOver(id int64) bool {
 	return w != nil && w.retaken[id].Load() != 0
 }
 
-// victimHook marks the rows handed to the victim's client.
-type victimHook struct{ w *killWatch }
+// killHook is instance i's view of the kill: it marks the rows handed to
+// the instance's client and, once another instance was killed, when this
+// one acknowledges a row the victim had been handed.
+type killHook struct {
+	w  *killWatch
+	tl *timeline
+	i  int
+}
 
-func (h victimHook) OnProduceRecordBuffered(rec *kgo.Record) {
+func (h killHook) OnProduceRecordBuffered(rec *kgo.Record) {
 	if id, ok := outboxID(rec, len(h.w.handed)); ok {
-		h.w.handed[id].Store(true)
+		h.w.handed[id].Or(1 << h.i)
 	}
 }
 
-// survivorHook records when a survivor acknowledges, after the kill, a row
-// the victim had been handed.
-type survivorHook struct {
-	w  *killWatch
-	tl *timeline
-}
-
-func (h survivorHook) OnProduceRecordUnbuffered(rec *kgo.Record, err error) {
+func (h killHook) OnProduceRecordUnbuffered(rec *kgo.Record, err error) {
 	if err != nil || h.w.at.Load() == 0 {
 		return
 	}
-	if id, ok := outboxID(rec, len(h.w.handed)); ok && h.w.handed[id].Load() {
+	v := int(h.w.victim.Load())
+	if v == h.i {
+		return
+	}
+	if id, ok := outboxID(rec, len(h.w.handed)); ok && h.w.handed[id].Load()&(1<<v) != 0 {
 		h.w.retaken[id].CompareAndSwap(0, h.tl.since())
 	}
 }
 
 var (
-	_ kgo.HookProduceRecordBuffered   = victimHook{}
-	_ kgo.HookProduceRecordUnbuffered = survivorHook{}
+	_ kgo.HookProduceRecordBuffered   = killHook{}
+	_ kgo.HookProduceRecordUnbuffered = killHook{}
 )
 
 // outboxID is the row id in rec's outbox-id header (the relay and the
@@ -124,16 +135,16 @@ func outboxID(rec *kgo.Record, n int) (int64, bool) {
 	return id, err == nil && id >= 1 && id < int64(n)
 }
 
-// killOne waits delay into the phase, then for the victim to have records
+// killOne waits delay into the phase, then for an instance to have records
 // in flight to Kafka (a crash with nothing in flight would leave the others
-// nothing to take over), and kills it as a crash would: its Postgres
+// nothing to take over), and kills the first such one as a crash would: its Postgres
 // connections close and its backends are terminated, so its open
 // transactions roll back and its row locks go at once; its Run context is
 // cancelled, with no connection left for a graceful drain; its Kafka client
 // is closed, failing what it had buffered. It returns once the victim's
 // sessions are gone, or without killing if ctx ends first (the phase is
 // over).
-func (e *env) killOne(ctx context.Context, delay time.Duration, victim *instance, w *killWatch, tl *timeline) error {
+func (e *env) killOne(ctx context.Context, delay time.Duration, instances []*instance, w *killWatch, tl *timeline) error {
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	select {
@@ -143,13 +154,20 @@ func (e *env) killOne(ctx context.Context, delay time.Duration, victim *instance
 	}
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	for victim.client.BufferedProduceRecords() == 0 {
+	v := -1
+	for v < 0 {
+		v = slices.IndexFunc(instances, func(in *instance) bool { return in.client.BufferedProduceRecords() > 0 })
+		if v >= 0 {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
 	}
+	victim := instances[v]
+	w.victim.Store(int32(v))
 	w.at.Store(tl.since())
 	victim.cut.cutAll()
 	victim.stop()
@@ -181,12 +199,12 @@ func (e *env) killOne(ctx context.Context, delay time.Duration, victim *instance
 }
 
 // result is what the kill did, or nil if the phase ended before it.
-func (w *killWatch) result(victim string, poll time.Duration) *Kill {
+func (w *killWatch) result(instances []*instance, poll time.Duration) *Kill {
 	at := w.at.Load()
 	if at == 0 {
 		return nil
 	}
-	k := &Kill{Instance: victim, AtSec: time.Duration(at).Seconds()}
+	k := &Kill{Instance: instances[w.victim.Load()].app, AtSec: time.Duration(at).Seconds()}
 	var last int64
 	for id := range w.retaken {
 		if r := w.retaken[id].Load(); r != 0 {

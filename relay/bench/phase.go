@@ -97,7 +97,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	total := cfg.Preload + streamed
 	tl := newTimeline(total)
 
-	// In a phase with a kill, the last instance is the victim.
+	// In a phase with a kill, the victim is chosen at the kill.
 	var kw *killWatch
 	if cfg.KillOneAfter > 0 && !v.baseline {
 		kw = newKillWatch(total)
@@ -112,11 +112,8 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	}()
 	for i := range v.instances {
 		hooks := []kgo.Hook{tl}
-		switch {
-		case kw != nil && i == v.instances-1:
-			hooks = append(hooks, victimHook{kw})
-		case kw != nil:
-			hooks = append(hooks, survivorHook{kw, tl})
+		if kw != nil {
+			hooks = append(hooks, killHook{kw, tl, i})
 		}
 		in, err := e.newInstance(ctx, v, i, hooks)
 		if err != nil {
@@ -157,7 +154,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		})
 	}
 	if kw != nil {
-		g.Go(func() error { return e.killOne(gctx, cfg.KillOneAfter, instances[len(instances)-1], kw, tl) })
+		g.Go(func() error { return e.killOne(gctx, cfg.KillOneAfter, instances, kw, tl) })
 	}
 	if cfg.VacuumInterval > 0 {
 		g.Go(func() error {
@@ -204,7 +201,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	p.PGCPUMsPer1k = float64(pgCPU.Milliseconds()) / float64(total) * 1000
 	p.PeakRSSMiB = float64(peak) / (1 << 20)
 	if kw != nil {
-		p.Kill = kw.result(instances[len(instances)-1].app, cfg.PollInterval)
+		p.Kill = kw.result(instances, cfg.PollInterval)
 	}
 	return e.finishPhase(ctx, p, tl, *ins, "ack", topics, total, kw)
 }
