@@ -51,3 +51,9 @@ func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }
 
 // InFlightLimit is how many batches the relay now keeps in flight.
 func (r *Relay) InFlightLimit() int { return r.inFlightLimit() }
+
+// The queries that count the instances of an outbox, for the grants test.
+const (
+	TakeSlotQuery       = takeSlotQuery
+	CountInstancesQuery = countInstancesQuery
+)

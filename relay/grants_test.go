@@ -112,6 +112,17 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	if err := relay.CheckSchema(ctx, relayPool); err != nil {
 		t.Errorf("schema check (/readyz) as the relay role: %v", err)
 	}
+	// Counting the instances (instances.go): a session advisory lock and
+	// pg_locks, both open to every role.
+	var slot *int64
+	if err := relayPool.QueryRow(ctx, relay.TakeSlotQuery, db.Schema).Scan(&slot); err != nil || slot == nil {
+		t.Errorf("take an instance slot as the relay role: %v, %v", slot, err)
+	} else {
+		var n, below int64
+		if err := relayPool.QueryRow(ctx, relay.CountInstancesQuery, db.Schema, *slot).Scan(&n, &below); err != nil || n != 1 || below != 0 {
+			t.Errorf("count the instances as the relay role: %d (%d below), %v; want 1 (0 below)", n, below, err)
+		}
+	}
 
 	// The operator, with a relay registered as idle so that requeue's
 	// insert runs the wake-up trigger's notify function too.
