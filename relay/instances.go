@@ -73,23 +73,7 @@ func (r *Relay) inFlightLimit() int {
 // watchInstances holds this relay's slot and recounts the instances every
 // poll interval, reconnecting after failures.
 func (r *Relay) watchInstances(ctx context.Context) {
-	failures := 0
-	for ctx.Err() == nil {
-		err := r.instancesOnce(ctx, func() { failures = 0 })
-		if ctx.Err() != nil {
-			return
-		}
-		failures++
-		wait := r.loopBackoff(failures)
-		r.logger.Warn("instances_check_failed", "error", err, "retry_in", wait.String())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
+	r.keepSession(ctx, "instances_check_failed", r.instancesOnce)
 }
 
 // instancesOnce takes a slot on a new connection and counts the instances

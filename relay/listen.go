@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -12,23 +11,7 @@ import (
 // sent while the connection was down are lost, so after every (re)connect it
 // also pokes once: a full poll covers the gap.
 func (r *Relay) listen(ctx context.Context) {
-	failures := 0
-	for ctx.Err() == nil {
-		err := r.listenOnce(ctx, func() { failures = 0 })
-		if ctx.Err() != nil {
-			return
-		}
-		failures++
-		wait := r.loopBackoff(failures)
-		r.logger.Warn("listen_failed", "error", err, "retry_in", wait.String())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
+	r.keepSession(ctx, "listen_failed", r.listenOnce)
 }
 
 // listenOnce runs one LISTEN session until it fails or ctx ends. connected is
