@@ -21,6 +21,9 @@ type claimParams struct {
 	flyingKeys       [][]byte
 	stuckReleasesKey bool
 	now              *time.Time // nil: the database clock
+	// afterLock, for tests, runs between the lock and the held-rows
+	// query, to let another session commit there.
+	afterLock func()
 }
 
 // addFlying records rows of one of this relay's batches in flight.
@@ -96,6 +99,9 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 	}
 	if len(locked) == 0 {
 		return nil, false, nil
+	}
+	if q.afterLock != nil {
+		q.afterLock()
 	}
 	ids := make([]int64, len(locked))
 	var topics []string

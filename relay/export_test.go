@@ -57,3 +57,7 @@ const (
 	TakeSlotQuery       = takeSlotQuery
 	CountInstancesQuery = countInstancesQuery
 )
+
+// SetAfterLock makes every claim call f between locking its rows and asking
+// what holds them back.
+func (r *Relay) SetAfterLock(f func()) { r.afterLock = f }

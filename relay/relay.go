@@ -60,6 +60,8 @@ type Relay struct {
 	refreshes sync.WaitGroup
 	// limits tells the client each topic's max.message.bytes.
 	limits *topicLimits
+	// afterLock is claimParams.afterLock, for tests.
+	afterLock func()
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -442,7 +444,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now}
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now, afterLock: r.afterLock}
 	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
 	if err != nil {

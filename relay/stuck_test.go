@@ -162,6 +162,58 @@ func TestRequeueDeliversStuckRowBeforeTheRowsItBlocked(t *testing.T) {
 	}
 }
 
+// A requeue that commits while a claim runs, after the claim locked a later
+// row of the requeued row's key and before it asked what holds that row
+// back: the lock did not see the requeued row (it was still stuck), the
+// held-rows query sees it pending, and the later row waits for it. (Within
+// the held-rows query, one snapshot sees the row either stuck or pending,
+// so no other moment can lose it.)
+func TestRequeueDuringAClaimKeepsTheKeyOrder(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+
+	// A stuck row of key k: escalated as the relay would, by SQL.
+	stuckID := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("first")})[0]
+	if _, err := db.Pool.Exec(ctx, `
+WITH moved AS (DELETE FROM messages WHERE id = $1 RETURNING id, topic, key, payload, headers, created_at)
+INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts, last_error, error_kind)
+SELECT id, topic, key, payload, headers, created_at, 1, 'test', 'row_fatal' FROM moved`, stuckID); err != nil {
+		t.Fatal(err)
+	}
+	later := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("second")})[0]
+
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	requeued := false
+	r.SetAfterLock(func() {
+		if requeued {
+			return
+		}
+		requeued = true
+		if moved, err := relay.Requeue(ctx, db.Pool, []int64{stuckID}, ""); err != nil || len(moved) != 1 {
+			t.Errorf("requeue during the claim: %v, %v", moved, err)
+		}
+	})
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 0 {
+		t.Fatalf("claim during the requeue: %d rows, %v; want 0 (row %d waits for row %d)", n, err, later, stuckID)
+	}
+	if !requeued {
+		t.Fatal("the claim locked nothing: the requeue never ran")
+	}
+	if st := state(t, db, later); st.status != "pending" {
+		t.Fatalf("row %d is %s, want pending behind the requeued row", later, st.status)
+	}
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2 {
+		t.Fatalf("next claim: %d rows, %v; want both rows of the key", n, err)
+	}
+	records := relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
+	if got := []int64{outboxID(t, records[0]), outboxID(t, records[1])}; got[0] != stuckID || got[1] != later {
+		t.Fatalf("delivered %v, want [%d %d]", got, stuckID, later)
+	}
+}
+
 func TestDiscardKeepsAnAuditCopy(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
