@@ -57,7 +57,7 @@ func (r *Relay) Instances() int {
 
 // inFlightLimit is this relay's share of InFlightBatches: an equal part,
 // and one more for the lowest slots while the remainder lasts. It is 0 for
-// a standby, and the whole budget until the first count.
+// a standby, and the whole budget until the first count succeeds.
 func (r *Relay) inFlightLimit() int {
 	c := r.instances.Load()
 	if c == nil || c.n < 1 {
@@ -73,7 +73,13 @@ func (r *Relay) inFlightLimit() int {
 // watchInstances holds this relay's slot and recounts the instances every
 // poll interval, reconnecting after failures.
 func (r *Relay) watchInstances(ctx context.Context) {
-	r.keepSession(ctx, "instances_check_failed", r.instancesOnce)
+	r.keepSession(ctx, "instances_check_failed", func(ctx context.Context, connected func()) error {
+		err := r.instancesOnce(ctx, connected)
+		// A first count that failed (the database is not reachable
+		// yet): the loop goes on with the whole budget until a count.
+		r.countedOnce.Do(func() { close(r.counted) })
+		return err
+	})
 }
 
 // instancesOnce takes a slot on a new connection and counts the instances

@@ -48,7 +48,8 @@ type Relay struct {
 	// instances is how many relays share this outbox, as last counted
 	// (nil before the first count); see instances.go.
 	instances atomic.Pointer[instanceCount]
-	// counted is closed once the relay has counted the instances.
+	// counted is closed once the relay has counted the instances, or
+	// failed to.
 	counted     chan struct{}
 	countedOnce sync.Once
 
@@ -145,15 +146,11 @@ func (r *Relay) deliverLoop(ctx context.Context) {
 	var open []string
 	var openUntil time.Time
 	// Know this relay's share before the first claim, so that a standby
-	// does not claim at start; wait no longer than a poll interval, as the
-	// database may not be reachable yet.
-	t := time.NewTimer(r.cfg.PollInterval)
+	// does not claim at start (a failed first count closes counted too).
 	select {
 	case <-ctx.Done():
 	case <-r.counted:
-	case <-t.C:
 	}
-	t.Stop()
 	for ctx.Err() == nil {
 		if r.inFlightLimit() == 0 && len(r.inFlight) == 0 {
 			// A standby: the other instances use the whole budget. It
