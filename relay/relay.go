@@ -473,6 +473,13 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 
 	out := r.produceWaves(work, rows)
 	close(b.produced)
+	if len(out.sentIDs) > 0 {
+		// Kafka took records: it is up again now, before the rows are
+		// seen sent, not after the commit.
+		if d := r.health.up(); d > 0 {
+			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
+		}
+	}
 	escalated, err := out.record(work, tx, r.cfg, now)
 	if err != nil {
 		return len(rows), err
@@ -494,11 +501,6 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 
 // report logs failures and raises one escalation alert per topic.
 func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
-	if len(out.sentIDs) > 0 {
-		if d := r.health.up(); d > 0 {
-			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
-		}
-	}
 	if out.outage() {
 		return // one log line for the batch, from the loop
 	}
