@@ -10,9 +10,9 @@ import (
 
 // Several relays on one outbox share one database, and there the batches
 // they keep in flight compete for the same cores, pages and locks: measured
-// on two cores, two relays with two batches in flight each drained 0.92×
-// what one relay did and three 0.73×; with the two batches split between
-// them, about 1.0× (docs/performance.md). So InFlightBatches is a budget for
+// on two cores, two relays with two batches in flight each drained about
+// 0.9× what one relay did and three 0.73–0.83×; with the two batches split
+// between them, 0.99× and 0.95× (docs/performance.md). So InFlightBatches is a budget for
 // all the relays of an outbox together. The instances split it in the order
 // of their slots (below): with the default of 2, one relay keeps 2 batches
 // in flight, two keep 1 each, and a third is a standby that claims nothing
