@@ -154,17 +154,15 @@ func (e *env) killOne(ctx context.Context, delay time.Duration, instances []*ins
 	}
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	v := -1
+	inFlight := func(in *instance) bool { return in.client.BufferedProduceRecords() > 0 }
+	v := slices.IndexFunc(instances, inFlight)
 	for v < 0 {
-		v = slices.IndexFunc(instances, func(in *instance) bool { return in.client.BufferedProduceRecords() > 0 })
-		if v >= 0 {
-			break
-		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
+		v = slices.IndexFunc(instances, inFlight)
 	}
 	victim := instances[v]
 	w.victim.Store(int32(v))
