@@ -20,6 +20,7 @@ type claimParams struct {
 	flyingTopics     []string // and their keys, in parallel
 	flyingKeys       [][]byte
 	stuckReleasesKey bool
+	idleLimitMillis  string     // the transaction's idle_in_transaction_session_timeout
 	now              *time.Time // nil: the database clock
 	// afterLock, for tests, runs between the lock and the held-rows
 	// query, to let another session commit there.
@@ -67,10 +68,10 @@ func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []ro
 // fails ends its key's chain; the rest stays locked, untouched, until the
 // batch ends. It reports whether the page of locked rows was full.
 func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
-	// One round trip: the batch's commit mode (see asyncCommitQuery) and
+	// One round trip: the batch's settings (see batchSettingsQuery) and
 	// the lock.
 	var b pgx.Batch
-	b.Queue(asyncCommitQuery)
+	b.Queue(batchSettingsQuery, q.idleLimitMillis)
 	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
 	br := tx.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {

@@ -93,6 +93,11 @@ func (r *Relay) instancesOnce(ctx context.Context, connected func()) error {
 		return err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	// Should this relay freeze, Postgres ends the session, and frees the
+	// slot, after the stall bound (see stall.go).
+	if _, err := conn.Exec(ctx, slotIdleLimitQuery, r.cfg.stallBoundMillis()); err != nil {
+		return err
+	}
 	var slot *int64
 	if err := conn.QueryRow(ctx, takeSlotQuery, r.cfg.Schema).Scan(&slot); err != nil {
 		return err

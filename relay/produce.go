@@ -20,7 +20,8 @@ type outcome struct {
 	sentPartitions []int32
 	sentOffsets    []int64
 	failed         []failure
-	aborted        bool // the batch ended before Kafka answered every row
+	aborted        bool  // the batch ended before Kafka answered every row
+	lost           error // the batch's transaction ended before the batch did
 }
 
 type failure struct {
@@ -220,6 +221,9 @@ func (o outcome) verdicts(maxAttempts int) (escalate, retryLater []failure) {
 // position, retriable failures their error and next attempt time, and rows
 // past saving move to stuck_messages.
 func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Time) (escalated []failure, err error) {
+	if o.lost != nil {
+		return nil, o.lost
+	}
 	if o.aborted {
 		return nil, errAborted
 	}

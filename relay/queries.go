@@ -105,13 +105,20 @@ ORDER BY c.id
 LIMIT $1
 FOR UPDATE OF m SKIP LOCKED`
 
-// asyncCommitQuery lets a batch commit without waiting for its WAL flush
-// (claimLockFirst sends it with the lock). If Postgres crashes before the
-// flush, the batch is lost as a whole and its rows are pending again, to be
-// produced again (duplicates with the same outbox-id, never a loss). Commits
-// are ordered in the WAL, so a later batch of a key is never kept while an
-// earlier one is lost.
-const asyncCommitQuery = `SET LOCAL synchronous_commit = off`
+// batchSettingsQuery sets up a batch's transaction (claimLockFirst sends it
+// with the lock).
+//
+// Asynchronous commit: the batch commits without waiting for its WAL flush.
+// If Postgres crashes before the flush, the batch is lost as a whole and its
+// rows are pending again, to be produced again (duplicates with the same
+// outbox-id, never a loss). Commits are ordered in the WAL, so a later batch
+// of a key is never kept while an earlier one is lost.
+//
+// $1: the idle-in-transaction timeout in ms, the relay's stall bound (see
+// stall.go), so that a relay that froze or was cut off lets go of its rows.
+const batchSettingsQuery = `
+SELECT set_config('synchronous_commit', 'off', true),
+       set_config('idle_in_transaction_session_timeout', $1, true)`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim
 // that found nothing had a full window.

@@ -441,7 +441,8 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey, now: now, afterLock: r.afterLock}
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
+		idleLimitMillis: r.cfg.stallBoundMillis(), now: now, afterLock: r.afterLock}
 	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
 	if err != nil {
@@ -471,7 +472,8 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	defer func() { _ = b.tx.Rollback(context.WithoutCancel(b.work)) }()
 	work, tx, rows := b.work, b.tx, b.rows
 
-	out := r.produceWaves(work, rows)
+	keepAlive := r.batchKeepAlive(tx)
+	out := r.produceWaves(work, rows, keepAlive)
 	close(b.produced)
 	if len(out.sentIDs) > 0 {
 		// Kafka took records: it is up again now, before the rows are

@@ -13,8 +13,10 @@ import (
 // rows never race each other inside the client, whose retries can reorder
 // them after a failure (franz-go issues #515, #852). When a row fails, the
 // later rows of its key stay untouched and pending for a later batch. A wave
-// that ends in an outage or an abort ends the batch.
-func (r *Relay) produceWaves(ctx context.Context, rows []row) outcome {
+// that ends in an outage or an abort ends the batch. keepAlive runs before
+// each wave after the first (see batchKeepAlive); when it fails, the batch
+// ends there, lost.
+func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(context.Context) error) outcome {
 	waves := 1
 	for _, x := range rows {
 		waves = max(waves, x.Wave)
@@ -34,6 +36,12 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row) outcome {
 		}
 		if len(wave) == 0 {
 			break
+		}
+		if n > 1 {
+			if err := keepAlive(ctx); err != nil {
+				total.lost = err
+				break
+			}
 		}
 		out := r.produce(ctx, wave, r.stallAfter(), r.kafkaStalled)
 		total.sentIDs = append(total.sentIDs, out.sentIDs...)

@@ -106,6 +106,12 @@ func relayEnv(db *relaytest.DB, databaseURL string, brokers []string, extra ...s
 // and, unless host is empty, with host:port replaced (a proxy's).
 func relayDatabaseURL(t *testing.T, db *relaytest.DB, host string) string {
 	t.Helper()
+	return relayDatabaseURLAs(t, db, host, appName(db))
+}
+
+// relayDatabaseURLAs is relayDatabaseURL with the application_name app.
+func relayDatabaseURLAs(t *testing.T, db *relaytest.DB, host, app string) string {
+	t.Helper()
 	u, err := url.Parse(db.URL)
 	if err != nil {
 		t.Fatalf("database url: %v", err)
@@ -114,7 +120,7 @@ func relayDatabaseURL(t *testing.T, db *relaytest.DB, host string) string {
 		u.Host = host
 	}
 	q := u.Query()
-	q.Set("application_name", appName(db))
+	q.Set("application_name", app)
 	u.RawQuery = q.Encode()
 	return u.String()
 }
@@ -130,7 +136,7 @@ func waitListening(t *testing.T, db *relaytest.DB, n int) {
 		var got int
 		err := db.Pool.QueryRow(context.Background(), `
 			SELECT count(*) FROM pg_stat_activity
-			WHERE application_name = $1 AND query ILIKE 'LISTEN%'`, appName(db)).Scan(&got)
+			WHERE starts_with(application_name, $1) AND query ILIKE 'LISTEN%'`, appName(db)).Scan(&got)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,6 +191,22 @@ func (p *proc) kill9() {
 	case <-p.exited:
 	case <-time.After(10 * time.Second):
 		p.t.Fatalf("relay %s still running 10s after SIGKILL", p.name)
+	}
+}
+
+// freeze stops the process (SIGSTOP) as a paused container or VM would: its
+// sockets stay open. thaw lets it go on (SIGCONT).
+func (p *proc) freeze() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		p.t.Fatalf("freeze relay %s: %v", p.name, err)
+	}
+}
+
+func (p *proc) thaw() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		p.t.Fatalf("thaw relay %s: %v", p.name, err)
 	}
 }
 

@@ -1,0 +1,71 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// A relay that stops without closing its sessions (a frozen process or
+// container, a paused VM, a network cut between it and Postgres) would
+// otherwise keep what its sessions hold until the server notices: its
+// batches' row locks, and with them every later row of their keys, and its
+// instance slot, and with it a share of the in-flight budget. A frozen
+// process's sockets stay open, so the server may never notice; behind a cut
+// network it takes the kernel's TCP keepalive, two hours by default.
+//
+// So the relay asks Postgres itself to end a session that has been silent
+// for longer than any live relay ever leaves it: stallBound. A batch's
+// transaction sets idle_in_transaction_session_timeout to it (SET LOCAL,
+// so the pool's connections keep their defaults outside batches, and a
+// database default shorter than a batch's wait for Kafka no longer cuts
+// batches off); the slot's connection sets idle_session_timeout. The
+// server's timer ends the session whatever the network does, and its locks
+// go with it: the other relays claim the rows and take the share.
+//
+// A live relay stays within the bound. Its batch transaction is silent
+// while the batch waits for Kafka: at most BatchTimeout per wave, after the
+// first use of a topic waited for its check (topicCheckTimeout). Between
+// waves, keepAlive sends a statement when half a BatchTimeout has passed
+// since the last one, so a batch of many waves is never silent for longer
+// than one wave and a half. The slot's connection counts the instances
+// every PollInterval. Were the bound passed anyway, nothing is lost: the
+// batch's rows are pending again and produced again, duplicates with the
+// same outbox-id, and each key's first deliveries stay in id order, since
+// each relay produces a key's rows in order.
+
+// stallBound is how long a relay's batch transaction or slot session may be
+// silent before Postgres ends it: with the defaults, about two minutes.
+func (c Config) stallBound() time.Duration {
+	return 2*c.BatchTimeout + topicCheckTimeout + 2*c.PollInterval
+}
+
+// stallBoundMillis is stallBound as a Postgres setting's value.
+func (c Config) stallBoundMillis() string {
+	return strconv.FormatInt(c.stallBound().Milliseconds(), 10)
+}
+
+// slotIdleLimitQuery bounds the slot session's silence ($1, in ms). It sets
+// nothing on servers older than PostgreSQL 14, which lack the setting.
+const slotIdleLimitQuery = `SELECT set_config(name, $1, false) FROM pg_settings WHERE name = 'idle_session_timeout'`
+
+// batchKeepAlive returns the function produceWaves calls between waves: it
+// sends a statement on the batch's transaction when half a BatchTimeout has
+// passed since the last one, and fails once Postgres has ended the
+// transaction (the batch then stops: its rows are pending again).
+func (r *Relay) batchKeepAlive(tx pgx.Tx) func(context.Context) error {
+	last := time.Now()
+	return func(ctx context.Context) error {
+		if time.Since(last) < r.cfg.BatchTimeout/2 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			return fmt.Errorf("batch transaction lost: %w", err)
+		}
+		last = time.Now()
+		return nil
+	}
+}
