@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -43,9 +44,10 @@ func (c Config) stallBound() time.Duration {
 	return 2*c.BatchTimeout + topicCheckTimeout + 2*c.PollInterval
 }
 
-// stallBoundMillis is stallBound as a Postgres setting's value.
+// stallBoundMillis is stallBound as a Postgres setting's value, which
+// cannot exceed 2^31-1 ms (24.8 days; produce timeouts of days come near).
 func (c Config) stallBoundMillis() string {
-	return strconv.FormatInt(c.stallBound().Milliseconds(), 10)
+	return strconv.FormatInt(min(c.stallBound().Milliseconds(), math.MaxInt32), 10)
 }
 
 // slotIdleLimitQuery bounds the slot session's silence ($1, in ms). It sets
