@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
@@ -297,5 +299,56 @@ func TestChainStopsAtAFailedRow(t *testing.T) {
 	records := relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
 	if a, b := outboxID(t, records[0]), outboxID(t, records[1]); a != ids[0] || b != ids[1] {
 		t.Errorf("delivered [%d %d], want [%d %d]", a, b, ids[0], ids[1])
+	}
+}
+
+// A row that commits late, with an id between two rows of a batch in
+// flight, is delivered, and a later row of its key waits for it. (A claim
+// that skipped the span of the batches in flight, tried for speed, must
+// keep this.)
+func TestLateRowInsideTheSpanOfABatchInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	release := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	var produces atomic.Int32
+	cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		produces.Add(1)
+		cluster.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+
+	first := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("a"), Payload: []byte("first")})[0]
+	lateTx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lateTx.Rollback(ctx) }()
+	late := relaytest.InsertTx(t, lateTx, relaytest.Message{Topic: "t", Key: []byte("x"), Payload: []byte("late")})[0]
+	last := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("b"), Payload: []byte("last")})[0]
+	if !(first < late && late < last) {
+		t.Fatalf("ids %d, %d, %d: want the late row between the others", first, late, last)
+	}
+	runRelay(t, db, cluster.ListenAddrs(), relay.Config{PollInterval: 20 * time.Millisecond})
+	t.Cleanup(open) // before the relay's stop
+	relaytest.WaitFor(t, 10*time.Second, "the first batch to reach Kafka", func() bool { return produces.Load() > 0 })
+
+	// The batch of rows first and last is in flight; the late row
+	// commits inside its span, and a later row of its key arrives.
+	if err := lateTx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("x"), Payload: []byte("after the late row")})
+	open()
+
+	relaytest.WaitFor(t, 10*time.Second, "every row sent", func() bool { return db.Count(t, "sent") == 4 })
+	records := relaytest.Consume(t, cluster.ListenAddrs(), 4, 10*time.Second, "t")
+	checkFirstDeliveryOrder(t, records)
+	if st := status(t, db, late); st != "sent" {
+		t.Errorf("late row %d is %s", late, st)
 	}
 }
