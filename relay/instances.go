@@ -95,7 +95,7 @@ func (r *Relay) instancesOnce(ctx context.Context, connected func()) error {
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	// Should this relay freeze, Postgres ends the session, and frees the
 	// slot, after the stall bound (see stall.go).
-	if _, err := conn.Exec(ctx, slotIdleLimitQuery, r.cfg.stallBoundMillis()); err != nil {
+	if _, err := conn.Exec(ctx, slotSessionQuery, r.cfg.stallBoundMillis()); err != nil {
 		return err
 	}
 	var slot *int64

@@ -24,6 +24,11 @@ func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
 		return err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	// Should this relay freeze, Postgres ends the session once
+	// notifications wait unread (see stall.go).
+	if _, err := conn.Exec(ctx, listenerSessionQuery, r.cfg.stallBoundMillis()); err != nil {
+		return err
+	}
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{WakeupChannel(r.cfg.Schema)}.Sanitize()); err != nil {
 		return err
 	}

@@ -114,11 +114,13 @@ FOR UPDATE OF m SKIP LOCKED`
 // outbox-id, never a loss). Commits are ordered in the WAL, so a later batch
 // of a key is never kept while an earlier one is lost.
 //
-// $1: the idle-in-transaction timeout in ms, the relay's stall bound (see
-// stall.go), so that a relay that froze or was cut off lets go of its rows.
+// $1: the relay's stall bound in ms (see stall.go), as the transaction's
+// idle-in-transaction timeout and TCP user timeout, so that a relay that
+// froze or was cut off lets go of its rows.
 const batchSettingsQuery = `
 SELECT set_config('synchronous_commit', 'off', true),
-       set_config('idle_in_transaction_session_timeout', $1, true)`
+       set_config('idle_in_transaction_session_timeout', $1, true),
+       set_config('tcp_user_timeout', $1, true)`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim
 // that found nothing had a full window.

@@ -27,6 +27,16 @@ import (
 // server's timer ends the session whatever the network does, and its locks
 // go with it: the other relays claim the rows and take the share.
 //
+// Those timers run only while the server waits for the client. A server
+// that is sending to a frozen client (a claim's rows, or notifications to
+// the listener) waits in the send instead, and neither timer fires: a
+// frozen listener would pin the notification queue, which every database
+// of the cluster shares, until NOTIFY fails for all of them. So the batch
+// transactions, the slot's session and the listener's also set
+// tcp_user_timeout to the bound: data the client has not acknowledged
+// within it (a frozen client's full receive window included) ends the
+// connection.
+//
 // A live relay stays within the bound. Its batch transaction is silent
 // while the batch waits for Kafka: at most BatchTimeout per wave, after the
 // first use of a topic waited for its check (topicCheckTimeout). Between
@@ -50,9 +60,15 @@ func (c Config) stallBoundMillis() string {
 	return strconv.FormatInt(min(c.stallBound().Milliseconds(), math.MaxInt32), 10)
 }
 
-// slotIdleLimitQuery bounds the slot session's silence ($1, in ms). It sets
-// nothing on servers older than PostgreSQL 14, which lack the setting.
-const slotIdleLimitQuery = `SELECT set_config(name, $1, false) FROM pg_settings WHERE name = 'idle_session_timeout'`
+// slotSessionQuery bounds the slot session's silence and its unacknowledged
+// sends ($1, in ms).
+const slotSessionQuery = `
+SELECT set_config('idle_session_timeout', $1, false), set_config('tcp_user_timeout', $1, false)`
+
+// listenerSessionQuery bounds the listener's unacknowledged sends ($1, in
+// ms). A live listener is silent for as long as no row arrives, so it sets
+// no idle timeout.
+const listenerSessionQuery = `SELECT set_config('tcp_user_timeout', $1, false)`
 
 // batchKeepAlive returns the function produceWaves calls between waves: it
 // sends a statement on the batch's transaction when half a BatchTimeout has

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
@@ -13,8 +14,10 @@ import (
 // the load goes on. Its sockets stay open, so Postgres never sees it go; the
 // stall bound ends its sessions. While it is still frozen, the other relay
 // must deliver every row committed before the freeze, the frozen relay's
-// batch included, and count itself alone. Thawed, the relay finds its
-// sessions gone and goes on.
+// batch included, and count itself alone; and the frozen relay's listener,
+// whose backend blocks sending it notifications, must not pin the
+// notification queue. Thawed, the relay finds its sessions gone and goes
+// on.
 func TestRelayFrozenWithABatchClaimed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -72,6 +75,15 @@ func TestRelayFrozenWithABatchClaimed(t *testing.T) {
 		t.Fatal("never caught the relay with a batch claimed")
 	}
 	frozeAt := time.Now()
+	// Notifications the frozen relay's listener cannot read: 35 MB, more
+	// than the sockets buffer, so that its backend blocks sending them and
+	// pins the notification queue of the whole cluster.
+	channel := relay.WakeupChannel(db.Schema)
+	for range 10 {
+		if _, err := db.Pool.Exec(ctx, `SELECT pg_notify($1, repeat('x', 7000) || g) FROM generate_series(1, 500) g`, channel); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var lastBefore int64
 	if err := db.Pool.QueryRow(ctx, `SELECT COALESCE(max(id), 0) FROM messages`).Scan(&lastBefore); err != nil {
 		t.Fatal(err)
@@ -85,10 +97,21 @@ func TestRelayFrozenWithABatchClaimed(t *testing.T) {
 		return pending == 0
 	})
 	relaytest.WaitFor(t, time.Minute, "the frozen relay's slot to be freed", func() bool { return slots() == 1 })
+	relaytest.WaitFor(t, time.Minute, "the frozen relay's listener to be gone and the notification queue empty", func() bool {
+		var listeners int
+		var usage float64
+		err := db.Pool.QueryRow(ctx, `
+			SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'LISTEN%'),
+			       pg_notification_queue_usage()`, frozenApp).Scan(&listeners, &usage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return listeners == 0 && usage == 0
+	})
 	if held := heldBatches(); held != 0 {
 		t.Errorf("the frozen relay still holds %d batches", held)
 	}
-	t.Logf("frozen for %v before its rows and slot were free", time.Since(frozeAt).Round(time.Millisecond))
+	t.Logf("frozen for %v before its rows, slot and listener were free", time.Since(frozeAt).Round(time.Millisecond))
 
 	frozen.thaw()
 	relaytest.WaitFor(t, time.Minute, "the thawed relay to take a slot again", func() bool { return slots() == 2 })
