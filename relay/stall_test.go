@@ -72,8 +72,9 @@ func TestFrozenRelayLetsGoOfItsRows(t *testing.T) {
 // A live relay's batch of many waves must stay within the stall bound
 // however long its waves take together: it speaks up between waves, so
 // Postgres does not end its transaction, and no row is produced twice.
-// Here one key's 20 rows are one batch of 20 waves, each slowed to 400ms by
-// the broker: 8s of waves against a stall bound of 7.1s.
+// Here one key's 25 rows are one batch of 25 waves, each slowed to 400ms by
+// the broker: 10s of waves against a stall bound of 9.1s (2 × 2s + 5s +
+// 2 × 50ms), and each wave well within the batch timeout of 2s.
 func TestSlowBatchOfManyWavesKeepsItsTransaction(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
@@ -84,11 +85,11 @@ func TestSlowBatchOfManyWavesKeepsItsTransaction(t *testing.T) {
 		return nil, nil, false
 	})
 	var msgs []relaytest.Message
-	for i := range 20 {
+	for i := range 25 {
 		msgs = append(msgs, relaytest.Message{Topic: "orders", Key: []byte("hot"), Payload: fmt.Appendf(nil, "%d", i)})
 	}
 	db.Insert(t, msgs...)
-	runRelay(t, db, cluster.ListenAddrs(), relay.Config{BatchTimeout: time.Second, PollInterval: 50 * time.Millisecond})
+	runRelay(t, db, cluster.ListenAddrs(), relay.Config{BatchTimeout: 2 * time.Second, PollInterval: 50 * time.Millisecond})
 
 	relaytest.WaitFor(t, 60*time.Second, "every row sent", func() bool { return db.Count(t, "sent") == len(msgs) })
 	records := relaytest.Consume(t, cluster.ListenAddrs(), len(msgs), 10*time.Second, "orders")
