@@ -43,13 +43,13 @@ import (
 // waves, keepAlive sends a statement when half a BatchTimeout has passed
 // since the last one, so a batch of many waves is never silent for longer
 // than one wave and a half. The slot's connection counts the instances
-// every PollInterval. (One case can pass it: a batch that is the first to
-// use more than a dozen topics at once, with the defaults, while the broker
-// never answers the topic checks, waits 5s for each.) Were the bound
-// passed anyway, nothing is lost: the
-// batch's rows are pending again and produced again, duplicates with the
-// same outbox-id, and each key's first deliveries stay in id order, since
-// each relay produces a key's rows in order.
+// every PollInterval. (One case can pass the bound: a batch that is the
+// first to use more than a dozen topics, with the defaults, while the broker
+// never answers the topic checks, since each check waits 5s.) Were the
+// bound passed anyway, nothing is lost: the batch's rows are pending again
+// and produced again, duplicates with the same outbox-id, and each key's
+// first deliveries stay in id order, since each relay produces a key's
+// rows in order.
 
 // stallBound is how long a relay's batch transaction or slot session may be
 // silent before Postgres ends it: with the defaults, about two minutes.
