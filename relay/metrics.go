@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		notDurable: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "topic_durability_warnings_total",
 			Help: "Times a topic was found with settings that can lose acknowledged records (RF < 3, min.insync.replicas < 2, unclean election)."}, []string{"topic"}),
 		instances: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "instances",
-			Help: "Relays counted on this outbox, this one included, as of the last check; each keeps max(1, RELAY_IN_FLIGHT_BATCHES / instances) batches in flight."}),
+			Help: "Relays counted on this outbox, this one included, as of the last check; they split RELAY_IN_FLIGHT_BATCHES in slot order, and one left without a share is a standby."}),
 	}
 	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable, m.instances)
 	return m
