@@ -153,6 +153,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 					defer func() { _ = k.stop(ctx) }()
 					cfg.Brokers = []string{k.addr}
 					cfg.KafkaDown, cfg.KafkaUp = k.stop, k.start
+					cfg.BrokerPID = func() int { return k.pid }
 				}
 				if *cpuProfile != "" {
 					f, err := os.Create(*cpuProfile)
@@ -225,6 +226,7 @@ func cmpOr(a, b string) string {
 type benchKafka struct {
 	partitions int
 	addr       string // after the first start: the port it got
+	pid        int    // of the running child; 0 when stopped
 	stopFn     func()
 }
 
@@ -274,7 +276,7 @@ func (k *benchKafka) start(ctx context.Context) error {
 			stop()
 			return errors.New("bench: the in-memory kafka child printed no address")
 		}
-		k.addr, k.stopFn = addr, stop
+		k.addr, k.pid, k.stopFn = addr, cmd.Process.Pid, stop
 		return nil
 	case <-t.C:
 	case <-ctx.Done():
@@ -287,7 +289,7 @@ func (k *benchKafka) start(ctx context.Context) error {
 func (k *benchKafka) stop(context.Context) error {
 	if k.stopFn != nil {
 		k.stopFn()
-		k.stopFn = nil
+		k.stopFn, k.pid = nil, 0
 	}
 	return nil
 }

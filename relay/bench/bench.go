@@ -72,6 +72,9 @@ type Config struct {
 	DatabaseURL string
 	// Brokers are the Kafka seed brokers. Required.
 	Brokers []string
+	// BrokerPID returns the process id of the broker while it runs on
+	// this machine, for its CPU figure; nil (or 0) when unknown.
+	BrokerPID func() int
 	// Schema is the outbox schema the bench creates, and drops at the end
 	// unless Keep is set. Default: bench_<random>.
 	Schema string

@@ -79,8 +79,8 @@ func TestExternal(t *testing.T) {
 		if c := p.Check; c == nil || c.Missing != 0 || c.OrderViolations != 0 || c.Duplicates != 0 || c.Foreign != 0 || c.Records < int(p.Rows) {
 			t.Errorf("round %d: check %+v", p.Round, p.Check)
 		}
-		if p.CPUSeconds != 0 || p.PeakRSSMiB != 0 || p.PGCPUMsPer1k != 0 {
-			t.Errorf("round %d: cpu %v s, rss %v MiB, pg cpu %v: the relay is not the bench's to measure", p.Round, p.CPUSeconds, p.PeakRSSMiB, p.PGCPUMsPer1k)
+		if p.CPUSeconds != 0 || p.PeakRSSMiB != 0 || p.PGCPUMsPer1k != 0 || p.BrokerCPUMsPer1k != 0 {
+			t.Errorf("round %d: cpu %v s, rss %v MiB, pg cpu %v, broker cpu %v: the relay is not the bench's to measure", p.Round, p.CPUSeconds, p.PeakRSSMiB, p.PGCPUMsPer1k, p.BrokerCPUMsPer1k)
 		}
 	}
 
@@ -154,8 +154,8 @@ func TestExternalReportTable(t *testing.T) {
 			row = f
 		}
 	}
-	// variant rows/s insert p50 p90 p99 max cpu pg-cpu rss dup order missing
-	if len(row) != 13 || row[1] != "1234" || row[7] != "-" || row[8] != "-" || row[9] != "-" {
-		t.Errorf("external row %q: want rows/s 1234 and - for cpu, pg cpu and rss\n%s", row, s)
+	// variant rows/s insert p50 p90 p99 max cpu pg-cpu broker-cpu rss dup order missing
+	if len(row) != 14 || row[1] != "1234" || row[7] != "-" || row[8] != "-" || row[9] != "-" || row[10] != "-" {
+		t.Errorf("external row %q: want rows/s 1234 and - for cpu, pg cpu, broker cpu and rss\n%s", row, s)
 	}
 }

@@ -132,6 +132,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		}
 	}
 	cpu0 := cpuTime()
+	broker0, brokerKnown := e.brokerCPU()
 	tl.start = time.Now()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -193,12 +194,16 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
 	pgCPU := e.backendCPU(ctx, appPrefix(v))
+	broker1, brokerStill := e.brokerCPU()
 
 	p := newPhase(round, total, streamed, tl, *ins)
 	p.OutageRSSMiB = outageRSS
 	p.CPUSeconds = cpu.Seconds()
 	p.CPUMsPer1k = float64(cpu.Milliseconds()) / float64(total) * 1000
 	p.PGCPUMsPer1k = float64(pgCPU.Milliseconds()) / float64(total) * 1000
+	if brokerKnown && brokerStill && cfg.Outage == 0 { // an outage restarts the broker
+		p.BrokerCPUMsPer1k = float64((broker1 - broker0).Milliseconds()) / float64(total) * 1000
+	}
 	p.PeakRSSMiB = float64(peak) / (1 << 20)
 	if kw != nil {
 		p.Kill = kw.result(instances, cfg.PollInterval)

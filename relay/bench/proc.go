@@ -66,23 +66,39 @@ func (e *env) backendCPU(ctx context.Context, prefix string) time.Duration {
 		if rs.Scan(&pid) != nil {
 			return 0
 		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if d, ok := procCPU(int(pid)); ok {
+			total += d
 		}
-		// Fields after the parenthesised command: state is 3, utime 14,
-		// stime 15 (1-based), in clock ticks of 1/100 s.
-		i := bytes.LastIndexByte(raw, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(raw[i+1:])
-		if len(f) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseInt(string(f[11]), 10, 64)
-		st, _ := strconv.ParseInt(string(f[12]), 10, 64)
-		total += time.Duration(ut+st) * 10 * time.Millisecond
 	}
 	return total
+}
+
+// brokerCPU is the CPU time of the broker's process so far, when the
+// bench runs the broker on this machine.
+func (e *env) brokerCPU() (time.Duration, bool) {
+	if e.cfg.BrokerPID == nil || e.cfg.BrokerPID() == 0 {
+		return 0, false
+	}
+	return procCPU(e.cfg.BrokerPID())
+}
+
+// procCPU reads the user and system CPU time of process pid from /proc.
+func procCPU(pid int) (time.Duration, bool) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// Fields after the parenthesised command: state is 3, utime 14,
+	// stime 15 (1-based), in clock ticks of 1/100 s.
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := bytes.Fields(raw[i+1:])
+	if len(f) < 13 {
+		return 0, false
+	}
+	ut, _ := strconv.ParseInt(string(f[11]), 10, 64)
+	st, _ := strconv.ParseInt(string(f[12]), 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond, true
 }

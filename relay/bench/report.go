@@ -81,7 +81,11 @@ type Phase struct {
 	// PGCPUMsPer1k is the CPU time of the variant's own Postgres
 	// backends per 1000 rows (when Postgres runs on this machine).
 	PGCPUMsPer1k float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
-	PeakRSSMiB   float64 `json:"peak_rss_mib,omitempty"`
+	// BrokerCPUMsPer1k is the CPU time of the broker's process per 1000
+	// rows, when the bench runs the broker (not during an outage phase,
+	// whose broker is restarted).
+	BrokerCPUMsPer1k float64 `json:"broker_cpu_ms_per_1k_rows,omitempty"`
+	PeakRSSMiB       float64 `json:"peak_rss_mib,omitempty"`
 	// OutageRSSMiB is the peak RSS from the phase start to the end of
 	// the Kafka outage, if there was one.
 	OutageRSSMiB float64 `json:"outage_peak_rss_mib,omitempty"`
@@ -155,6 +159,7 @@ type Summary struct {
 	MaxMs           float64 `json:"max_ms,omitempty"`
 	CPUMsPer1k      float64 `json:"cpu_ms_per_1k_rows,omitempty"`
 	PGCPUMsPer1k    float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
+	BrokerCPUMs1k   float64 `json:"broker_cpu_ms_per_1k_rows,omitempty"`
 	PeakRSSMiB      float64 `json:"peak_rss_mib,omitempty"`
 	Duplicates      int     `json:"duplicates"`
 	OrderViolations int     `json:"order_violations"`
@@ -172,7 +177,7 @@ type Summary struct {
 func (p Phase) summary() string {
 	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s", p.Rows, p.Seconds, p.RowsPerSec)
 	if p.CPUSeconds > 0 || p.PeakRSSMiB > 0 { // not measured for external relays
-		s += fmt.Sprintf(", cpu %6.0f ms/1k rows (postgres %4.0f), peak rss %5.0f MiB", p.CPUMsPer1k, p.PGCPUMsPer1k, p.PeakRSSMiB)
+		s += fmt.Sprintf(", cpu %6.0f ms/1k rows (postgres %4.0f, broker %4.1f), peak rss %5.0f MiB", p.CPUMsPer1k, p.PGCPUMsPer1k, p.BrokerCPUMsPer1k, p.PeakRSSMiB)
 	}
 	if p.OutageRSSMiB > 0 {
 		s += fmt.Sprintf(" (%.0f MiB during the outage)", p.OutageRSSMiB)
@@ -254,15 +259,16 @@ func medians(ps []Phase) Summary {
 		}
 	}
 	s := Summary{
-		RowsPerSec:   pick(func(p Phase) float64 { return p.RowsPerSec }),
-		InsertRate:   pick(func(p Phase) float64 { return p.InsertRate }),
-		P50Ms:        pick(lat(func(l *Latency) float64 { return l.P50Ms })),
-		P90Ms:        pick(lat(func(l *Latency) float64 { return l.P90Ms })),
-		P99Ms:        pick(lat(func(l *Latency) float64 { return l.P99Ms })),
-		MaxMs:        pick(lat(func(l *Latency) float64 { return l.MaxMs })),
-		CPUMsPer1k:   pick(func(p Phase) float64 { return p.CPUMsPer1k }),
-		PGCPUMsPer1k: pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
-		PeakRSSMiB:   pick(func(p Phase) float64 { return p.PeakRSSMiB }),
+		RowsPerSec:    pick(func(p Phase) float64 { return p.RowsPerSec }),
+		InsertRate:    pick(func(p Phase) float64 { return p.InsertRate }),
+		P50Ms:         pick(lat(func(l *Latency) float64 { return l.P50Ms })),
+		P90Ms:         pick(lat(func(l *Latency) float64 { return l.P90Ms })),
+		P99Ms:         pick(lat(func(l *Latency) float64 { return l.P99Ms })),
+		MaxMs:         pick(lat(func(l *Latency) float64 { return l.MaxMs })),
+		CPUMsPer1k:    pick(func(p Phase) float64 { return p.CPUMsPer1k }),
+		PGCPUMsPer1k:  pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
+		BrokerCPUMs1k: pick(func(p Phase) float64 { return p.BrokerCPUMsPer1k }),
+		PeakRSSMiB:    pick(func(p Phase) float64 { return p.PeakRSSMiB }),
 	}
 	var takeovers, shares []float64
 	for _, p := range ps {
@@ -293,15 +299,16 @@ func ratios(a, b Summary) Summary {
 		return x / y
 	}
 	return Summary{
-		RowsPerSec:   div(a.RowsPerSec, b.RowsPerSec),
-		InsertRate:   div(a.InsertRate, b.InsertRate),
-		P50Ms:        div(a.P50Ms, b.P50Ms),
-		P90Ms:        div(a.P90Ms, b.P90Ms),
-		P99Ms:        div(a.P99Ms, b.P99Ms),
-		MaxMs:        div(a.MaxMs, b.MaxMs),
-		CPUMsPer1k:   div(a.CPUMsPer1k, b.CPUMsPer1k),
-		PGCPUMsPer1k: div(a.PGCPUMsPer1k, b.PGCPUMsPer1k),
-		PeakRSSMiB:   div(a.PeakRSSMiB, b.PeakRSSMiB),
+		RowsPerSec:    div(a.RowsPerSec, b.RowsPerSec),
+		InsertRate:    div(a.InsertRate, b.InsertRate),
+		P50Ms:         div(a.P50Ms, b.P50Ms),
+		P90Ms:         div(a.P90Ms, b.P90Ms),
+		P99Ms:         div(a.P99Ms, b.P99Ms),
+		MaxMs:         div(a.MaxMs, b.MaxMs),
+		CPUMsPer1k:    div(a.CPUMsPer1k, b.CPUMsPer1k),
+		PGCPUMsPer1k:  div(a.PGCPUMsPer1k, b.PGCPUMsPer1k),
+		BrokerCPUMs1k: div(a.BrokerCPUMs1k, b.BrokerCPUMs1k),
+		PeakRSSMiB:    div(a.PeakRSSMiB, b.PeakRSSMiB),
 	}
 }
 
@@ -327,7 +334,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		r.writeHeader(w)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
+	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tbroker cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
 		if x == 0 || math.IsNaN(x) {
 			return "-"
@@ -336,19 +343,19 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	for _, v := range r.Variants {
 		m := v.Median
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
 			num(m.RowsPerSec, 0), num(m.InsertRate, 0), num(m.P50Ms, 1), num(m.P90Ms, 1), num(m.P99Ms, 1), num(m.MaxMs, 1),
-			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
+			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.BrokerCPUMs1k, 1), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
 		if q := v.Ratio; q != nil {
-			fmt.Fprintf(tw, "  ratio vs baseline\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n",
+			fmt.Fprintf(tw, "  ratio vs baseline\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n",
 				num(q.RowsPerSec, 2), num(q.InsertRate, 2), num(q.P50Ms, 3), num(q.P90Ms, 3), num(q.P99Ms, 3), num(q.MaxMs, 3),
-				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.PeakRSSMiB, 2))
+				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.BrokerCPUMs1k, 2), num(q.PeakRSSMiB, 2))
 		}
 		if v.RoundRatio > 0 {
-			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
+			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
 		}
 		if v.VsOneRelay > 0 {
-			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
+			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
 		}
 	}
 	if err := tw.Flush(); err != nil {
