@@ -4,8 +4,6 @@ import (
 	"context"
 	"math"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Several relays on one outbox share one database, and there the batches
@@ -86,18 +84,13 @@ func (r *Relay) watchInstances(ctx context.Context) {
 // until the connection fails or ctx ends. connected is called once the slot
 // is held.
 func (r *Relay) instancesOnce(ctx context.Context, connected func()) error {
-	// A plain connection, not one from the pool: the slot lives as long
-	// as the session.
-	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	// A session of its own: the slot lives as long as the session, and
+	// should this relay freeze, Postgres ends it after the stall bound.
+	conn, err := r.ownSession(ctx, slotSessionQuery)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
-	// Should this relay freeze, Postgres ends the session, and frees the
-	// slot, after the stall bound (see stall.go).
-	if _, err := conn.Exec(ctx, slotSessionQuery, r.cfg.stallBoundMillis()); err != nil {
-		return err
-	}
 	var slot *int64
 	if err := conn.QueryRow(ctx, takeSlotQuery, r.cfg.Schema).Scan(&slot); err != nil {
 		return err

@@ -17,18 +17,14 @@ func (r *Relay) listen(ctx context.Context) {
 // listenOnce runs one LISTEN session until it fails or ctx ends. connected is
 // called once the LISTEN is in place.
 func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
-	// A plain connection, not one from the pool: LISTEN is session state
-	// and the connection spends its life blocked waiting.
-	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	// A session of its own: LISTEN is session state and the connection
+	// spends its life blocked waiting. Should this relay freeze, Postgres
+	// ends the session once notifications wait unread.
+	conn, err := r.ownSession(ctx, listenerSessionQuery)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
-	// Should this relay freeze, Postgres ends the session once
-	// notifications wait unread (see stall.go).
-	if _, err := conn.Exec(ctx, listenerSessionQuery, r.cfg.stallBoundMillis()); err != nil {
-		return err
-	}
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{WakeupChannel(r.cfg.Schema)}.Sanitize()); err != nil {
 		return err
 	}

@@ -73,6 +73,21 @@ SELECT set_config('idle_session_timeout', $1, false), set_config('tcp_user_timeo
 // no idle timeout.
 const listenerSessionQuery = `SELECT set_config('tcp_user_timeout', $1, false)`
 
+// ownSession opens a plain connection, outside the pool, for a session
+// that must outlive any transaction (the slot's, the listener's), and
+// bounds it with settings, slotSessionQuery or listenerSessionQuery.
+func (r *Relay) ownSession(ctx context.Context, settings string) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, settings, r.cfg.stallBoundMillis()); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return conn, nil
+}
+
 // batchKeepAlive returns the function produceWaves calls between waves: it
 // sends a statement on the batch's transaction when half a BatchTimeout has
 // passed since the last one, and fails once Postgres has ended the
