@@ -49,6 +49,9 @@ func TestPostgresNetworkCutAndBackendsTerminated(t *testing.T) {
 			net.injectCut(i%4, &faults)
 		case 3:
 			faults.add("pg_terminate_backend of every relay backend")
+			// Once its LISTEN is back from the cuts before (its reconnect
+			// backs off while they last), so the termination reaches it.
+			waitListening(t, db, 1)
 			var listening bool
 			if err := db.Pool.QueryRow(ctx, `
 				SELECT count(*) FILTER (WHERE query ILIKE 'LISTEN%') > 0
