@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/bench"
@@ -96,6 +97,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.IntVar(&cfg.PoolSize, "pool-size", 0, "max Postgres connections per relay instance; 0: pgxpool's default")
 			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
+			fs.DurationVar(&cfg.BrokerLatency, "broker-latency", 0, "delay each produce response of the bench's in-memory broker by this long, as a broker farther away or slower to replicate (acks=all) would")
 			fs.DurationVar(&cfg.Outage, "outage", 0, "stop the in-memory broker for this long at the start of each phase, then restart it (bounded memory under an outage)")
 			fs.DurationVar(&cfg.VacuumInterval, "vacuum-interval", 0, "run VACUUM on the outbox table this often during each phase (stands in for autovacuum); 0: never")
 			fs.DurationVar(&cfg.KillOneAfter, "kill-one-after", 0, "kill one relay instance this long into each phase, as a crash would, and report how long the others take to deliver its rows (needs every --relays count >= 2); 0: no kill")
@@ -143,10 +145,13 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				if cfg.Outage > 0 && *brokers != "" {
 					return usageErrorf("bench: --outage needs the bench's own broker: drop --brokers")
 				}
+				if cfg.BrokerLatency < 0 || (cfg.BrokerLatency > 0 && *brokers != "") {
+					return usageErrorf("bench: --broker-latency (not negative) needs the bench's own broker: drop --brokers")
+				}
 				if *brokers != "" {
 					cfg.Brokers = strings.Split(*brokers, ",")
 				} else {
-					k := &benchKafka{partitions: cfg.Partitions}
+					k := &benchKafka{partitions: cfg.Partitions, latency: cfg.BrokerLatency}
 					if err := k.start(ctx); err != nil {
 						return err
 					}
@@ -225,8 +230,9 @@ func cmpOr(a, b string) string {
 // stopped and restarted on the same address, for --outage.
 type benchKafka struct {
 	partitions int
-	addr       string // after the first start: the port it got
-	pid        int    // of the running child; 0 when stopped
+	latency    time.Duration // added to every produce response
+	addr       string        // after the first start: the port it got
+	pid        int           // of the running child; 0 when stopped
 	stopFn     func()
 }
 
@@ -236,7 +242,8 @@ func (k *benchKafka) start(ctx context.Context) error {
 		return fmt.Errorf("bench: find own binary: %w", err)
 	}
 	listen := cmpOr(k.addr, "127.0.0.1:0")
-	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(k.partitions), "--addr", listen)
+	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(k.partitions), "--addr", listen,
+		"--produce-latency", k.latency.String())
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -307,6 +314,7 @@ address on stdout and runs until stdin closes. relay bench starts it.`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
 			partitions := fs.Int("partitions", 12, "partitions of topics created on first use")
 			addr := fs.String("addr", "127.0.0.1:0", "listen `host:port`")
+			latency := fs.Duration("produce-latency", 0, "delay each produce response by this long")
 			return noArgs("bench-kafka", func(ctx context.Context) error {
 				c, err := kfake.NewCluster(
 					kfake.NumBrokers(1),
@@ -318,6 +326,9 @@ address on stdout and runs until stdin closes. relay bench starts it.`,
 					return fmt.Errorf("bench-kafka: %w", err)
 				}
 				defer c.Close()
+				if *latency > 0 {
+					delayProduce(c, *latency)
+				}
 				fmt.Fprintln(env.stdout, c.ListenAddrs()[0])
 				eof := make(chan struct{})
 				go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(eof) }()
@@ -329,4 +340,15 @@ address on stdout and runs until stdin closes. relay bench starts it.`,
 			})
 		},
 	}
+}
+
+// delayProduce makes c answer every produce request d late without holding
+// up the others: each request waits on its own (kfake's SleepControl), so
+// the requests a client pipelines on its connection overlap their delays,
+// as round trips to a distant broker do.
+func delayProduce(c *kfake.Cluster, d time.Duration) {
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { time.Sleep(d) })
+		return nil, nil, false // not handled: the broker answers it as usual
+	})
 }

@@ -75,6 +75,9 @@ type Config struct {
 	// BrokerPID returns the process id of the broker while it runs on
 	// this machine, for its CPU figure; nil (or 0) when unknown.
 	BrokerPID func() int
+	// BrokerLatency is how long the bench's own broker delays each produce
+	// response (the caller sets the broker up; the bench reports it).
+	BrokerLatency time.Duration
 	// Schema is the outbox schema the bench creates, and drops at the end
 	// unless Keep is set. Default: bench_<random>.
 	Schema string

@@ -36,6 +36,9 @@ type Scenario struct {
 	Rounds       int     `json:"rounds"`
 	VacuumSec    float64 `json:"vacuum_interval_s,omitempty"`
 	PollMs       float64 `json:"poll_interval_ms"`
+	// BrokerLatencyMs is the delay the bench's broker added to every
+	// produce response (Config.BrokerLatency).
+	BrokerLatencyMs float64 `json:"broker_latency_ms,omitempty"`
 	// KillOneAfterSec is when, into each phase, one instance of each
 	// relay variant was killed (Config.KillOneAfter).
 	KillOneAfterSec float64 `json:"kill_one_after_s,omitempty"`
@@ -207,7 +210,7 @@ func newReport(cfg Config, runID string, variants []*variant) *Report {
 		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
 		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
 		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
-		ExternalSchema: cfg.ExternalSchema, TopicPrefix: runID + "-",
+		BrokerLatencyMs: float64(cfg.BrokerLatency) / float64(time.Millisecond), ExternalSchema: cfg.ExternalSchema, TopicPrefix: runID + "-",
 	}}
 	if cfg.Rate > 0 {
 		r.Scenario.DurationSec = cfg.Duration.Seconds()
@@ -381,9 +384,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 // writeHeader describes a run of the bench's own relays.
 func (r *Report) writeHeader(w io.Writer) {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds\n\n",
+	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds",
 		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
 		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
+	if sc.BrokerLatencyMs > 0 {
+		fmt.Fprintf(w, "; the broker answers each produce request %gms late", sc.BrokerLatencyMs)
+	}
+	fmt.Fprint(w, "\n\n")
 }
 
 // writeExternalHeader describes a run against relays already running, and
