@@ -9,13 +9,15 @@ import (
 // pruneQuery deletes up to $2 sent rows older than $1 microseconds, oldest
 // first, through the partial index on sent_at. Small batches keep each
 // transaction short; pending rows are never touched, so delivery does not
-// wait for it.
+// wait for it. Rows another relay's prune is deleting are skipped, not
+// waited for, so the relays of one outbox prune side by side.
 const pruneQuery = `
 DELETE FROM messages WHERE id IN (
     SELECT id FROM messages
     WHERE status = 'sent' AND sent_at < COALESCE($3::timestamptz, now()) - $1 * interval '1 microsecond'
     ORDER BY sent_at
-    LIMIT $2)`
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)`
 
 // pruneBatch is how many sent rows one delete statement removes.
 const pruneBatch = 1000

@@ -46,6 +46,53 @@ func TestPruneDeletesOnlySentRowsPastRetention(t *testing.T) {
 	}
 }
 
+// Two relays prune the same outbox: each takes the rows the other is not
+// deleting, rather than waiting for its transaction.
+func TestPruneSkipsRowsAnotherPruneIsDeleting(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	ctx := context.Background()
+
+	var msgs []relaytest.Message
+	for i := 0; i < 1500; i++ {
+		msgs = append(msgs, relaytest.Message{Topic: "t", Payload: []byte("x")})
+	}
+	db.Insert(t, msgs...)
+	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 5000, SentRetention: time.Hour}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1500 {
+		t.Fatalf("batch: %d, %v", n, err)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET sent_at = now() - interval '2 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	// The other relay's prune, caught with the 500 oldest rows deleted
+	// and its transaction open.
+	other, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	if tag, err := other.Exec(ctx, `DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT 500)`); err != nil || tag.RowsAffected() != 500 {
+		t.Fatalf("the other prune: %v, %v", tag, err)
+	}
+
+	// Waiting for the other transaction would run into this deadline.
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	n, err := r.Prune(pctx, nil)
+	if err != nil || n != 1000 {
+		t.Fatalf("Prune = %d, %v; want the 1000 rows the other prune does not hold, without waiting for it", n, err)
+	}
+	if err := other.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.Count(t, "sent"); got != 500 {
+		t.Errorf("%d sent rows left, want the 500 the other prune held (it rolled back)", got)
+	}
+}
+
 func TestDeleteOnSend(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
