@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/relay/bench"
 	"github.com/outboxrelay/relay/relay/relaytest"
@@ -93,6 +95,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "0"},
 		{"bench", "--brokers", "x:1", "--preload", "10", "--partitions", "0"},
 		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "1,2", "--kill-one-after", "1s"},
+		{"bench", "--brokers", "x:1", "--preload", "10", "--broker-latency", "5ms"}, // not the bench's own broker
+		{"bench", "--preload", "10", "--broker-latency", "-5ms"},
 	} {
 		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
 			t.Errorf("relay %v: exit %d (%v), want 2", args, exitCode(err), err)
@@ -164,5 +168,37 @@ func TestBenchExternal(t *testing.T) {
 	}
 	if sent != 1200 {
 		t.Errorf("%d sent rows in the outbox after the bench, want its 1200", sent)
+	}
+}
+
+// The bench's broker with --broker-latency answers a produce request no
+// sooner than the latency asked for, and still takes the record.
+func TestDelayProduce(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const latency = 300 * time.Millisecond
+	delayProduce(c, latency)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.DefaultProduceTopic("t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.Ping(ctx); err != nil { // metadata first: only produce requests wait
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		start := time.Now()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Value: []byte("x")}).FirstErr(); err != nil {
+			t.Fatalf("produce %d: %v", i, err)
+		}
+		if took := time.Since(start); took < latency {
+			t.Errorf("produce %d acknowledged after %v, want at least %v", i, took, latency)
+		}
 	}
 }
