@@ -117,6 +117,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	relay.BoundSockets(poolCfg, cfg.relayConfig())
 	if cfg.MigrateOnStart {
 		if err := migrateUp(ctx, poolCfg, cfg.Schema, log); err != nil {
 			return err
