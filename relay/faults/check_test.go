@@ -44,8 +44,9 @@ type outcome struct {
 //     committed row, intact, so each duplicate carries the outbox-id, key
 //     and payload of its original, and no rolled-back row reaches Kafka.
 //
-// It logs the scenario's figures.
-func checkInvariants(t *testing.T, o outcome) {
+// It logs the scenario's figures and returns how many records were
+// duplicates.
+func checkInvariants(t *testing.T, o outcome) (duplicates int) {
 	t.Helper()
 	if t.Failed() {
 		t.FailNow() // the relay died, or the scenario failed: no use waiting
@@ -154,6 +155,7 @@ func checkInvariants(t *testing.T, o outcome) {
 	if lost != 0 {
 		t.Errorf("%d rows lost, want 0", lost)
 	}
+	return d.Duplicates
 }
 
 // consumeAll reads every record of topics, from the start to the end

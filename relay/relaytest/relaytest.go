@@ -43,8 +43,15 @@ type DB struct {
 	URL    string
 }
 
-// NewDB creates a fresh schema, migrates it and drops it when the test ends.
+// NewDB creates a fresh schema in the test Postgres, migrates it and drops
+// it when the test ends.
 func NewDB(t testing.TB) *DB {
+	t.Helper()
+	return NewDBAt(t, DatabaseURL())
+}
+
+// NewDBAt is NewDB on the Postgres at url.
+func NewDBAt(t testing.TB, url string) *DB {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -52,17 +59,17 @@ func NewDB(t testing.TB) *DB {
 	_, _ = rand.Read(b[:])
 	schema := "test_" + hex.EncodeToString(b[:])
 
-	cfg, err := relay.PoolConfig(DatabaseURL(), schema)
+	cfg, err := relay.PoolConfig(url, schema)
 	if err != nil {
 		t.Fatalf("pool config: %v", err)
 	}
 	m, err := relay.NewMigrator(ctx, cfg, schema)
 	if err != nil {
-		t.Fatalf("cannot reach the test Postgres at %s (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", DatabaseURL(), err)
+		t.Fatalf("cannot reach the test Postgres at %s (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", url, err)
 	}
 	t.Cleanup(func() {
 		// Runs after the pool's cleanup (LIFO), so no connection holds the schema.
-		conn, err := pgx.Connect(context.Background(), DatabaseURL())
+		conn, err := pgx.Connect(context.Background(), url)
 		if err != nil {
 			t.Errorf("drop schema %s: %v", schema, err)
 			return
@@ -83,7 +90,7 @@ func NewDB(t testing.TB) *DB {
 		t.Fatalf("pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return &DB{Schema: schema, Pool: pool, URL: DatabaseURL()}
+	return &DB{Schema: schema, Pool: pool, URL: url}
 }
 
 // Message is a row to insert into the outbox.
