@@ -61,3 +61,7 @@ const (
 // SetAfterLock makes every claim call f between locking its rows and asking
 // what holds them back.
 func (r *Relay) SetAfterLock(f func()) { r.afterLock = f }
+
+// SetBeforeTopicCheck sets a function to run as each check of a topic's
+// settings starts.
+func (r *Relay) SetBeforeTopicCheck(f func(topic string)) { r.beforeTopicCheck = f }

@@ -124,6 +124,9 @@ const topicCheckTimeout = 5 * time.Second
 // topic's max.message.bytes, and logs, counts and alerts when the topic is
 // newly found unsafe (unless durability checks are off).
 func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry) {
+	if r.beforeTopicCheck != nil {
+		r.beforeTopicCheck(topic)
+	}
 	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, topicCheckTimeout)
 	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
 	r.topicsMu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -169,6 +170,48 @@ func TestTopicRefreshDoesNotHoldBatches(t *testing.T) {
 	}
 	if got := db.Count(t, "sent"); got != 2 {
 		t.Errorf("%d rows sent, want 2", got)
+	}
+}
+
+// A batch that is the first to use several topics checks their settings
+// all at once: it waits for one check, not one per topic, so that even
+// behind a broker that never answers admin requests the batch stays within
+// the stall bound.
+func TestFirstChecksOfABatchsTopicsRunAtOnce(t *testing.T) {
+	t.Parallel()
+	topics := []string{"a", "b", "c"}
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, topics...)
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	var mu sync.Mutex
+	running, most := 0, 0
+	all := make(chan struct{})
+	r.SetBeforeTopicCheck(func(string) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		if running == len(topics) {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all: // every check has started
+		case <-time.After(3 * time.Second): // checks one after another never all start
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+	})
+	var msgs []relaytest.Message
+	for _, topic := range topics {
+		msgs = append(msgs, relaytest.Message{Topic: topic, Payload: []byte("x")})
+	}
+	db.Insert(t, msgs...)
+	if n, err := r.DeliverBatch(context.Background(), nil); err != nil || n != len(topics) {
+		t.Fatalf("batch: %d, %v", n, err)
+	}
+	if most != len(topics) {
+		t.Errorf("at most %d topic checks ran at once, want all %d of the batch's new topics", most, len(topics))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +45,7 @@ type failure struct {
 // rolls the batch back.
 func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duration, stalled func(since time.Time)) outcome {
 	var out outcome
+	r.checkNewTopics(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
 		rec, err := x.record()
@@ -148,6 +150,29 @@ func (r *Relay) gaveUp(ctx, records context.Context, err error) error {
 		return fmt.Errorf("%w (%v)", errBatchTimeout, r.cfg.BatchTimeout)
 	}
 	return err
+}
+
+// checkNewTopics runs the first checks of the batch's topics that the relay
+// has not used yet, all at once, so that a batch that is the first to use
+// many topics waits for one check, at most topicCheckTimeout, not for one
+// per topic: its transaction is silent meanwhile, within the stall bound
+// (see stall.go). The records' own checks then find the verdicts ready.
+func (r *Relay) checkNewTopics(ctx context.Context, rows []row) {
+	var wg sync.WaitGroup
+	seen := map[string]bool{}
+	for _, x := range rows {
+		if seen[x.Topic] || validTopic(x.Topic) != nil {
+			continue
+		}
+		seen[x.Topic] = true
+		r.topicsMu.Lock()
+		_, known := r.topics[x.Topic]
+		r.topicsMu.Unlock()
+		if !known {
+			wg.Go(func() { r.topicSettings(ctx, x.Topic) })
+		}
+	}
+	wg.Wait()
 }
 
 // checkTopicSettings refuses a record its topic cannot take: larger than the

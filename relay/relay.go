@@ -63,6 +63,9 @@ type Relay struct {
 	limits *topicLimits
 	// afterLock is claimParams.afterLock, for tests.
 	afterLock func()
+	// beforeTopicCheck, for tests, runs as a check of a topic's settings
+	// starts.
+	beforeTopicCheck func(topic string)
 }
 
 // New returns a relay that claims rows through pool and produces them with

@@ -39,14 +39,13 @@ import (
 //
 // A live relay stays within the bound. Its batch transaction is silent
 // while the batch waits for Kafka: at most BatchTimeout per wave, after the
-// first use of a topic waited for its check (topicCheckTimeout). Between
+// first wave waited for the checks of the topics the relay had not used yet
+// (topicCheckTimeout: they run at once, see checkNewTopics). Between
 // waves, keepAlive sends a statement when half a BatchTimeout has passed
 // since the last one, so a batch of many waves is never silent for longer
 // than one wave and a half. The slot's connection counts the instances
-// every PollInterval. (One case can pass the bound: a batch that is the
-// first to use more than a dozen topics, with the defaults, while the broker
-// never answers the topic checks, since each check waits 5s.) Were the
-// bound passed anyway, nothing is lost: the batch's rows are pending again
+// every PollInterval. Were the bound passed anyway (a machine so loaded
+// that the relay's goroutines do not run for minutes), nothing is lost: the batch's rows are pending again
 // and produced again, duplicates with the same outbox-id, and each key's
 // first deliveries stay in id order, since each relay produces a key's
 // rows in order.
