@@ -9,22 +9,29 @@ import (
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
-func TestPruneDeletesOnlySentRowsPastRetention(t *testing.T) {
-	t.Parallel()
-	db := relaytest.NewDB(t)
+// sentOutbox is an outbox of n rows that r, a relay keeping sent rows for
+// an hour, has sent.
+func sentOutbox(t *testing.T, n int) (db *relaytest.DB, r *relay.Relay) {
+	t.Helper()
+	db = relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "t")
-	ctx := context.Background()
-
-	var msgs []relaytest.Message
-	for i := 0; i < 2500; i++ {
-		msgs = append(msgs, relaytest.Message{Topic: "t", Payload: []byte("x")})
+	msgs := make([]relaytest.Message, n)
+	for i := range msgs {
+		msgs[i] = relaytest.Message{Topic: "t", Payload: []byte("x")}
 	}
 	db.Insert(t, msgs...)
-	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 5000, SentRetention: time.Hour}, db.Pool,
+	r = relay.New(relay.Config{Schema: db.Schema, BatchSize: 5000, SentRetention: time.Hour}, db.Pool,
 		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
-	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2500 {
-		t.Fatalf("batch: %d, %v", n, err)
+	if got, err := r.DeliverBatch(context.Background(), nil); err != nil || got != n {
+		t.Fatalf("batch: %d, %v", got, err)
 	}
+	return db, r
+}
+
+func TestPruneDeletesOnlySentRowsPastRetention(t *testing.T) {
+	t.Parallel()
+	db, r := sentOutbox(t, 2500)
+	ctx := context.Background()
 	pending := db.Insert(t, relaytest.Message{Topic: "t", Payload: []byte("not yet sent")})[0]
 	// 2,100 of the sent rows are two hours old: more than two prune batches.
 	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET sent_at = now() - interval '2 hours'
@@ -50,20 +57,8 @@ func TestPruneDeletesOnlySentRowsPastRetention(t *testing.T) {
 // deleting, rather than waiting for its transaction.
 func TestPruneSkipsRowsAnotherPruneIsDeleting(t *testing.T) {
 	t.Parallel()
-	db := relaytest.NewDB(t)
-	cluster := relaytest.NewCluster(t, 1, "t")
+	db, r := sentOutbox(t, 1500)
 	ctx := context.Background()
-
-	var msgs []relaytest.Message
-	for i := 0; i < 1500; i++ {
-		msgs = append(msgs, relaytest.Message{Topic: "t", Payload: []byte("x")})
-	}
-	db.Insert(t, msgs...)
-	r := relay.New(relay.Config{Schema: db.Schema, BatchSize: 5000, SentRetention: time.Hour}, db.Pool,
-		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
-	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1500 {
-		t.Fatalf("batch: %d, %v", n, err)
-	}
 	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET sent_at = now() - interval '2 hours'`); err != nil {
 		t.Fatal(err)
 	}
