@@ -135,7 +135,7 @@ type Config struct {
 	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
 	// InFlightBatches is how many claimed batches may await Kafka at once,
 	// across the instances of one outbox (see relay/instances.go).
-	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64), for all the instances on one outbox together: they split it, and an instance left without a share is a standby. Each batch holds a database connection."`
+	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64), for all the instances on one outbox together: they split it, and an instance left without a share is a standby. Each batch holds a database connection. Raise it (3-4) when Kafka takes several milliseconds to acknowledge; 1 when the broker shares the database's machine (docs/performance.md)."`
 	// PollInterval is the longest an idle relay waits before looking for
 	// rows again. Default 500ms.
 	PollInterval time.Duration `env:"POLL_INTERVAL" envDefault:"500ms" desc:"Longest wait of an idle relay before it polls again (the fallback to the wake-up)."`
