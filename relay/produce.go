@@ -45,12 +45,12 @@ type failure struct {
 // rolls the batch back.
 func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duration, stalled func(since time.Time)) outcome {
 	var out outcome
-	r.checkNewTopics(ctx, rows)
+	verdicts := r.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
 		rec, err := x.record()
 		if err == nil {
-			err = r.checkTopicSettings(ctx, rec)
+			err = r.checkTopicSettings(rec, verdicts[rec.Topic])
 		}
 		if err != nil {
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err)})
@@ -152,35 +152,43 @@ func (r *Relay) gaveUp(ctx, records context.Context, err error) error {
 	return err
 }
 
-// checkNewTopics runs the first checks of the batch's topics that the relay
-// has not used yet, all at once, so that a batch that is the first to use
-// many topics waits for one check, at most topicCheckTimeout, not for one
-// per topic: its transaction is silent meanwhile, within the stall bound
-// (see stall.go). The records' own checks then find the verdicts ready.
-func (r *Relay) checkNewTopics(ctx context.Context, rows []row) {
-	var wg sync.WaitGroup
+// topicVerdicts returns what the relay knows of the settings of the
+// batch's topics, one lookup a topic rather than one a row. The first checks
+// of topics the relay has not used yet run all at once, so that a batch that
+// is the first to use many topics waits for one check, at most
+// topicCheckTimeout, not for one per topic: its transaction is silent
+// meanwhile, within the stall bound (see stall.go).
+func (r *Relay) topicVerdicts(ctx context.Context, rows []row) map[string]topicVerdict {
+	var topics []string
 	seen := map[string]bool{}
 	for _, x := range rows {
-		if seen[x.Topic] || validTopic(x.Topic) != nil {
-			continue
-		}
-		seen[x.Topic] = true
-		r.topicsMu.Lock()
-		_, known := r.topics[x.Topic]
-		r.topicsMu.Unlock()
-		if !known {
-			wg.Go(func() { r.topicSettings(ctx, x.Topic) })
+		if !seen[x.Topic] && validTopic(x.Topic) == nil {
+			seen[x.Topic] = true
+			topics = append(topics, x.Topic)
 		}
 	}
-	wg.Wait()
+	found := make([]topicVerdict, len(topics))
+	if len(topics) == 1 {
+		found[0] = r.topicSettings(ctx, topics[0])
+	} else {
+		var wg sync.WaitGroup
+		for i, topic := range topics {
+			wg.Go(func() { found[i] = r.topicSettings(ctx, topic) })
+		}
+		wg.Wait()
+	}
+	verdicts := make(map[string]topicVerdict, len(topics))
+	for i, topic := range topics {
+		verdicts[topic] = found[i]
+	}
+	return verdicts
 }
 
 // checkTopicSettings refuses a record its topic cannot take: larger than the
 // topic's max.message.bytes (caught here so it never reaches a batch and
 // fails its neighbours) or, in strict mode, bound for a topic that is not
 // durable.
-func (r *Relay) checkTopicSettings(ctx context.Context, rec *kgo.Record) error {
-	v := r.topicSettings(ctx, rec.Topic)
+func (r *Relay) checkTopicSettings(rec *kgo.Record, v topicVerdict) error {
 	if size := batchSize(rec); v.maxBytes > 0 && size > int(v.maxBytes) {
 		return badRow("row is %d bytes as a record batch (key %d, payload %d bytes); topic %s accepts at most %d (max.message.bytes): shrink the payload or raise the topic's limit",
 			size, len(rec.Key), len(rec.Value), rec.Topic, v.maxBytes)

@@ -40,7 +40,7 @@ import (
 // A live relay stays within the bound. Its batch transaction is silent
 // while the batch waits for Kafka: at most BatchTimeout per wave, after the
 // first wave waited for the checks of the topics the relay had not used yet
-// (topicCheckTimeout: they run at once, see checkNewTopics). Between
+// (topicCheckTimeout: they run at once, see topicVerdicts). Between
 // waves, keepAlive sends a statement when half a BatchTimeout has passed
 // since the last one, so a batch of many waves is never silent for longer
 // than one wave and a half. The slot's connection counts the instances
@@ -59,7 +59,13 @@ func (c Config) stallBound() time.Duration {
 // stallBoundMillis is stallBound as a Postgres setting's value, which
 // cannot exceed 2^31-1 ms (24.8 days; produce timeouts of days come near).
 func (c Config) stallBoundMillis() string {
-	return strconv.FormatInt(min(c.stallBound().Milliseconds(), math.MaxInt32), 10)
+	return strconv.FormatInt(c.stallBoundMs(), 10)
+}
+
+// stallBoundMs is stallBound in milliseconds, at most 2^31-1, as Postgres's
+// settings and the kernel's TCP_USER_TIMEOUT take it.
+func (c Config) stallBoundMs() int64 {
+	return min(c.stallBound().Milliseconds(), math.MaxInt32)
 }
 
 // slotSessionQuery bounds the slot session's silence and its unacknowledged
