@@ -19,7 +19,7 @@ import (
 // Linux only (elsewhere it changes nothing), and keeps the connect timeout
 // of the database URL.
 func BoundSockets(poolCfg *pgxpool.Config, cfg Config) {
-	bound := cfg.withDefaults().stallBound()
+	bound := int(cfg.withDefaults().stallBoundMs())
 	d := &net.Dialer{
 		Timeout: poolCfg.ConnConfig.ConnectTimeout,
 		Control: func(network, _ string, c syscall.RawConn) error {

@@ -1,17 +1,14 @@
 package relay
 
 import (
-	"math"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// setUserTimeout sets the socket's TCP_USER_TIMEOUT: how long sent data
-// may stay unacknowledged before the kernel closes the connection.
-func setUserTimeout(c syscall.RawConn, d time.Duration) error {
-	ms := int(min(d.Milliseconds(), math.MaxInt32))
+// setUserTimeout sets the socket's TCP_USER_TIMEOUT: how many milliseconds
+// sent data may stay unacknowledged before the kernel closes the connection.
+func setUserTimeout(c syscall.RawConn, ms int) error {
 	var serr error
 	if err := c.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms)

@@ -2,11 +2,8 @@
 
 package relay
 
-import (
-	"syscall"
-	"time"
-)
+import "syscall"
 
 // setUserTimeout does nothing outside Linux: the relay runs in a Linux
 // container; elsewhere (a developer's laptop) the kernel's defaults apply.
-func setUserTimeout(syscall.RawConn, time.Duration) error { return nil }
+func setUserTimeout(syscall.RawConn, int) error { return nil }

@@ -76,10 +76,14 @@ func (e *env) backendCPU(ctx context.Context, prefix string) time.Duration {
 // brokerCPU is the CPU time of the broker's process so far, when the
 // bench runs the broker on this machine.
 func (e *env) brokerCPU() (time.Duration, bool) {
-	if e.cfg.BrokerPID == nil || e.cfg.BrokerPID() == 0 {
+	if e.cfg.BrokerPID == nil {
 		return 0, false
 	}
-	return procCPU(e.cfg.BrokerPID())
+	pid := e.cfg.BrokerPID()
+	if pid == 0 {
+		return 0, false
+	}
+	return procCPU(pid)
 }
 
 // procCPU reads the user and system CPU time of process pid from /proc.

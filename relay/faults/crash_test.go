@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -39,7 +38,6 @@ func TestPostgresCrashUndoesTheRelaysLastCommits(t *testing.T) {
 	p := startRelay(t, "relay", relayEnv(db, relayDatabaseURL(t, db, ""), brokers))
 	waitListening(t, db, 1)
 
-	ctx := context.Background()
 	rows := map[int64]relaytest.Message{}
 	var rolledBack int64
 	crashes := 0
@@ -53,13 +51,7 @@ func TestPostgresCrashUndoesTheRelaysLastCommits(t *testing.T) {
 		rolledBack += o.rolledBack
 		// The relay delivers what the load wrote; its last commit is then
 		// the newest WAL record, and the crash comes right after it.
-		relaytest.WaitFor(t, time.Minute, "every row sent", func() bool {
-			var pending int
-			if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending'`).Scan(&pending); err != nil {
-				t.Fatalf("count pending: %v", err)
-			}
-			return pending == 0
-		})
+		relaytest.WaitFor(t, time.Minute, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
 		pg.crash(t)
 		pg.start(t)
 		db.Pool.Reset() // the application's connections died with the server
