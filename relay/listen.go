@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -39,5 +41,16 @@ func (r *Relay) listenOnce(ctx context.Context, connected func()) error {
 }
 
 // WakeupChannel is the NOTIFY channel of a schema's outbox, as the trigger
-// in migrations/ names it.
-func WakeupChannel(schema string) string { return schema + "_wakeup" }
+// in migrations/ names it: '<schema>_wakeup', or, when that would pass
+// Postgres's 63-byte limit on names, the schema's first 47 characters, '_',
+// 8 hex digits of its SHA-256 and '_wakeup'.
+func WakeupChannel(schema string) string {
+	if len(schema)+len("_wakeup") <= maxIdentifierBytes {
+		return schema + "_wakeup"
+	}
+	sum := sha256.Sum256([]byte(schema))
+	return schema[:47] + "_" + hex.EncodeToString(sum[:4]) + "_wakeup"
+}
+
+// maxIdentifierBytes is Postgres's limit on names (NAMEDATALEN - 1).
+const maxIdentifierBytes = 63

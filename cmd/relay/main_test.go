@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/outboxrelay/relay/migrations"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
@@ -152,19 +154,32 @@ func TestMigrateCommand(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t) // migrated already
 	env := map[string]string{"RELAY_DATABASE_URL": db.URL, "RELAY_SCHEMA": db.Schema}
-	status := func(want string) {
+	entries, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("embedded migrations: %v, %v", entries, err)
+	}
+	newest := entries[len(entries)-1]
+	// status checks that every migration is listed and applied, except the
+	// newest, which is in state newestState.
+	status := func(newestState string) {
 		t.Helper()
 		stdout, _, err := runCLI(t, env, "migrate", "status")
 		if err != nil {
 			t.Fatalf("migrate status: %v", err)
 		}
 		lines := strings.Split(strings.TrimSpace(stdout), "\n")
-		if len(lines) != 2 || !strings.HasPrefix(lines[0], "VERSION") {
+		if len(lines) != 1+len(entries) || !strings.HasPrefix(lines[0], "VERSION") {
 			t.Fatalf("migrate status printed:\n%s", stdout)
 		}
-		f := strings.Fields(lines[1])
-		if f[0] != "1" || f[1] != want || f[len(f)-1] != "00001_outbox.sql" {
-			t.Fatalf("migrate status: %q, want version 1 %s 00001_outbox.sql", lines[1], want)
+		for i, line := range lines[1:] {
+			f := strings.Fields(line)
+			want := "applied"
+			if i == len(entries)-1 {
+				want = newestState
+			}
+			if f[1] != want || f[len(f)-1] != entries[i] {
+				t.Fatalf("migrate status: %q, want %s %s", line, want, entries[i])
+			}
 		}
 	}
 	status("applied")
@@ -173,7 +188,7 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	status("pending")
 	if stdout, _, err := runCLI(t, env, "migrate"); err != nil || !strings.Contains(stdout, "applied 1 migration") {
-		t.Fatalf("migrate (up): %v %q", err, stdout)
+		t.Fatalf("migrate (up) %s: %v %q", newest, err, stdout)
 	}
 	status("applied")
 	if stdout, _, err := runCLI(t, env, "migrate", "up"); err != nil || !strings.Contains(stdout, "applied 0 migration") {

@@ -53,11 +53,22 @@ func NewDB(t testing.TB) *DB {
 // NewDBAt is NewDB on the Postgres at url.
 func NewDBAt(t testing.TB, url string) *DB {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	schema := "test_" + hex.EncodeToString(b[:])
+	return newDB(t, url, "test_"+hex.EncodeToString(b[:]))
+}
+
+// NewDBWithSchema is NewDB with a schema name of the caller's choice, which
+// must be unique to the test (e.g. end in a random suffix).
+func NewDBWithSchema(t testing.TB, schema string) *DB {
+	t.Helper()
+	return newDB(t, DatabaseURL(), schema)
+}
+
+func newDB(t testing.TB, url, schema string) *DB {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 
 	cfg, err := relay.PoolConfig(url, schema)
 	if err != nil {
