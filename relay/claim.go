@@ -89,7 +89,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 	}
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
-		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.Attempts, &c.CreatedAt, &c.due)
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
@@ -173,7 +173,7 @@ func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, er
 	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
 		return x, err
 	})
 	if err != nil {

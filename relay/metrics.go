@@ -22,6 +22,7 @@ type Metrics struct {
 	behindStuck   prometheus.Gauge
 	notDurable    *prometheus.CounterVec
 	instances     prometheus.Gauge
+	reserved      *prometheus.CounterVec
 }
 
 // NewMetrics registers the relay's metrics, named outbox_relay_*, on reg.
@@ -54,8 +55,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times a topic was found with settings that can lose acknowledged records (RF < 3, min.insync.replicas < 2, unclean election)."}, []string{"topic"}),
 		instances: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "instances",
 			Help: "Relays counted on this outbox, this one included, as of the last check; they split RELAY_IN_FLIGHT_BATCHES in slot order, and one left without a share is a standby."}),
+		reserved: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reserved_headers_replaced_total",
+			Help: "Application headers named outbox-id or outbox-uuid that the relay's own header replaced."}, []string{"topic"}),
 	}
-	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable, m.instances)
+	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable, m.instances, m.reserved)
 	return m
 }
 
@@ -118,4 +121,13 @@ func (m *Metrics) setInstances(n int) {
 		return
 	}
 	m.instances.Set(float64(n))
+}
+
+// reservedHeaderReplaced counts an application header that the relay's own
+// replaced.
+func (m *Metrics) reservedHeaderReplaced(topic string) {
+	if m == nil {
+		return
+	}
+	m.reserved.WithLabelValues(topic).Inc()
 }

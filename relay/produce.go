@@ -48,7 +48,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 	verdicts := r.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
-		rec, err := x.record()
+		rec, err := r.record(x)
 		if err == nil {
 			err = r.checkTopicSettings(rec, verdicts[rec.Topic])
 		}

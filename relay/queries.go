@@ -10,7 +10,7 @@ package relay
 // claimLockFirst). Rows it locks but the batch does not produce stay
 // untouched until the batch ends.
 const lockFirstQuery = `
-SELECT id, topic, key, payload, headers, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now())
+SELECT id, topic, key, payload, headers, uuid, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now())
 FROM messages
 WHERE status = 'pending'
   AND (key IS NULL OR (topic, key) NOT IN (
@@ -91,7 +91,7 @@ WITH window_rows AS MATERIALIZED (
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
 )
-SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at, c.rank,
+SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at, c.rank,
        (SELECT count(*) FROM window_rows)
 FROM (SELECT id, rank FROM chosen ORDER BY id) c
 JOIN messages m ON m.id = c.id
@@ -157,12 +157,12 @@ WITH moved AS (
     USING unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, last_error, error_kind)
     WHERE m.id = u.id
     RETURNING m.id, m.topic, m.key, m.payload, m.headers, m.created_at, m.attempts,
-              m.first_error, u.last_error, u.error_kind
+              m.first_error, u.last_error, u.error_kind, m.uuid
 )
 INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts,
-                            first_error, last_error, error_kind, escalated_at)
+                            first_error, last_error, error_kind, escalated_at, uuid)
 SELECT id, topic, key, payload, headers, created_at, attempts + 1,
-       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now())
+       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid
 FROM moved`
 
 // declareIdleQuery asks inserts to notify for the next $1 milliseconds of
@@ -209,17 +209,18 @@ LIMIT $4`
 const getStuckQuery = stuckSelect + `
 WHERE s.id = $1`
 
-// requeueQuery moves stuck rows back to messages, keeping their ids. $1 ids
+// requeueQuery moves stuck rows back to messages, keeping their ids and
+// uuids (a row stuck before migration 00002 has none and gets one). $1 ids
 // (NULL: any), $2 topic (NULL: any).
 const requeueQuery = `
 WITH moved AS (
     DELETE FROM stuck_messages
     WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2)
-    RETURNING id, topic, key, payload, headers, created_at
+    RETURNING id, topic, key, payload, headers, created_at, uuid
 )
-INSERT INTO messages (id, topic, key, payload, headers, created_at)
+INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid)
 OVERRIDING SYSTEM VALUE
-SELECT id, topic, key, payload, headers, created_at FROM moved ORDER BY id
+SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()) FROM moved ORDER BY id
 RETURNING id`
 
 // discardQuery deletes stuck rows and keeps an audit copy. $2 operator name
@@ -227,11 +228,11 @@ RETURNING id`
 const discardQuery = `
 WITH gone AS (
     DELETE FROM stuck_messages WHERE id = ANY($1)
-    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at
+    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid
 )
 INSERT INTO discarded_messages (id, topic, key, payload, headers, created_at, attempts,
-                                last_error, escalated_at, discarded_by, reason)
-SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at,
+                                last_error, escalated_at, uuid, discarded_by, reason)
+SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
        current_user || COALESCE(' (' || $2::text || ')', ''), $3::text
 FROM gone ORDER BY id
 RETURNING id`

@@ -8,12 +8,27 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// HeaderOutboxID names the header that carries the row id as decimal text, so
-// consumers can drop the duplicates at-least-once delivery allows.
+// HeaderOutboxID names the header that carries the row id as decimal text.
+// It is unique within one database, but after an asynchronous failover or a
+// point-in-time restore the identity can issue an id again for a different
+// row: consumers dedup on HeaderOutboxUUID.
 const HeaderOutboxID = "outbox-id"
+
+// HeaderOutboxUUID names the header that carries the row's uuid column
+// (random, set at INSERT) in its canonical text form. It identifies the row
+// across failovers and restores, so consumers drop the duplicates that
+// at-least-once delivery allows by it. Rows sent before migration 00002 have
+// none.
+const HeaderOutboxUUID = "outbox-uuid"
+
+// reservedHeader tells whether an application header would clash with one
+// the relay sets. The relay's value wins: consumers must be able to trust
+// these headers to identify the row.
+func reservedHeader(name string) bool { return name == HeaderOutboxID || name == HeaderOutboxUUID }
 
 // row is one claimed outbox row.
 type row struct {
@@ -22,35 +37,52 @@ type row struct {
 	Key       []byte // nil: no key
 	Payload   []byte // nil: tombstone
 	Headers   []byte // raw jsonb text
+	UUID      pgtype.UUID
 	Attempts  int
 	CreatedAt time.Time
 	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
 }
 
-// record turns a row into a Kafka record. It fails only for rows that can
-// never be produced as they are (headers that are not an object of strings).
-func (r row) record() (*kgo.Record, error) {
-	if err := validTopic(r.Topic); err != nil {
-		return nil, err
+// record turns a row into a Kafka record (see row.record) and reports an
+// application header that the relay's own replaced: a warning and
+// outbox_relay_reserved_headers_replaced_total, so the clash is seen and
+// fixed at the application, while delivery goes on.
+func (r *Relay) record(x row) (*kgo.Record, error) {
+	rec, replaced, err := x.record()
+	for _, name := range replaced {
+		r.logger.Warn("reserved_header_replaced", "outbox_id", x.ID, "topic", x.Topic, "header", name)
+		r.cfg.Metrics.reservedHeaderReplaced(x.Topic)
 	}
-	headers, err := parseHeaders(r.Headers)
+	return rec, err
+}
+
+// record turns a row into a Kafka record: outbox-id first, then outbox-uuid,
+// then the application's headers by name. It fails only for rows that can
+// never be produced as they are (headers that are not an object of
+// strings). It returns the names of application headers it dropped because
+// the relay sets a header of that name.
+func (r row) record() (*kgo.Record, []string, error) {
+	if err := validTopic(r.Topic); err != nil {
+		return nil, nil, err
+	}
+	headers, replaced, err := parseHeaders(r.Headers)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rec := &kgo.Record{
 		Topic:   r.Topic,
 		Key:     r.Key,
 		Value:   r.Payload,
-		Headers: make([]kgo.RecordHeader, 0, len(headers)+1),
+		Headers: make([]kgo.RecordHeader, 0, len(headers)+2),
 	}
 	rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderOutboxID, Value: []byte(strconv.FormatInt(r.ID, 10))})
+	if r.UUID.Valid {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderOutboxUUID, Value: []byte(r.UUID.String())})
+	}
 	rec.Headers = append(rec.Headers, headers...)
-	return rec, nil
+	return rec, replaced, nil
 }
 
-// parseHeaders reads a jsonb object of string → string into record headers,
-// sorted by name so a row always produces the same record. An "outbox-id"
-// entry is dropped: the relay's own header is the one consumers rely on.
 // badRowError is a row that can never be produced as it is. It implements
 // retry.RowFatalError, so the row is escalated at once with this reason.
 type badRowError struct{ reason string }
@@ -79,31 +111,38 @@ func validTopic(topic string) error {
 	return nil
 }
 
-func parseHeaders(raw []byte) ([]kgo.RecordHeader, error) {
+// parseHeaders reads a jsonb object of string → string into record headers,
+// sorted by name so a row always produces the same record. Entries named
+// like the relay's own headers (outbox-id, outbox-uuid) are left out and
+// returned in replaced: the relay's values are the ones consumers rely on.
+func parseHeaders(raw []byte) (headers []kgo.RecordHeader, replaced []string, err error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "{}" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return nil, badRow("headers must be a JSON object of strings: %v", err)
+		return nil, nil, badRow("headers must be a JSON object of strings: %v", err)
 	}
 	names := make([]string, 0, len(fields))
 	for name := range fields {
-		if name != HeaderOutboxID {
+		if reservedHeader(name) {
+			replaced = append(replaced, name)
+		} else {
 			names = append(names, name)
 		}
 	}
 	slices.Sort(names)
+	slices.Sort(replaced)
 	out := make([]kgo.RecordHeader, 0, len(names))
 	for _, name := range names {
 		var value string
 		if err := json.Unmarshal(fields[name], &value); err != nil {
-			return nil, badRow("header %q must be a JSON string, got %s", name, jsonKind(fields[name]))
+			return nil, nil, badRow("header %q must be a JSON string, got %s", name, jsonKind(fields[name]))
 		}
 		out = append(out, kgo.RecordHeader{Key: name, Value: []byte(value)})
 	}
-	return out, nil
+	return out, replaced, nil
 }
 
 // jsonKind names the type of a JSON value, for error messages that must not

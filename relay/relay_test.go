@@ -105,8 +105,8 @@ func TestDeliversRowsWithKeyPayloadHeadersAndOutboxID(t *testing.T) {
 		} else if string(rec.Value) != string(w.msg.Payload) {
 			t.Errorf("row %d: payload %q, want %q", w.id, rec.Value, w.msg.Payload)
 		}
-		if len(rec.Headers) != len(w.msg.Headers)+1 {
-			t.Errorf("row %d: %d headers, want %d", w.id, len(rec.Headers), len(w.msg.Headers)+1)
+		if len(rec.Headers) != len(w.msg.Headers)+2 {
+			t.Errorf("row %d: %d headers, want %d (outbox-id, outbox-uuid and the row's)", w.id, len(rec.Headers), len(w.msg.Headers)+2)
 		}
 		for k, v := range w.msg.Headers {
 			if got, _ := relaytest.Header(rec, k); got != v {
@@ -118,7 +118,8 @@ func TestDeliversRowsWithKeyPayloadHeadersAndOutboxID(t *testing.T) {
 	// Every row is marked sent with the partition and offset it landed at.
 	// Kafka holds a batch's records before the relay commits them as sent.
 	relaytest.WaitFor(t, 30*time.Second, "every row marked sent", func() bool { return db.Count(t, "sent") == len(want) })
-	rows, err := db.Pool.Query(context.Background(), `SELECT id, kafka_partition, kafka_offset FROM messages WHERE status = 'sent'`)
+	// Each record carries its row's uuid as outbox-uuid.
+	rows, err := db.Pool.Query(context.Background(), `SELECT id, kafka_partition, kafka_offset, uuid::text FROM messages WHERE status = 'sent'`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,12 +127,16 @@ func TestDeliversRowsWithKeyPayloadHeadersAndOutboxID(t *testing.T) {
 	for rows.Next() {
 		var id, off int64
 		var p int32
-		if err := rows.Scan(&id, &p, &off); err != nil {
+		var uuid string
+		if err := rows.Scan(&id, &p, &off, &uuid); err != nil {
 			t.Fatal(err)
 		}
 		rec := byID[id]
 		if rec == nil || rec.Partition != p || rec.Offset != off {
 			t.Errorf("row %d marked at %d@%d, but its record is at %d@%d", id, p, off, rec.Partition, rec.Offset)
+		}
+		if got, _ := relaytest.Header(rec, relay.HeaderOutboxUUID); got != uuid {
+			t.Errorf("row %d has uuid %s, its record outbox-uuid %q", id, uuid, got)
 		}
 		marked++
 	}

@@ -132,8 +132,12 @@ func checkContent(p *Problems, id int64, r *kgo.Record, m Message) {
 		p.Errorf("record %s/%d@%d (outbox-id %d) is topic %q key %q value %q, want the row's %q %q %q",
 			r.Topic, r.Partition, r.Offset, id, r.Topic, r.Key, r.Value, m.Topic, m.Key, m.Payload)
 	}
-	if len(r.Headers) != len(m.Headers)+1 {
-		p.Errorf("record of row %d has %d headers, want %d", id, len(r.Headers), len(m.Headers)+1)
+	// The relay's own two, outbox-id and outbox-uuid, and the row's.
+	if len(r.Headers) != len(m.Headers)+2 {
+		p.Errorf("record of row %d has %d headers, want %d", id, len(r.Headers), len(m.Headers)+2)
+	}
+	if u, ok := Header(r, relay.HeaderOutboxUUID); !ok || len(u) != 36 {
+		p.Errorf("record of row %d: outbox-uuid %q, want a UUID", id, u)
 	}
 	for k, v := range m.Headers {
 		if got, ok := Header(r, k); !ok || got != v {
