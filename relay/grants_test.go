@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/relay/relay"
@@ -15,7 +18,11 @@ import (
 )
 
 // The grants docs/operations.md gives an application role are enough to
-// enqueue, wake-up trigger included, and no more than that.
+// enqueue, wake-up trigger included, and no more than that: the INSERT grant
+// covers the columns an application writes (topic, key, payload, headers),
+// so the role cannot write delivery state (a row inserted as sent would
+// never be delivered; a next_attempt_at of infinity would block its key for
+// ever), choose ids or uuids, nor read the outbox.
 func TestApplicationRoleGrants(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
@@ -23,7 +30,7 @@ func TestApplicationRoleGrants(t *testing.T) {
 	schema := pgx.Identifier{db.Schema}.Sanitize()
 	role := createRole(t, db, "app",
 		"USAGE ON SCHEMA "+schema,
-		"INSERT ON "+schema+".messages",
+		"INSERT (topic, key, payload, headers) ON "+schema+".messages",
 		"SELECT ON SEQUENCE "+schema+".relay_idle_until")
 
 	tx, err := db.Pool.Begin(ctx)
@@ -31,22 +38,49 @@ func TestApplicationRoleGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	// A relay registered as idle, so the trigger's WHEN is true and the
+	// notify function runs too.
+	if _, err := tx.Exec(ctx, `SELECT setval('relay_idle_until', 9e15::bigint)`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := tx.Exec(ctx, "SET LOCAL ROLE "+role); err != nil {
 		t.Fatal(err)
 	}
-	// A relay registered as idle, so the trigger's WHEN is true and the
-	// notify function runs too.
-	if _, err := tx.Exec(ctx, `RESET ROLE; SELECT setval('relay_idle_until', 9e15::bigint); SET LOCAL ROLE `+role); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload) VALUES ('t', 'k', 'p')`); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, headers) VALUES ('t', 'k', 'p', '{"type": "created"}')`); err != nil {
 		t.Fatalf("insert as the application role: %v", err)
 	}
-	if _, err := tx.Exec(ctx, `SAVEPOINT s`); err != nil {
+	refused := []struct{ what, sql string }{
+		{"insert a row marked sent", `INSERT INTO messages (topic, payload, status, sent_at, kafka_partition, kafka_offset) VALUES ('t', 'p', 'sent', now(), 0, 0)`},
+		{"set next_attempt_at", `INSERT INTO messages (topic, payload, next_attempt_at) VALUES ('t', 'p', 'infinity')`},
+		{"set attempts", `INSERT INTO messages (topic, payload, attempts) VALUES ('t', 'p', 1000)`},
+		{"set last_error", `INSERT INTO messages (topic, payload, last_error) VALUES ('t', 'p', 'x')`},
+		{"choose the id", `INSERT INTO messages (id, topic, payload) OVERRIDING SYSTEM VALUE VALUES (1000000, 't', 'p')`},
+		{"choose the uuid", `INSERT INTO messages (topic, payload, uuid) VALUES ('t', 'p', '00000000-0000-0000-0000-000000000000')`},
+		{"set created_at", `INSERT INTO messages (topic, payload, created_at) VALUES ('t', 'p', now() - interval '1 day')`},
+		{"read the outbox", `SELECT count(*) FROM messages`},
+		{"update a row", `UPDATE messages SET status = 'sent'`},
+	}
+	for i, c := range refused {
+		sp := fmt.Sprintf("s%d", i)
+		if _, err := tx.Exec(ctx, "SAVEPOINT "+sp); err != nil {
+			t.Fatal(err)
+		}
+		_, err := tx.Exec(ctx, c.sql)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" { // insufficient_privilege
+			t.Errorf("the application role can %s (error: %v); the documented grants must not allow it", c.what, err)
+		}
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+sp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The documented insert went in with the defaults: pending, due, a uuid.
+	if _, err := tx.Exec(ctx, "RESET ROLE"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT count(*) FROM messages`); err == nil {
-		t.Error("the application role can read the outbox; the documented grants should not allow it")
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending' AND attempts = 0 AND uuid IS NOT NULL AND next_attempt_at <= now()`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("%d due pending rows with a uuid after the application's insert (%v), want 1", n, err)
 	}
 }
 
@@ -67,7 +101,8 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 		"SELECT ON "+s+".goose_db_version")
 	operatorRole := createRole(t, db, "operator",
 		"USAGE ON SCHEMA "+s,
-		"SELECT, INSERT ON "+s+".messages",
+		"SELECT ON "+s+".messages",
+		"INSERT (id, topic, key, payload, headers, created_at, uuid) ON "+s+".messages",
 		"SELECT ON SEQUENCE "+s+".relay_idle_until",
 		"SELECT, DELETE, UPDATE ON "+s+".stuck_messages",
 		"SELECT, INSERT ON "+s+".discarded_messages",
