@@ -33,7 +33,14 @@ func ValidSchema(name string) error {
 }
 
 // PoolConfig parses a database URL and points the connections' search_path at
-// schema, so the relay's static SQL finds its tables.
+// schema, so the relay's static SQL finds its tables. It also pins the
+// sessions to READ COMMITTED, whatever the database's or the role's
+// default_transaction_isolation: the claim relies on each statement seeing
+// what committed before it (under REPEATABLE READ, a claim that meets a row
+// another relay marked sent after its snapshot fails with a serialization
+// error, and the held-rows check would not see rows committed since).
+// Settings sent at connection start win over ALTER ROLE and ALTER DATABASE
+// defaults.
 func PoolConfig(databaseURL, schema string) (*pgxpool.Config, error) {
 	if err := ValidSchema(schema); err != nil {
 		return nil, err
@@ -43,6 +50,7 @@ func PoolConfig(databaseURL, schema string) (*pgxpool.Config, error) {
 		return nil, fmt.Errorf("database url: %w", redactParseError(err))
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
 	return cfg, nil
 }
 
