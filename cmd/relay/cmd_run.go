@@ -173,7 +173,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		httpAddr = ln.Addr().String()
 		srv = &http.Server{
-			Handler:           healthHandler(pool, client, r.KafkaHealthy, met.handler()),
+			Handler:           healthHandler(pool, client, r.KafkaHealthy, met.handler(), log.With("component", "health")),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
