@@ -127,9 +127,13 @@ SELECT set_config('synchronous_commit', 'off', true),
 const windowFullQuery = `SELECT count(*) = $1 FROM (SELECT 1 FROM messages WHERE status = 'pending' LIMIT $1) w`
 
 // markSentQuery records where each row landed. The arrays are parallel.
+// sent_at is when this statement ran, after Kafka's acknowledgement and just
+// before the commit, not the batch transaction's start (now()), which can be
+// many produce timeouts earlier: the daemon's verify finds rows by sent_at
+// and must not miss those committed long after their transaction began.
 const markSentQuery = `
 UPDATE messages AS m
-SET status = 'sent', sent_at = COALESCE($4::timestamptz, now()),
+SET status = 'sent', sent_at = COALESCE($4::timestamptz, statement_timestamp()),
     kafka_partition = u.kafka_partition, kafka_offset = u.kafka_offset
 FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u(id, kafka_partition, kafka_offset)
 WHERE m.id = u.id`

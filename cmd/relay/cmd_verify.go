@@ -220,19 +220,19 @@ type periodicVerify struct {
 	pool     *pgxpool.Pool
 	client   *kgo.Client
 	interval time.Duration
-	// margin widens each window backwards. sent_at is the start time of
-	// the batch's transaction, which stays open while Kafka acknowledges
-	// (up to RELAY_PRODUCE_TIMEOUT), so a row can commit well after its
-	// sent_at; the margin also absorbs skew between this host's clock and
-	// the database's.
+	// margin widens each window backwards. sent_at is when the batch
+	// recorded Kafka's acknowledgement, just before its commit (not when
+	// its transaction began, which may be many produce timeouts earlier),
+	// so a row commits shortly after its sent_at; the margin covers that
+	// and skew between this host's clock and the database's.
 	margin  time.Duration
 	log     *slog.Logger
 	alerter alert.Alerter
 	met     verifyMetrics
 }
 
-// verifyMargin is the margin for a produce timeout: the longest a batch
-// transaction waits for Kafka, plus a minute of clock skew and commit time.
+// verifyMargin is the margin for a produce timeout: a minute of clock skew
+// and commit time, plus a produce timeout to spare.
 func verifyMargin(produceTimeout time.Duration) time.Duration {
 	return produceTimeout + time.Minute
 }

@@ -448,3 +448,48 @@ func TestLogStartMovesDuringRun(t *testing.T) {
 		t.Fatalf("the stale start offset was answered %d times, want once", stale.Load())
 	}
 }
+
+// The daemon's verify checks the rows sent since its previous run, widened
+// back by a margin. A row's sent_at must therefore not lie before the
+// moment its batch could still be open: here the batch waits for Kafka much
+// longer than the margin (many waves, a slow broker), a verify run happens
+// meanwhile, and the next run's window, from that run back by the margin,
+// must still hold the row. (With sent_at the start of the batch's
+// transaction, the row fell before every window and was never checked.)
+func TestRowOfLongBatchFallsInNextWindow(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "orders")
+	brokers := cluster.ListenAddrs()
+	const margin = 200 * time.Millisecond
+
+	held := make(chan time.Time, 1)
+	release := make(chan struct{})
+	var first atomic.Bool
+	cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if first.CompareAndSwap(false, true) {
+			held <- time.Now()
+			cluster.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	db.Insert(t, messages("orders", 1)...)
+	r := relay.New(relay.Config{Schema: db.Schema, BatchTimeout: time.Minute}, db.Pool, relaytest.NewProducer(t, brokers), nil)
+	stop := relaytest.RunRelay(t, r)
+	heldAt := <-held
+	// The batch outlasts the margin: wall-clock time has to pass here,
+	// there is nothing to wait on.
+	relaytest.WaitFor(t, 10*time.Second, "the batch to outlast the margin", func() bool { return time.Since(heldAt) > 2*margin })
+	previousRun := time.Now()
+	close(release)
+	relaytest.WaitFor(t, 30*time.Second, "the row sent", func() bool { return db.Count(t, "sent") == 1 })
+	stop()
+	rep := run(t, db, brokers, verify.Options{Since: previousRun.Add(-margin)})
+	if rep.Total.Checked != 1 {
+		var sentAt time.Time
+		_ = db.Pool.QueryRow(context.Background(), `SELECT sent_at FROM messages`).Scan(&sentAt)
+		t.Errorf("the next window (from %v) checked %d rows, want the row of the long batch (sent_at %v)",
+			previousRun.Add(-margin).Format(time.StampMicro), rep.Total.Checked, sentAt.Format(time.StampMicro))
+	}
+}
