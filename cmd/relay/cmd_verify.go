@@ -25,7 +25,8 @@ func verifyCommand() *command {
 		args:    "[--since 1h|2006-01-02T15:04:05Z] [--topic T]... [--json] [--allow-truncated]",
 		about: `Audits delivery end to end: for every sent row in the window it reads the
 record at the row's recorded partition and offset and checks its outbox-id
-header, key and value (by SHA-256) against the row. Each row is ok or:
+and outbox-uuid headers, key and value (by SHA-256) against the row. Each row
+is ok or:
 
   missing     no record at the offset: the log ends before it, the topic or
               partition is gone, or the offset is absent inside the log.

@@ -218,7 +218,7 @@ func (r Report) Topics() []TopicReport {
 // them. Only a hash of the payload leaves the database. $1 since, $2 until
 // (NULL: none), $3 topics (NULL: all).
 const rowsQuery = `
-SELECT id, topic, kafka_partition, kafka_offset, key, sha256(payload)
+SELECT id, topic, kafka_partition, kafka_offset, key, sha256(payload), uuid::text
 FROM messages
 WHERE status = 'sent' AND sent_at >= $1
   AND ($2::timestamptz IS NULL OR sent_at < $2)
@@ -239,7 +239,8 @@ type sentRow struct {
 	partition   int32
 	offset      int64
 	key         []byte
-	payloadHash []byte // nil: tombstone
+	payloadHash []byte  // nil: tombstone
+	uuid        *string // nil: sent before the uuid column existed
 }
 
 // Run checks the sent rows of the window against Kafka and reports what it
@@ -304,7 +305,7 @@ func fetchChunk(ctx context.Context, tx pgx.Tx, n int) ([]sentRow, error) {
 	}
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (sentRow, error) {
 		var r sentRow
-		err := rs.Scan(&r.id, &r.topic, &r.partition, &r.offset, &r.key, &r.payloadHash)
+		err := rs.Scan(&r.id, &r.topic, &r.partition, &r.offset, &r.key, &r.payloadHash, &r.uuid)
 		return r, err
 	})
 	if err != nil {
@@ -629,14 +630,23 @@ func (c *checker) fetch(ctx context.Context, ts *topicState, topic string, p int
 	return fp, next, nil
 }
 
-// compare checks that rec is r's record: the relay's outbox-id header, the
-// key and the value (nil for a tombstone).
+// compare checks that rec is r's record: the relay's outbox-id header, its
+// outbox-uuid header if the row has a uuid (after a failover that reissued
+// ids, another row's record can carry the same outbox-id), the key and the
+// value (nil for a tombstone).
 func compare(r sentRow, rec *kgo.Record) (Problem, string) {
 	id, found := "", false
+	uuid, uuidFound := "", false
 	for _, h := range rec.Headers {
-		if h.Key == relay.HeaderOutboxID {
-			id, found = string(h.Value), true
-			break
+		switch h.Key {
+		case relay.HeaderOutboxID:
+			if !found {
+				id, found = string(h.Value), true
+			}
+		case relay.HeaderOutboxUUID:
+			if !uuidFound {
+				uuid, uuidFound = string(h.Value), true
+			}
 		}
 	}
 	want := strconv.FormatInt(r.id, 10)
@@ -645,6 +655,8 @@ func compare(r sentRow, rec *kgo.Record) (Problem, string) {
 		return ProblemMismatched, "the record at the offset has no outbox-id header"
 	case id != want:
 		return ProblemMismatched, fmt.Sprintf("the record at the offset has outbox-id %.40q", id)
+	case r.uuid != nil && uuid != *r.uuid:
+		return ProblemMismatched, fmt.Sprintf("the record at the offset has outbox-uuid %.40q, the row %s", uuid, *r.uuid)
 	case !bytes.Equal(rec.Key, r.key):
 		return ProblemMismatched, "the record's key differs from the row's"
 	case r.payloadHash == nil && rec.Value != nil:
