@@ -4,8 +4,10 @@
 //
 //   - At-least-once: a row is marked sent only after Kafka acknowledged it
 //     with acks=all; until then it stays pending and is produced again after
-//     a crash. Every record carries the header "outbox-id" so consumers can
-//     drop the duplicates this allows.
+//     a crash. Every record carries the headers "outbox-id" (the row id)
+//     and "outbox-uuid" (the row's random uuid); consumers drop the
+//     duplicates this allows by outbox-uuid, which, unlike the id, a
+//     failover or a point-in-time restore never issues again.
 //   - Per-key order: for one topic and key, rows are first delivered in id
 //     order. A row is claimed only when no earlier row of its topic and key is
 //     pending, so it never overtakes an earlier row that is in flight on
