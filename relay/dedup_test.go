@@ -171,6 +171,10 @@ func TestUUIDKeptThroughStuckRequeueAndDiscard(t *testing.T) {
 		}
 	}
 
+	if st, err := relay.GetStuck(ctx, db.Pool, requeued); err != nil || st.UUID != uuid {
+		t.Errorf("relay stuck show: uuid %q (%v), want %s", st.UUID, err, uuid)
+	}
+
 	// The operator fixes the headers and requeues.
 	if _, err := db.Pool.Exec(ctx, `UPDATE stuck_messages SET headers = '{}' WHERE id = $1`, requeued); err != nil {
 		t.Fatal(err)

@@ -197,7 +197,7 @@ const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 // column counts the pending rows of the same topic and key behind each.
 const stuckSelect = `
 SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
-       s.first_error, s.last_error, s.error_kind, s.escalated_at,
+       s.first_error, s.last_error, s.error_kind, s.escalated_at, COALESCE(s.uuid::text, ''),
        (SELECT count(*) FROM messages m
         WHERE m.status = 'pending' AND m.key IS NOT NULL
           AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int

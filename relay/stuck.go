@@ -32,7 +32,10 @@ type StuckRow struct {
 	LastError   string
 	ErrorKind   string
 	EscalatedAt time.Time
-	Blocking    int // pending rows of the same topic and key waiting behind it
+	// UUID is the row's uuid, its records' outbox-uuid header; "" for a
+	// row stuck before migration 00002 (a requeue gives it one).
+	UUID     string
+	Blocking int // pending rows of the same topic and key waiting behind it
 }
 
 // StuckFilter selects stuck rows. Zero fields match everything.
@@ -91,7 +94,7 @@ func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
 	var s StuckRow
 	var first *string
 	err := r.Scan(&s.ID, &s.Topic, &s.Key, &s.Payload, &s.Headers, &s.CreatedAt, &s.Attempts,
-		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.Blocking)
+		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.UUID, &s.Blocking)
 	if first != nil {
 		s.FirstError = *first
 	}
