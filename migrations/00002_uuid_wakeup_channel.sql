@@ -3,6 +3,13 @@
 
 -- +goose Up
 
+-- ALTER TABLE waits for the batches in flight (they lock rows of messages),
+-- and every application INSERT queues behind the waiting ALTER. Give up
+-- after a few seconds rather than stall the applications behind a batch
+-- that waits for an unavailable Kafka; the migration is then simply run
+-- again (nothing of it was applied).
+SET LOCAL lock_timeout = '5s';
+
 -- Dedup identity. The id is a sequence value: after an asynchronous failover
 -- or a point-in-time restore the new primary can issue an id again for a
 -- different event, so consumers dedup on this random UUID instead (the

@@ -2,11 +2,13 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outboxrelay/relay/relay"
@@ -217,24 +219,7 @@ func TestUUIDMigrationKeepsTableAndFillsBacklog(t *testing.T) {
 	}
 	defer m.Close()
 	// Back to 00001, the schema before the uuid.
-	for {
-		st, err := m.Status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		applied := 0
-		for _, s := range st {
-			if s.State == "applied" {
-				applied++
-			}
-		}
-		if applied <= 1 {
-			break
-		}
-		if err := m.Down(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	migrateDownTo1(t, m)
 	var pending, sent, stuck int64
 	err = db.Pool.QueryRow(ctx, `
 		WITH p AS (INSERT INTO messages (topic, payload) VALUES ('t', 'pending') RETURNING id),
@@ -284,5 +269,78 @@ func TestUUIDMigrationKeepsTableAndFillsBacklog(t *testing.T) {
 	}
 	if _, err := db.Pool.Exec(ctx, `INSERT INTO messages (topic, uuid) VALUES ('t', NULL)`); err == nil {
 		t.Error("a row with a NULL uuid was accepted")
+	}
+}
+
+// Migration 00002 waits at most a few seconds for a batch in flight to let
+// go of messages (every application INSERT queues behind its waiting ALTER
+// TABLE), then fails without having changed anything, to be run again.
+func TestUUIDMigrationGivesUpBehindALongBatch(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	ctx := context.Background()
+	cfg, err := relay.PoolConfig(db.URL, db.Schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := relay.NewMigrator(ctx, cfg, db.Schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	migrateDownTo1(t, m)
+
+	// A batch that waits for Kafka: its transaction holds a lock on messages.
+	batch, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = batch.Rollback(ctx) }()
+	if _, err := batch.Exec(ctx, `SELECT id FROM messages FOR UPDATE SKIP LOCKED`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = m.Up(upCtx)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55P03" { // lock_not_available
+		t.Fatalf("migrate up behind a batch in flight: %v, want a lock timeout", err)
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("migrate up waited %v for the lock", took)
+	}
+	if err := batch.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatalf("migrate up once the batch ended: %v", err)
+	}
+	if err := relay.CheckSchema(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// migrateDownTo1 rolls migrations back until only 00001 is applied.
+func migrateDownTo1(t *testing.T, m *relay.Migrator) {
+	t.Helper()
+	ctx := context.Background()
+	for {
+		st, err := m.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied := 0
+		for _, s := range st {
+			if s.State == "applied" {
+				applied++
+			}
+		}
+		if applied <= 1 {
+			return
+		}
+		if err := m.Down(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
