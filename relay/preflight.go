@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"container/list"
 	"context"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,10 @@ type topicVerdict struct {
 	failed   bool     // the check could not be made
 	// maxBytes is the topic's max.message.bytes; 0 when not known.
 	maxBytes int32
+	// fits is the largest record batch of one row the topic has taken
+	// (what the relay knows of its limit when maxBytes is not known); 0
+	// when none yet.
+	fits int32
 }
 
 // due reports whether the verdict should be read again.
@@ -58,8 +63,18 @@ type topicEntry struct {
 	// from then on.
 	ready      chan struct{}
 	verdict    topicVerdict
-	refreshing bool // a background check is running
+	refreshing bool  // a background check is running
+	fits       int32 // see topicVerdict.fits
+	// used is the entry's place in Relay.topicsUsed, most recent first.
+	used *list.Element
 }
+
+// maxTopicEntries bounds what the relay keeps of topics' settings. Topic
+// names come from the rows, so an application that writes to ever new
+// topics must not grow the relay without bound: past this many, the
+// topics used least recently are forgotten (checked again if they come
+// back).
+const maxTopicEntries = 10_000
 
 // topicSettings returns what the relay knows of topic's settings. Batches
 // in flight call it concurrently.
@@ -80,6 +95,10 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	if !known {
 		e = &topicEntry{ready: make(chan struct{})}
 		r.topics[topic] = e
+		e.used = r.topicsUsed.PushFront(topic)
+		r.forgetTopics()
+	} else {
+		r.topicsUsed.MoveToFront(e.used)
 	}
 	r.topicsMu.Unlock()
 	if !known {
@@ -93,6 +112,7 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	}
 	r.topicsMu.Lock()
 	v := e.verdict
+	v.fits = e.fits
 	refresh := !e.refreshing && v.due(time.Now())
 	if refresh {
 		e.refreshing = true
@@ -102,6 +122,46 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 		r.refreshTopic(ctx, topic, e)
 	}
 	return v
+}
+
+// forgetTopics drops the least recently used topics past maxTopicEntries,
+// except those whose check is running. r.topicsMu must be held.
+func (r *Relay) forgetTopics() {
+	for el := r.topicsUsed.Back(); el != nil && len(r.topics) > maxTopicEntries; {
+		prev := el.Prev()
+		topic := el.Value.(string)
+		e := r.topics[topic]
+		select {
+		case <-e.ready:
+			if !e.refreshing {
+				delete(r.topics, topic)
+				r.topicsUsed.Remove(el)
+				r.limits.forget(topic)
+			}
+		default:
+		}
+		el = prev
+	}
+}
+
+// topicTook records that topic took a record batch of size bytes holding
+// one row: its limit is at least that.
+func (r *Relay) topicTook(topic string, size int) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok && int32(size) > e.fits {
+		e.fits = int32(size)
+	}
+}
+
+// knownLimit returns topic's max.message.bytes as last read, or 0.
+func (r *Relay) knownLimit(topic string) int32 {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok {
+		return e.verdict.maxBytes
+	}
+	return 0
 }
 
 // refreshTopic checks topic again in the background. Run waits for it
@@ -137,8 +197,10 @@ func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry)
 		r.limits.set(topic, maxBytes)
 	}
 	if err != nil {
-		// Fail open: a failed check during an outage must not turn into
-		// escalated rows. Strict mode says so loudly.
+		// A failed check during an outage must not turn into escalated
+		// rows, so no row is refused for it; but the topic's limit is
+		// unknown, and its records go to the client in small groups
+		// (groupBudget) until it is known. Strict mode says so loudly.
 		level := slog.LevelDebug
 		if r.cfg.Durability == DurabilityStrict {
 			level = slog.LevelWarn

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/outboxrelay/relay/alert"
 )
@@ -56,11 +58,16 @@ type Relay struct {
 	// topicsMu guards topics, what the relay knows of topics' settings,
 	// shared by the batches in flight. refreshes counts the background
 	// checks running.
-	topicsMu  sync.Mutex
-	topics    map[string]*topicEntry
-	refreshes sync.WaitGroup
-	// limits tells the client each topic's max.message.bytes.
+	topicsMu   sync.Mutex
+	topics     map[string]*topicEntry
+	topicsUsed *list.List // of topic names, most recently used first
+	refreshes  sync.WaitGroup
+	// limits tells the client each topic's max.message.bytes; watch
+	// tells the relay of connections the client could not open.
 	limits *topicLimits
+	watch  *brokerWatch
+	// gate keeps retries alone alone (see gateAll).
+	gate *semaphore.Weighted
 	// afterLock is claimParams.afterLock, for tests.
 	afterLock func()
 	// beforeTopicCheck, for tests, runs as a check of a topic's settings
@@ -82,7 +89,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{
+	r := &Relay{
 		cfg:     cfg,
 		pool:    pool,
 		kafka:   client,
@@ -91,13 +98,20 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
 		topics:  map[string]*topicEntry{},
-		limits:  limitsOf(client),
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
 		flying:   map[*batch][]row{},
 		counted:  make(chan struct{}),
+
+		topicsUsed: list.New(),
+		gate:       semaphore.NewWeighted(gateAll),
 	}
+	if st := stateOf(client); st != nil {
+		r.limits, r.watch = st.limits, st.watch
+		r.watch.subscribe(r.kafkaFailing)
+	}
+	return r
 }
 
 // Run delivers rows until ctx ends, then stops claiming, finishes the batch in
@@ -496,11 +510,22 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	r.report(ctx, out, escalated)
 	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(b.started))
 	if out.outage() {
-		reason := out.failed[0].err
+		reason := outageReason(out)
 		r.health.down(time.Now(), reason)
 		r.maybeAlertOutage(ctx)
 		return len(rows), fmt.Errorf("%w: %v", errOutage, reason)
 	}
+	sentTopics := map[string]bool{}
+	sent := make(map[int64]bool, len(out.sentIDs))
+	for _, id := range out.sentIDs {
+		sent[id] = true
+	}
+	for _, x := range rows {
+		if sent[x.ID] {
+			sentTopics[x.Topic] = true
+		}
+	}
+	r.notePartialOutage(ctx, out, sentTopics)
 	return len(rows), nil
 }
 
