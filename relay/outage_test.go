@@ -295,3 +295,43 @@ func TestOutageAlertNamesTheCause(t *testing.T) {
 		}
 	}
 }
+
+// INVALID_TIMESTAMP: the relay leaves timestamps to the client, so the
+// broker refusing one means the host's clock is skewed. That is no row's
+// fault: with MaxAttempts 2 nothing is escalated, no attempt is spent, the
+// alert says clock, and the rows go once the clock is right.
+func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t", "u")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "t", Err: kerr.InvalidTimestamp, Count: -1})
+	alerts := newRecordingAlerter()
+	r := relay.New(relay.Config{Schema: db.Schema, MaxAttempts: 2, OutageAlertAfter: time.Millisecond, Alerter: alerts}, db.Pool,
+		relaytest.NewProducer(t, brokers), testLogger(t))
+	now := time.Now().Truncate(time.Microsecond)
+	for i := range 3 {
+		db.Insert(t,
+			relaytest.Message{Topic: "t", Key: fmt.Appendf(nil, "k%d", i), Payload: []byte("x")},
+			relaytest.Message{Topic: "u", Key: fmt.Appendf(nil, "k%d", i), Payload: []byte("x")})
+		at := now.Add(time.Duration(i) * time.Hour)
+		if _, err := r.DeliverBatch(ctx, &at); err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
+	}
+	if spent, stuck := attemptsSpent(t, db); spent != 0 || stuck != 0 {
+		t.Fatalf("with the broker refusing timestamps: %d attempts spent, %d rows escalated; want none", spent, stuck)
+	}
+	if a := outageAlertFor(t, alerts, "t", 5*time.Second); !strings.Contains(a.Message, "clock") {
+		t.Errorf("alert %q; want it to name the clock", a.Message)
+	}
+	fault.Remove()
+	at := now.Add(10 * time.Hour)
+	if _, err := r.DeliverBatch(ctx, &at); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.Count(t, "sent"); got != 6 {
+		t.Errorf("%d rows sent once the clock is right, want 6", got)
+	}
+}

@@ -124,10 +124,10 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	return v
 }
 
-// forgetTopics drops the least recently used topics past maxTopicEntries,
+// forgetTopics drops the least recently used topics past r.maxTopics,
 // except those whose check is running. r.topicsMu must be held.
 func (r *Relay) forgetTopics() {
-	for el := r.topicsUsed.Back(); el != nil && len(r.topics) > maxTopicEntries; {
+	for el := r.topicsUsed.Back(); el != nil && len(r.topics) > r.maxTopics; {
 		prev := el.Prev()
 		topic := el.Value.(string)
 		e := r.topics[topic]

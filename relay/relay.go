@@ -61,6 +61,7 @@ type Relay struct {
 	topicsMu   sync.Mutex
 	topics     map[string]*topicEntry
 	topicsUsed *list.List // of topic names, most recently used first
+	maxTopics  int        // maxTopicEntries, or less in tests
 	refreshes  sync.WaitGroup
 	// limits tells the client each topic's max.message.bytes; watch
 	// tells the relay of connections the client could not open.
@@ -105,6 +106,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		counted:  make(chan struct{}),
 
 		topicsUsed: list.New(),
+		maxTopics:  maxTopicEntries,
 		gate:       semaphore.NewWeighted(gateAll),
 	}
 	if st := stateOf(client); st != nil {
