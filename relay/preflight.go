@@ -44,9 +44,10 @@ type topicVerdict struct {
 	failed   bool     // the check could not be made
 	// maxBytes is the topic's max.message.bytes; 0 when not known.
 	maxBytes int32
-	// fits is the largest record batch of one row the topic has taken
-	// (what the relay knows of its limit when maxBytes is not known); 0
-	// when none yet.
+	// fits is, once the topic has rejected a record batch as too large,
+	// the largest record batch of one row it has taken (at least 1): what
+	// the relay knows of its limit when maxBytes is not known. 0 before
+	// any rejection.
 	fits int32
 }
 
@@ -64,7 +65,8 @@ type topicEntry struct {
 	ready      chan struct{}
 	verdict    topicVerdict
 	refreshing bool  // a background check is running
-	fits       int32 // see topicVerdict.fits
+	fits       int32 // the largest record batch of one row the topic took
+	tooLarge   bool  // the topic rejected a record batch as too large
 	// used is the entry's place in Relay.topicsUsed, most recent first.
 	used *list.Element
 }
@@ -112,7 +114,9 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	}
 	r.topicsMu.Lock()
 	v := e.verdict
-	v.fits = e.fits
+	if e.tooLarge {
+		v.fits = max(e.fits, 1)
+	}
 	refresh := !e.refreshing && v.due(time.Now())
 	if refresh {
 		e.refreshing = true
@@ -151,6 +155,15 @@ func (r *Relay) topicTook(topic string, size int) {
 	defer r.topicsMu.Unlock()
 	if e, ok := r.topics[topic]; ok && int32(size) > e.fits {
 		e.fits = int32(size)
+	}
+}
+
+// topicTooLarge records that topic rejected a record batch as too large.
+func (r *Relay) topicTooLarge(topic string) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok {
+		e.tooLarge = true
 	}
 }
 

@@ -166,7 +166,7 @@ const unknownLimitGroup = 64 << 10
 // takes, and the broker would reject each whole batch. Such a topic's
 // records go in groups within the limit it has (maxBytes), or, when that is
 // unknown, within the largest record batch of one row it has taken
-// (fits), or unknownLimitGroup. A record larger than that goes in a group
+// (fits) once it has rejected one as too large, or unknownLimitGroup. A record larger than that goes in a group
 // of its own for its topic. Groups keep the rows' order within each topic.
 func (r *Relay) groups(recs []*kgo.Record, verdicts map[string]topicVerdict) [][]int {
 	budget := map[string]int{} // 0: no bound beyond the client's
@@ -249,6 +249,11 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 	defer r.gate.Release(gateAll)
 	r.logger.Info("batch_rejected", "topic", rejected[0].row.Topic, "rows", len(rejected), "error", rejected[0].err,
 		"action", "producing each row again alone")
+	for _, f := range rejected {
+		if errors.Is(f.err, kerr.MessageTooLarge) || errors.Is(f.err, kerr.RecordListTooLarge) {
+			r.topicTooLarge(f.row.Topic)
+		}
+	}
 	for _, f := range rejected {
 		rec, err := f.row.record()
 		if err != nil { // it made one before
