@@ -3,8 +3,9 @@ package relay_test
 import (
 	"context"
 	"fmt"
-	"strconv"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,14 @@ import (
 // configs: the relay cannot know the limit.
 func smallTopicHidingItsLimit(t *testing.T) (*kfake.Cluster, []string) {
 	t.Helper()
+	var deny atomic.Bool
+	deny.Store(true)
+	return smallTopic(t, &deny)
+}
+
+// smallTopic is smallTopicHidingItsLimit while deny is true.
+func smallTopic(t *testing.T, deny *atomic.Bool) (*kfake.Cluster, []string) {
+	t.Helper()
 	cluster := relaytest.NewCluster(t, 1)
 	brokers := cluster.ListenAddrs()
 	adm := kadm.NewClient(relaytest.NewProducer(t, brokers))
@@ -32,6 +41,9 @@ func smallTopicHidingItsLimit(t *testing.T) (*kfake.Cluster, []string) {
 	}
 	cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
 		cluster.KeepControl()
+		if !deny.Load() {
+			return nil, nil, false
+		}
 		req := kreq.(*kmsg.DescribeConfigsRequest)
 		resp := req.ResponseKind().(*kmsg.DescribeConfigsResponse)
 		for _, rr := range req.Resources {
@@ -165,5 +177,44 @@ func TestRejectedBatchOfRowsThatFitAloneIsDelivered(t *testing.T) {
 	}
 	records := relaytest.Consume(t, brokers, 20, 10*time.Second, "small")
 	checkKeyOrder(t, records)
-	_ = strconv.Itoa
+}
+
+// The client reads a topic's batch limit once, when it first meets the
+// topic. When the relay could read the limit only later, the client's
+// batches stay larger than the topic takes: the relay must hand it the
+// topic's records in groups within the limit, so that Kafka rejects none.
+func TestLimitLearntAfterTheClientCachedItsOwnBoundsBatches(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	var deny atomic.Bool
+	deny.Store(true)
+	_, brokers := smallTopic(t, &deny)
+	logs := &logCapture{}
+	producer := relaytest.NewProducer(t, brokers, kgo.ProducerLinger(50*time.Millisecond))
+	r := relay.New(relay.Config{Schema: db.Schema, MaxAttempts: 2, Alerter: newRecordingAlerter()}, db.Pool, producer, slog.New(logs))
+
+	// First use: the check is denied, the client meets the topic and
+	// keeps its default limit.
+	db.Insert(t, relaytest.Message{Topic: "small", Key: []byte("first"), Payload: []byte("x")})
+	drainBatches(t, r)
+	// The permission is granted; the next use refreshes the check.
+	deny.Store(false)
+	r.AgeTopicVerdict("small", time.Hour)
+	db.Insert(t, relaytest.Message{Topic: "small", Key: []byte("second"), Payload: []byte("x")})
+	drainBatches(t, r)
+	r.WaitTopicRefreshes()
+
+	var msgs []relaytest.Message
+	for i := range 20 {
+		msgs = append(msgs, relaytest.Message{Topic: "small", Key: fmt.Appendf(nil, "k%d", i%10), Payload: randomBytes(600)})
+	}
+	db.Insert(t, msgs...)
+	drainBatches(t, r)
+	if got := db.Count(t, "sent"); got != 22 {
+		t.Errorf("%d rows sent, want 22", got)
+	}
+	if l := logs.find("batch_rejected"); l != "" {
+		t.Errorf("Kafka rejected a batch: %s; want the relay to keep the client's batches within the limit it learnt", l)
+	}
+	checkKeyOrder(t, relaytest.Consume(t, brokers, 22, 10*time.Second, "small"))
 }
