@@ -335,3 +335,39 @@ func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
 		t.Errorf("%d rows sent once the clock is right, want 6", got)
 	}
 }
+
+// UNKNOWN_TOPIC_OR_PARTITION from a topic the relay has seen exist (its
+// topic check found it) is a partition the broker does not have now: an
+// outage of the partition, not a missing topic. With MaxAttempts 2 no row
+// spends an attempt, and they go once the broker knows the partition again.
+func TestUnknownPartitionOfAnExistingTopicIsAnOutage(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t", "u")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "t", Err: kerr.UnknownTopicOrPartition, Count: -1})
+	r := relay.New(relay.Config{Schema: db.Schema, MaxAttempts: 2, Alerter: newRecordingAlerter()}, db.Pool,
+		relaytest.NewProducer(t, brokers, kgo.MetadataMinAge(250*time.Millisecond)), testLogger(t))
+	now := time.Now().Truncate(time.Microsecond)
+	for i := range 3 {
+		db.Insert(t,
+			relaytest.Message{Topic: "t", Key: fmt.Appendf(nil, "k%d", i), Payload: []byte("x")},
+			relaytest.Message{Topic: "u", Key: fmt.Appendf(nil, "k%d", i), Payload: []byte("x")})
+		at := now.Add(time.Duration(i) * time.Hour)
+		if _, err := r.DeliverBatch(ctx, &at); err != nil {
+			t.Fatalf("batch %d: %v", i, err)
+		}
+	}
+	if spent, stuck := attemptsSpent(t, db); spent != 0 || stuck != 0 {
+		t.Fatalf("with the broker not knowing t's partition: %d attempts spent, %d rows escalated; want none", spent, stuck)
+	}
+	fault.Remove()
+	at := now.Add(10 * time.Hour)
+	if _, err := r.DeliverBatch(ctx, &at); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.Count(t, "sent"); got != 6 {
+		t.Errorf("%d rows sent once the partition is back, want 6", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -130,7 +131,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			}
 			x := rows[a.i]
 			if a.err != nil {
-				err := r.explain(topicMissing(x.Topic, r.gaveUp(ctx, records, a.err)))
+				err := r.explain(topicMissing(verdicts[x.Topic], x.Topic, r.gaveUp(ctx, records, a.err)))
 				f := failure{x, err, retry.Classify(err), a.rec.Partition}
 				if retry.RejectsBatch(err) {
 					out.rejected = append(out.rejected, f)
@@ -247,13 +248,17 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 		return
 	}
 	defer r.gate.Release(gateAll)
-	r.logger.Info("batch_rejected", "topic", rejected[0].row.Topic, "rows", len(rejected), "error", rejected[0].err,
-		"action", "producing each row again alone")
+	var topics []string
 	for _, f := range rejected {
+		if !slices.Contains(topics, f.row.Topic) {
+			topics = append(topics, f.row.Topic)
+		}
 		if errors.Is(f.err, kerr.MessageTooLarge) || errors.Is(f.err, kerr.RecordListTooLarge) {
 			r.topicTooLarge(f.row.Topic)
 		}
 	}
+	r.logger.Info("batch_rejected", "topics", strings.Join(topics, ","), "rows", len(rejected), "error", rejected[0].err,
+		"action", "producing each row again alone")
 	for _, f := range rejected {
 		rec, err := f.row.record()
 		if err != nil { // it made one before
@@ -280,7 +285,7 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 			out.sentOffsets = append(out.sentOffsets, got.Offset)
 			continue
 		}
-		err = r.explain(topicMissing(rec.Topic, r.gaveUp(ctx, alone, f.err)))
+		err = r.explain(topicMissing(r.topicSettings(ctx, rec.Topic), rec.Topic, r.gaveUp(ctx, alone, f.err)))
 		if retry.RejectsBatch(err) {
 			err = r.refusedAlone(rec, err)
 		}
@@ -448,13 +453,25 @@ func (o outcome) outage() bool {
 var errTopicMissing = errors.New("the topic does not exist")
 
 // topicMissing says so in err when the broker answered that the row's topic
-// does not exist.
-func topicMissing(topic string, err error) error {
+// does not exist. When the relay's own check (v) found the topic, the answer
+// is about a partition the broker does not have now (it is being created,
+// moved or loaded): an outage of the partition, not the row's problem.
+func topicMissing(v topicVerdict, topic string, err error) error {
 	if !errors.Is(err, kerr.UnknownTopicOrPartition) {
 		return err
 	}
+	if !v.checked.IsZero() && !v.failed {
+		return partitionUnknownError{fmt.Errorf("topic %s exists, but the broker does not know the record's partition now: %w", topic, err)}
+	}
 	return fmt.Errorf("%w: topic %s: create it, or let the brokers create topics (%w)", errTopicMissing, topic, err)
 }
+
+// partitionUnknownError is UNKNOWN_TOPIC_OR_PARTITION for a topic the relay
+// has seen exist. It is retry.OutageError.
+type partitionUnknownError struct{ error }
+
+func (e partitionUnknownError) Unwrap() error { return e.error }
+func (e partitionUnknownError) Outage() bool  { return true }
 
 // verdicts splits the failures into rows to escalate now and rows to retry.
 // During an outage only row-fatal failures count; otherwise outage-kind

@@ -50,6 +50,14 @@ type RowFatalError interface {
 	RowFatal() bool
 }
 
+// OutageError is implemented by errors that the caller knows are not the
+// row's fault, whatever Kafka's code says (a topic the relay has seen exist
+// answering UNKNOWN_TOPIC_OR_PARTITION). Classify honours it.
+type OutageError interface {
+	error
+	Outage() bool
+}
+
 // rowFatalCodes can never succeed for the record that caused them.
 var rowFatalCodes = []*kerr.Error{
 	kerr.MessageTooLarge,
@@ -91,12 +99,19 @@ func RejectsBatch(err error) bool {
 	return false
 }
 
-// outageCodes mean the cluster refuses this client, not one record.
+// outageCodes mean the cluster refuses this client, not one record, or
+// that the client's producer session went wrong (the client starts a new
+// one; the record goes again with it).
 var outageCodes = []*kerr.Error{
 	kerr.SaslAuthenticationFailed,
 	kerr.UnsupportedSaslMechanism,
 	kerr.IllegalSaslState,
 	kerr.ClusterAuthorizationFailed,
+	kerr.OutOfOrderSequenceNumber,
+	kerr.UnknownProducerID,
+	kerr.InvalidProducerEpoch,
+	kerr.InvalidProducerIDMapping,
+	kerr.ProducerFenced,
 }
 
 // Classify maps a produce error to a Kind using franz-go's own error values.
@@ -120,6 +135,9 @@ func Classify(err error) Kind {
 	}
 	if fe, ok := errors.AsType[RowFatalError](err); ok && fe.RowFatal() {
 		return RowFatal
+	}
+	if oe, ok := errors.AsType[OutageError](err); ok && oe.Outage() {
+		return Outage
 	}
 	if ke, ok := errors.AsType[*kerr.Error](err); ok {
 		for _, c := range rowFatalCodes {

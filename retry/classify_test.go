@@ -17,6 +17,11 @@ type badRow struct{}
 func (badRow) Error() string  { return "headers must be an object" }
 func (badRow) RowFatal() bool { return true }
 
+type knownOutage struct{ error }
+
+func (knownOutage) Outage() bool    { return true }
+func (e knownOutage) Unwrap() error { return e.error }
+
 func TestClassify(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -39,6 +44,8 @@ func TestClassify(t *testing.T) {
 		{"clock skew", kerr.InvalidTimestamp, Outage},
 		{"unknown topic", kerr.UnknownTopicOrPartition, RowRetriable},
 		{"unknown server error", kerr.UnknownServerError, RowRetriable},
+		{"out of order sequence", kerr.OutOfOrderSequenceNumber, Outage},
+		{"known to be an outage", fmt.Errorf("topic exists: %w", knownOutage{kerr.UnknownTopicOrPartition}), Outage},
 		{"record timeout", kgo.ErrRecordTimeout, Outage},
 		{"record retries", kgo.ErrRecordRetries, Outage},
 		{"unknown error", errors.New("something odd"), RowRetriable},
