@@ -146,16 +146,17 @@ func stateOf(client *kgo.Client) *clientState {
 }
 
 // brokerWatch hears from the client about each connection it opens to a
-// broker and each produce request that failed on the wire. The client
-// retries those on its own, silently, until the delivery timeout: without
-// the watch the relay would learn of a refused connection one produce
-// timeout later, and only as "records have timed out". It tells its
-// subscribers at once when connections start failing (the first failure
-// after a success), and remembers the cause for the outage's log and alert.
+// broker and each produce request it sends. The client retries failures of
+// those on its own, silently, until the delivery timeout: without the
+// watch the relay would learn of a refused connection one produce timeout
+// later, and only as "records have timed out". It tells its subscribers at
+// once when a broker starts failing (its first failure after a success),
+// and remembers the cause for the outage's log and alert until that broker
+// connects or answers a produce again.
 type brokerWatch struct {
 	mu      sync.Mutex
-	failing bool  // the last connection attempt or produce request failed
-	cause   error // why, naming the broker
+	failing map[int32]error // by broker node: why its last attempt failed
+	last    int32           // the node that failed last
 	subs    []func(error)
 }
 
@@ -167,39 +168,48 @@ var (
 // OnBrokerConnect implements kgo.HookBrokerConnect.
 func (w *brokerWatch) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
 	if err == nil {
-		w.mu.Lock()
-		w.failing, w.cause = false, nil
-		w.mu.Unlock()
+		w.ok(meta.NodeID)
 		return
 	}
-	w.failed(fmt.Errorf("cannot connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
+	w.failed(meta.NodeID, fmt.Errorf("cannot connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
 }
 
-// OnBrokerE2E implements kgo.HookBrokerE2E: a produce request that could
-// not be written or whose answer could not be read.
+// OnBrokerE2E implements kgo.HookBrokerE2E: a produce request that was
+// answered, or could not be written or read.
 func (w *brokerWatch) OnBrokerE2E(meta kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
 	if key != int16(kmsg.Produce) {
 		return
 	}
 	if err := e2e.Err(); err != nil {
-		w.failed(fmt.Errorf("produce request to Kafka broker %s failed: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
+		w.failed(meta.NodeID, fmt.Errorf("produce request to Kafka broker %s failed: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
+		return
 	}
+	w.ok(meta.NodeID)
 }
 
-func (w *brokerWatch) failed(err error) {
+func (w *brokerWatch) ok(node int32) {
 	w.mu.Lock()
-	first := !w.failing
-	w.failing, w.cause = true, err
+	defer w.mu.Unlock()
+	delete(w.failing, node)
+}
+
+func (w *brokerWatch) failed(node int32, err error) {
+	w.mu.Lock()
+	if w.failing == nil {
+		w.failing = map[int32]error{}
+	}
+	_, already := w.failing[node]
+	w.failing[node], w.last = err, node
 	subs := w.subs
 	w.mu.Unlock()
-	if first {
+	if !already {
 		for _, f := range subs {
 			f(err)
 		}
 	}
 }
 
-// subscribe makes f hear of the first failure after each success.
+// subscribe makes f hear of each broker's first failure after a success.
 func (w *brokerWatch) subscribe(f func(error)) {
 	if w == nil {
 		return
@@ -209,15 +219,21 @@ func (w *brokerWatch) subscribe(f func(error)) {
 	w.subs = append(w.subs, f)
 }
 
-// lastCause returns why the last connection attempt or produce request
-// failed, or nil if it did not.
+// lastCause returns why the latest failure of a broker that has not
+// recovered since happened, or nil if none is failing.
 func (w *brokerWatch) lastCause() error {
 	if w == nil {
 		return nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.cause
+	if err, ok := w.failing[w.last]; ok {
+		return err
+	}
+	for _, err := range w.failing {
+		return err
+	}
+	return nil
 }
 
 // batchSize is the encoded size of a record batch holding rec alone (v2
