@@ -49,6 +49,11 @@ type topicVerdict struct {
 	// the relay knows of its limit when maxBytes is not known. 0 before
 	// any rejection.
 	fits int32
+	// grown is, while the topic's limit is unknown and it rejected
+	// nothing as too large, twice the bytes of the largest group of its
+	// records it took whole (see unknownLimitGroup); at most the client's
+	// default batch limit.
+	grown int32
 }
 
 // due reports whether the verdict should be read again.
@@ -67,6 +72,7 @@ type topicEntry struct {
 	refreshing bool  // a background check is running
 	fits       int32 // the largest record batch of one row the topic took
 	tooLarge   bool  // the topic rejected a record batch as too large
+	grown      int32 // see topicVerdict.grown
 	// used is the entry's place in Relay.topicsUsed, most recent first.
 	used *list.Element
 }
@@ -117,6 +123,7 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	if e.tooLarge {
 		v.fits = max(e.fits, 1)
 	}
+	v.grown = e.grown
 	refresh := !e.refreshing && v.due(time.Now())
 	if refresh {
 		e.refreshing = true
@@ -155,6 +162,16 @@ func (r *Relay) topicTook(topic string, size int) {
 	defer r.topicsMu.Unlock()
 	if e, ok := r.topics[topic]; ok && int32(size) > e.fits {
 		e.fits = int32(size)
+	}
+}
+
+// topicGroupTaken records that topic took a group of n bytes of records
+// whole, while its limit is unknown: the next groups may be twice as large.
+func (r *Relay) topicGroupTaken(topic string, n int) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok && !e.tooLarge {
+		e.grown = max(e.grown, int32(min(2*n, defaultBatchMax)))
 	}
 }
 

@@ -111,8 +111,11 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			})
 		}
 		aloneInGroup := map[string]int{} // topic → records of it in the group
+		bytesInGroup := map[string]int{}
+		failedInGroup := map[string]bool{}
 		for _, i := range group {
 			aloneInGroup[recs[i].Topic]++
+			bytesInGroup[recs[i].Topic] += batchSize(recs[i])
 		}
 		for pending := len(group); pending > 0; {
 			var a answer
@@ -131,6 +134,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			}
 			x := rows[a.i]
 			if a.err != nil {
+				failedInGroup[x.Topic] = true
 				err := r.explain(topicMissing(verdicts[x.Topic], x.Topic, r.gaveUp(ctx, records, a.err)))
 				f := failure{x, err, retry.Classify(err), a.rec.Partition}
 				if retry.RejectsBatch(err) {
@@ -147,6 +151,11 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			out.sentPartitions = append(out.sentPartitions, a.rec.Partition)
 			out.sentOffsets = append(out.sentOffsets, a.rec.Offset)
 		}
+		for topic, n := range bytesInGroup {
+			if v := verdicts[topic]; v.maxBytes == 0 && v.fits == 0 && !failedInGroup[topic] {
+				r.topicGroupTaken(topic, n)
+			}
+		}
 	}
 	return out
 }
@@ -155,7 +164,10 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 // relay could not read (DescribeConfigs denied or timed out) that it hands
 // the client at once, until it has seen what the topic takes. Kafka's
 // default limit is about 1 MB, but a topic may have less; 64 KiB keeps the
-// records a rejection fails few, and each group is one round trip.
+// records a rejection fails few. Each group is one round trip, so while
+// the topic rejects nothing as too large, the bound doubles with each
+// group the topic took whole, up to the client's own limit (see
+// topicVerdict.grown).
 const unknownLimitGroup = 64 << 10
 
 // groups splits a batch's records into groups that produce hands the client
@@ -167,8 +179,10 @@ const unknownLimitGroup = 64 << 10
 // takes, and the broker would reject each whole batch. Such a topic's
 // records go in groups within the limit it has (maxBytes), or, when that is
 // unknown, within the largest record batch of one row it has taken
-// (fits) once it has rejected one as too large, or unknownLimitGroup. A record larger than that goes in a group
-// of its own for its topic. Groups keep the rows' order within each topic.
+// (fits) once it has rejected one as too large, or else unknownLimitGroup
+// growing with each group the topic took (grown). A record larger than
+// that goes in a group of its own for its topic. Groups keep the rows'
+// order within each topic.
 func (r *Relay) groups(recs []*kgo.Record, verdicts map[string]topicVerdict) [][]int {
 	budget := map[string]int{} // 0: no bound beyond the client's
 	used := map[string]int{}
@@ -212,7 +226,7 @@ func (r *Relay) groupBudget(topic string, v topicVerdict) int {
 	case v.fits > 0:
 		return int(min(v.fits, unknownLimitGroup))
 	default:
-		return unknownLimitGroup
+		return max(unknownLimitGroup, int(v.grown))
 	}
 }
 
