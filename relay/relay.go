@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/retry"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
@@ -569,7 +570,13 @@ func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 	}
 	for _, f := range out.failed {
 		if !escalatedIDs[f.row.ID] {
-			r.logger.Warn("produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,
+			// A partition's outage is logged once, by topic and
+			// partitions (notePartialOutage), not once per row.
+			level := slog.LevelWarn
+			if f.kind == retry.Outage {
+				level = slog.LevelDebug
+			}
+			r.logger.Log(ctx, level, "produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,
 				"attempt", f.row.Attempts+1, "error_kind", f.kind.String(), "error", f.err)
 		}
 	}
