@@ -114,8 +114,11 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		bytesInGroup := map[string]int{}
 		failedInGroup := map[string]bool{}
 		for _, i := range group {
-			aloneInGroup[recs[i].Topic]++
-			bytesInGroup[recs[i].Topic] += batchSize(recs[i])
+			t := recs[i].Topic
+			aloneInGroup[t]++
+			if v := verdicts[t]; v.maxBytes == 0 && v.fits == 0 {
+				bytesInGroup[t] += batchSize(recs[i]) // the limit is unknown: see topicGroupTaken
+			}
 		}
 		for pending := len(group); pending > 0; {
 			var a answer
@@ -152,7 +155,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			out.sentOffsets = append(out.sentOffsets, a.rec.Offset)
 		}
 		for topic, n := range bytesInGroup {
-			if v := verdicts[topic]; v.maxBytes == 0 && v.fits == 0 && !failedInGroup[topic] {
+			if !failedInGroup[topic] {
 				r.topicGroupTaken(topic, n)
 			}
 		}
