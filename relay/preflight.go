@@ -184,14 +184,16 @@ func (r *Relay) topicTooLarge(topic string) {
 	}
 }
 
-// knownLimit returns topic's max.message.bytes as last read, or 0.
-func (r *Relay) knownLimit(topic string) int32 {
+// knownVerdict returns what the relay last read of topic's settings
+// (nothing, if it has not), without checking it: a retry alone holds every
+// other batch out of the client and must not wait for an admin request.
+func (r *Relay) knownVerdict(topic string) topicVerdict {
 	r.topicsMu.Lock()
 	defer r.topicsMu.Unlock()
 	if e, ok := r.topics[topic]; ok {
-		return e.verdict.maxBytes
+		return e.verdict
 	}
-	return 0
+	return topicVerdict{}
 }
 
 // refreshTopic checks topic again in the background. Run waits for it

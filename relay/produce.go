@@ -302,7 +302,7 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 			out.sentOffsets = append(out.sentOffsets, got.Offset)
 			continue
 		}
-		err = r.explain(topicMissing(r.topicSettings(ctx, rec.Topic), rec.Topic, r.gaveUp(ctx, alone, f.err)))
+		err = r.explain(topicMissing(r.knownVerdict(rec.Topic), rec.Topic, r.gaveUp(ctx, alone, f.err)))
 		if retry.RejectsBatch(err) {
 			err = r.refusedAlone(rec, err)
 		}
@@ -327,7 +327,7 @@ func (r *Relay) refusedAlone(rec *kgo.Record, err error) error {
 	switch {
 	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
 		limit := "which the relay could not read (no permission to describe the topic's configs, or no answer)"
-		if v := r.knownLimit(rec.Topic); v > 0 {
+		if v := r.knownVerdict(rec.Topic).maxBytes; v > 0 {
 			limit = fmt.Sprintf("%d", v)
 		}
 		hint = fmt.Sprintf(": it is larger than the topic's max.message.bytes, %s: shrink the payload or raise the topic's limit", limit)
