@@ -65,3 +65,16 @@ func (r *Relay) SetAfterLock(f func()) { r.afterLock = f }
 // SetBeforeTopicCheck sets a function to run as each check of a topic's
 // settings starts.
 func (r *Relay) SetBeforeTopicCheck(f func(topic string)) { r.beforeTopicCheck = f }
+
+// SetMaxTopics bounds the topics whose settings the relay keeps.
+func (r *Relay) SetMaxTopics(n int) { r.maxTopics = n }
+
+// TopicsKnown is how many topics' settings the relay keeps.
+func (r *Relay) TopicsKnown() int {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	return len(r.topics)
+}
+
+// SetTopicSeriesCap bounds the topics with series of their own.
+func (m *Metrics) SetTopicSeriesCap(n int) { m.topicCap = n }

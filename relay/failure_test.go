@@ -71,10 +71,12 @@ func TestRetriableFailureLeavesRowPendingAndHoldsItsKey(t *testing.T) {
 	brokers := cluster.ListenAddrs()
 	ctx := context.Background()
 
-	// NOT_ENOUGH_REPLICAS is retriable: the client retries it until the
-	// delivery timeout, then reports the row failed. The row of "good" in
-	// the same batch goes through, so this is a row failure, not an outage.
-	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "bad", Err: kerr.NotEnoughReplicas, Count: -1})
+	// UNKNOWN_SERVER_ERROR is an error the relay does not know: the row
+	// of "good" in the same batch goes through, so this is a row failure,
+	// not an outage. (A partition's own retriable errors, such as
+	// NOT_ENOUGH_REPLICAS, are an outage of the partition: see
+	// TestPartitionOutageSpendsNoAttempts.)
+	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "bad", Err: kerr.UnknownServerError, Count: -1})
 	ids := db.Insert(t,
 		relaytest.Message{Topic: "bad", Key: []byte("k"), Payload: []byte("1")},
 		relaytest.Message{Topic: "bad", Key: []byte("k"), Payload: []byte("2")},

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,37 @@ type Metrics struct {
 	notDurable    *prometheus.CounterVec
 	instances     prometheus.Gauge
 	reserved      *prometheus.CounterVec
+
+	// topicsMu guards topicSeries, the topics that have series of their
+	// own, at most topicCap of them.
+	topicsMu    sync.Mutex
+	topicSeries map[string]bool
+	topicCap    int
+}
+
+// maxTopicSeries bounds the topics that get series of their own in the
+// per-topic metrics. Topic names come from the rows, so an application
+// writing to ever new topics (or rows with made-up topic names) must not
+// grow the relay's memory and the scrape without bound: the topics met
+// after the first maxTopicSeries share the label topic="(other)", which no
+// Kafka topic can be named.
+const maxTopicSeries = 1000
+
+// otherTopics labels the series of topics past maxTopicSeries.
+const otherTopics = "(other)"
+
+// topic returns the label of topic's series.
+func (m *Metrics) topic(topic string) string {
+	m.topicsMu.Lock()
+	defer m.topicsMu.Unlock()
+	if m.topicSeries[topic] {
+		return topic
+	}
+	if len(m.topicSeries) < m.topicCap {
+		m.topicSeries[topic] = true
+		return topic
+	}
+	return otherTopics
 }
 
 // NewMetrics registers the relay's metrics, named outbox_relay_*, on reg.
@@ -57,6 +89,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Relays counted on this outbox, this one included, as of the last check; they split RELAY_IN_FLIGHT_BATCHES in slot order, and one left without a share is a standby."}),
 		reserved: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reserved_headers_replaced_total",
 			Help: "Application headers named outbox-id or outbox-uuid that the relay's own header replaced."}, []string{"topic"}),
+
+		topicSeries: map[string]bool{},
+		topicCap:    maxTopicSeries,
 	}
 	reg.MustRegister(m.sent, m.failed, m.escalated, m.batch, m.latency, m.kafkaDown, m.pending, m.oldestPending, m.stuck, m.behindStuck, m.notDurable, m.instances, m.reserved)
 	return m
@@ -75,15 +110,15 @@ func (m *Metrics) batchDone(rows []row, out outcome, escalated []failure, took t
 	}
 	for _, x := range rows {
 		if sent[x.ID] {
-			m.sent.WithLabelValues(x.Topic).Inc()
+			m.sent.WithLabelValues(m.topic(x.Topic)).Inc()
 			m.latency.Observe(now.Sub(x.CreatedAt).Seconds())
 		}
 	}
 	for _, f := range out.failed {
-		m.failed.WithLabelValues(f.row.Topic, f.kind.String()).Inc()
+		m.failed.WithLabelValues(m.topic(f.row.Topic), f.kind.String()).Inc()
 	}
 	for _, f := range escalated {
-		m.escalated.WithLabelValues(f.row.Topic).Inc()
+		m.escalated.WithLabelValues(m.topic(f.row.Topic)).Inc()
 	}
 }
 
@@ -112,7 +147,7 @@ func (m *Metrics) topicNotDurable(topic string) {
 	if m == nil {
 		return
 	}
-	m.notDurable.WithLabelValues(topic).Inc()
+	m.notDurable.WithLabelValues(m.topic(topic)).Inc()
 }
 
 // setInstances records how many relays share the outbox.
@@ -129,5 +164,5 @@ func (m *Metrics) reservedHeaderReplaced(topic string) {
 	if m == nil {
 		return
 	}
-	m.reserved.WithLabelValues(topic).Inc()
+	m.reserved.WithLabelValues(m.topic(topic)).Inc()
 }

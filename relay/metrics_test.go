@@ -71,3 +71,35 @@ outbox_relay_stuck_rows 1
 		return testutil.GatherAndCompare(reg, strings.NewReader(backlog), "outbox_relay_stuck_rows", "outbox_relay_rows_behind_stuck") == nil
 	})
 }
+
+// Topic names come from the rows: past a bound, new topics share one
+// series, so that ever new topic names cannot grow the scrape for ever.
+func TestPerTopicSeriesAreBounded(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "a", "b", "c", "d")
+	reg := prometheus.NewPedanticRegistry()
+	m := relay.NewMetrics(reg)
+	m.SetTopicSeriesCap(2)
+	db.Insert(t,
+		relaytest.Message{Topic: "a", Payload: []byte("x")},
+		relaytest.Message{Topic: "b", Payload: []byte("x")},
+		relaytest.Message{Topic: "c", Payload: []byte("x")},
+		relaytest.Message{Topic: "d", Payload: []byte("x")},
+	)
+	r := relay.New(relay.Config{Schema: db.Schema, Metrics: m, Alerter: newRecordingAlerter()}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	if n, err := r.DeliverBatch(context.Background(), nil); err != nil || n != 4 {
+		t.Fatalf("batch: %d rows, %v", n, err)
+	}
+	const want = `
+# HELP outbox_relay_rows_sent_total Rows acknowledged by Kafka and marked sent.
+# TYPE outbox_relay_rows_sent_total counter
+outbox_relay_rows_sent_total{topic="(other)"} 2
+outbox_relay_rows_sent_total{topic="a"} 1
+outbox_relay_rows_sent_total{topic="b"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "outbox_relay_rows_sent_total"); err != nil {
+		t.Error(err)
+	}
+}

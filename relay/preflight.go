@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"container/list"
 	"context"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,16 @@ type topicVerdict struct {
 	failed   bool     // the check could not be made
 	// maxBytes is the topic's max.message.bytes; 0 when not known.
 	maxBytes int32
+	// fits is, once the topic has rejected a record batch as too large,
+	// the largest record batch of one row it has taken (at least 1): what
+	// the relay knows of its limit when maxBytes is not known. 0 before
+	// any rejection.
+	fits int32
+	// grown is, while the topic's limit is unknown and it rejected
+	// nothing as too large, twice the bytes of the largest group of its
+	// records it took whole (see unknownLimitGroup); at most the client's
+	// default batch limit.
+	grown int32
 }
 
 // due reports whether the verdict should be read again.
@@ -58,8 +69,20 @@ type topicEntry struct {
 	// from then on.
 	ready      chan struct{}
 	verdict    topicVerdict
-	refreshing bool // a background check is running
+	refreshing bool  // a background check is running
+	fits       int32 // the largest record batch of one row the topic took
+	tooLarge   bool  // the topic rejected a record batch as too large
+	grown      int32 // see topicVerdict.grown
+	// used is the entry's place in Relay.topicsUsed, most recent first.
+	used *list.Element
 }
+
+// maxTopicEntries bounds what the relay keeps of topics' settings. Topic
+// names come from the rows, so an application that writes to ever new
+// topics must not grow the relay without bound: past this many, the
+// topics used least recently are forgotten (checked again if they come
+// back).
+const maxTopicEntries = 10_000
 
 // topicSettings returns what the relay knows of topic's settings. Batches
 // in flight call it concurrently.
@@ -80,6 +103,10 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	if !known {
 		e = &topicEntry{ready: make(chan struct{})}
 		r.topics[topic] = e
+		e.used = r.topicsUsed.PushFront(topic)
+		r.forgetTopics()
+	} else {
+		r.topicsUsed.MoveToFront(e.used)
 	}
 	r.topicsMu.Unlock()
 	if !known {
@@ -93,6 +120,10 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	}
 	r.topicsMu.Lock()
 	v := e.verdict
+	if e.tooLarge {
+		v.fits = max(e.fits, 1)
+	}
+	v.grown = e.grown
 	refresh := !e.refreshing && v.due(time.Now())
 	if refresh {
 		e.refreshing = true
@@ -102,6 +133,67 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 		r.refreshTopic(ctx, topic, e)
 	}
 	return v
+}
+
+// forgetTopics drops the least recently used topics past r.maxTopics,
+// except those whose check is running. r.topicsMu must be held.
+func (r *Relay) forgetTopics() {
+	for el := r.topicsUsed.Back(); el != nil && len(r.topics) > r.maxTopics; {
+		prev := el.Prev()
+		topic := el.Value.(string)
+		e := r.topics[topic]
+		select {
+		case <-e.ready:
+			if !e.refreshing {
+				delete(r.topics, topic)
+				r.topicsUsed.Remove(el)
+				r.limits.forget(topic)
+			}
+		default:
+		}
+		el = prev
+	}
+}
+
+// topicTook records that topic took a record batch of size bytes holding
+// one row: its limit is at least that.
+func (r *Relay) topicTook(topic string, size int) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok && int32(size) > e.fits {
+		e.fits = int32(size)
+	}
+}
+
+// topicGroupTaken records that topic took a group of n bytes of records
+// whole, while its limit is unknown: the next groups may be twice as large.
+func (r *Relay) topicGroupTaken(topic string, n int) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok && !e.tooLarge {
+		e.grown = max(e.grown, int32(min(2*n, defaultBatchMax)))
+	}
+}
+
+// topicTooLarge records that topic rejected a record batch as too large.
+func (r *Relay) topicTooLarge(topic string) {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok {
+		e.tooLarge = true
+	}
+}
+
+// knownVerdict returns what the relay last read of topic's settings
+// (nothing, if it has not), without checking it: a retry alone holds every
+// other batch out of the client and must not wait for an admin request.
+func (r *Relay) knownVerdict(topic string) topicVerdict {
+	r.topicsMu.Lock()
+	defer r.topicsMu.Unlock()
+	if e, ok := r.topics[topic]; ok {
+		return e.verdict
+	}
+	return topicVerdict{}
 }
 
 // refreshTopic checks topic again in the background. Run waits for it
@@ -137,8 +229,10 @@ func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry)
 		r.limits.set(topic, maxBytes)
 	}
 	if err != nil {
-		// Fail open: a failed check during an outage must not turn into
-		// escalated rows. Strict mode says so loudly.
+		// A failed check during an outage must not turn into escalated
+		// rows, so no row is refused for it; but the topic's limit is
+		// unknown, and its records go to the client in small groups
+		// (groupBudget) until it is known. Strict mode says so loudly.
 		level := slog.LevelDebug
 		if r.cfg.Durability == DurabilityStrict {
 			level = slog.LevelWarn

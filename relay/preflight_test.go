@@ -220,3 +220,27 @@ func randomBytes(n int) []byte {
 	_, _ = rand.Read(b)
 	return b
 }
+
+// Topic names come from the rows: the relay keeps the settings of a
+// bounded number of topics, forgetting those used least recently.
+func TestTopicSettingsKeptAreBounded(t *testing.T) {
+	t.Parallel()
+	topics := []string{"a", "b", "c", "d", "e"}
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, topics...)
+	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, db.Pool,
+		relaytest.NewProducer(t, cluster.ListenAddrs()), testLogger(t))
+	r.SetMaxTopics(3)
+	for _, topic := range topics {
+		db.Insert(t, relaytest.Message{Topic: topic, Payload: []byte("x")})
+		if n, err := r.DeliverBatch(context.Background(), nil); err != nil || n != 1 {
+			t.Fatalf("batch of %s: %d, %v", topic, n, err)
+		}
+		if got := r.TopicsKnown(); got > 3 {
+			t.Fatalf("after topic %s the relay keeps %d topics' settings, want at most 3", topic, got)
+		}
+	}
+	if got := db.Count(t, "sent"); got != len(topics) {
+		t.Errorf("%d rows sent, want %d", got, len(topics))
+	}
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,8 +17,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/retry"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
@@ -56,11 +59,17 @@ type Relay struct {
 	// topicsMu guards topics, what the relay knows of topics' settings,
 	// shared by the batches in flight. refreshes counts the background
 	// checks running.
-	topicsMu  sync.Mutex
-	topics    map[string]*topicEntry
-	refreshes sync.WaitGroup
-	// limits tells the client each topic's max.message.bytes.
+	topicsMu   sync.Mutex
+	topics     map[string]*topicEntry
+	topicsUsed *list.List // of topic names, most recently used first
+	maxTopics  int        // maxTopicEntries, or less in tests
+	refreshes  sync.WaitGroup
+	// limits tells the client each topic's max.message.bytes; watch
+	// tells the relay of connections the client could not open.
 	limits *topicLimits
+	watch  *brokerWatch
+	// gate keeps retries alone alone (see gateAll).
+	gate *semaphore.Weighted
 	// afterLock is claimParams.afterLock, for tests.
 	afterLock func()
 	// beforeTopicCheck, for tests, runs as a check of a topic's settings
@@ -82,7 +91,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{
+	r := &Relay{
 		cfg:     cfg,
 		pool:    pool,
 		kafka:   client,
@@ -91,13 +100,21 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
 		topics:  map[string]*topicEntry{},
-		limits:  limitsOf(client),
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
 		flying:   map[*batch][]row{},
 		counted:  make(chan struct{}),
+
+		topicsUsed: list.New(),
+		maxTopics:  maxTopicEntries,
+		gate:       semaphore.NewWeighted(gateAll),
 	}
+	if st := stateOf(client); st != nil {
+		r.limits, r.watch = st.limits, st.watch
+		r.watch.subscribe(r.kafkaFailing)
+	}
+	return r
 }
 
 // Run delivers rows until ctx ends, then stops claiming, finishes the batch in
@@ -496,11 +513,22 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	r.report(ctx, out, escalated)
 	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(b.started))
 	if out.outage() {
-		reason := out.failed[0].err
+		reason := outageReason(out)
 		r.health.down(time.Now(), reason)
 		r.maybeAlertOutage(ctx)
 		return len(rows), fmt.Errorf("%w: %v", errOutage, reason)
 	}
+	sentTopics := map[string]bool{}
+	sent := make(map[int64]bool, len(out.sentIDs))
+	for _, id := range out.sentIDs {
+		sent[id] = true
+	}
+	for _, x := range rows {
+		if sent[x.ID] {
+			sentTopics[x.Topic] = true
+		}
+	}
+	r.notePartialOutage(ctx, out, sentTopics)
 	return len(rows), nil
 }
 
@@ -542,7 +570,13 @@ func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 	}
 	for _, f := range out.failed {
 		if !escalatedIDs[f.row.ID] {
-			r.logger.Warn("produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,
+			// A partition's outage is logged once, by topic and
+			// partitions (notePartialOutage), not once per row.
+			level := slog.LevelWarn
+			if f.kind == retry.Outage {
+				level = slog.LevelDebug
+			}
+			r.logger.Log(ctx, level, "produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,
 				"attempt", f.row.Attempts+1, "error_kind", f.kind.String(), "error", f.err)
 		}
 	}

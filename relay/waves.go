@@ -13,16 +13,16 @@ import (
 // rows never race each other inside the client, whose retries can reorder
 // them after a failure (franz-go issues #515, #852). When a row fails, the
 // later rows of its key stay untouched and pending for a later batch. A wave
-// that ends in an outage or an abort ends the batch. keepAlive runs before
-// each wave after the first (see batchKeepAlive); when it fails, the batch
-// ends there, lost.
+// that ends in an outage or an abort ends the batch. The rows of a wave
+// that Kafka rejected with their record batch are produced again alone
+// (retryAlone) before the next wave, so the later rows of their keys wait
+// for them. keepAlive runs before each wave after the first and before a
+// retry alone (see batchKeepAlive); when it fails, the batch ends there,
+// lost.
 func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(context.Context) error) outcome {
 	waves := 1
 	for _, x := range rows {
 		waves = max(waves, x.Wave)
-	}
-	if waves == 1 {
-		return r.produce(ctx, rows, r.stallAfter(), r.kafkaStalled)
 	}
 	var total outcome
 	blocked := map[string]bool{} // topic and key of rows that were not acknowledged
@@ -30,7 +30,7 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 	for n := 1; n <= waves; n++ {
 		wave = wave[:0]
 		for _, x := range rows {
-			if x.Wave == n && (x.Key == nil || !blocked[chainKey(x)]) {
+			if waves == 1 || x.Wave == n && (x.Key == nil || !blocked[chainKey(x)]) {
 				wave = append(wave, x)
 			}
 		}
@@ -44,6 +44,13 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 			}
 		}
 		out := r.produce(ctx, wave, r.stallAfter(), r.kafkaStalled)
+		if len(out.rejected) > 0 && !out.aborted {
+			if err := keepAlive(ctx); err != nil {
+				total.lost = err
+				break
+			}
+			r.retryAlone(ctx, &out)
+		}
 		total.sentIDs = append(total.sentIDs, out.sentIDs...)
 		total.sentPartitions = append(total.sentPartitions, out.sentPartitions...)
 		total.sentOffsets = append(total.sentOffsets, out.sentOffsets...)
