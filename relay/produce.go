@@ -278,7 +278,7 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 		"action", "producing each row again alone")
 	for _, f := range rejected {
 		rec, _, err := f.row.record() // its replaced headers were counted the first time
-		if err != nil { // it made one before
+		if err != nil {               // it made one before
 			out.failed = append(out.failed, failure{f.row, err, retry.Classify(err), -1})
 			continue
 		}
