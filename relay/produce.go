@@ -277,8 +277,9 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 	r.logger.Info("batch_rejected", "topics", strings.Join(topics, ","), "rows", len(rejected), "error", rejected[0].err,
 		"action", "producing each row again alone")
 	for _, f := range rejected {
-		rec, _, err := f.row.record() // its replaced headers were counted the first time
-		if err != nil {               // it made one before
+		// Its replaced headers were counted the first time it was made.
+		rec, _, err := f.row.record()
+		if err != nil { // it made one before
 			out.failed = append(out.failed, failure{f.row, err, retry.Classify(err), -1})
 			continue
 		}
