@@ -71,14 +71,14 @@ The database, schema and brokers come from the RELAY_* variables.`,
 				if *examples < 0 {
 					return usageErrorf("verify: --examples %d: must not be negative", *examples)
 				}
-				cfg, err := loadConfig(env.getenv)
+				cfg, err := env.config()
 				if err != nil {
 					return err
 				}
 				opts := verify.Options{Since: from, Topics: topics, ChunkSize: *chunk, MaxExamples: max(*examples, 1)}
 				rep, err := runVerify(ctx, cfg, env.getenv, opts)
 				if err != nil {
-					return err
+					return schemaHint(err, cfg.Schema)
 				}
 				if *examples == 0 {
 					rep.Examples = rep.Examples[:0]
@@ -170,7 +170,12 @@ func printVerify(w io.Writer, rep verify.Report) error {
 		return err
 	}
 	if len(rep.Examples) > 0 {
-		fmt.Fprintf(w, "\nFirst %d problem rows:\n", len(rep.Examples))
+		problems := rep.Total.Missing + rep.Total.Truncated + rep.Total.Mismatched
+		if int64(len(rep.Examples)) < problems {
+			fmt.Fprintf(w, "\nFirst %d of %d problem rows (see them all with --examples %d):\n", len(rep.Examples), problems, problems)
+		} else {
+			fmt.Fprintf(w, "\nProblem rows:\n")
+		}
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTOPIC\tPARTITION\tOFFSET\tPROBLEM\tDETAIL")
 		for _, e := range rep.Examples {

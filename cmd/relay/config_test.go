@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +18,15 @@ import (
 )
 
 // mapEnv is a getenv over a map, as tests give run its environment.
+// It answers environKey with the map's names, as run asks to find unknown
+// RELAY_* variables.
 func mapEnv(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	return func(k string) string {
+		if k == environKey {
+			return strings.Join(slices.Collect(maps.Keys(m)), "\n")
+		}
+		return m[k]
+	}
 }
 
 func TestConfigDefaults(t *testing.T) {
@@ -355,7 +364,7 @@ const (
 // The README's configuration table must be what "relay help config" prints.
 func TestREADMEConfigTable(t *testing.T) {
 	t.Parallel()
-	const fix = "regenerate it: go run ./cmd/relay help config, and paste the output between the lines " + tableStart + " and " + tableEnd
+	const fix = "regenerate it: go run ./cmd/relay help config --markdown, and paste the output between the lines " + tableStart + " and " + tableEnd
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatalf("read README.md: %v; the README must hold the configuration table: %s", err, fix)

@@ -96,7 +96,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("relay dev --help lacks %q:\n%s", want, stdout)
 		}
 	}
-	stdout, _, _ = runCLI(t, nil, "help", "config")
+	stdout, _, _ = runCLI(t, nil, "help", "config", "--markdown")
 	if !strings.HasPrefix(stdout, "| Variable | Default | Description |") || !strings.Contains(stdout, "`RELAY_SHUTDOWN_TIMEOUT` | `30s` |") {
 		t.Errorf("relay help config:\n%s", stdout)
 	}
@@ -159,12 +159,16 @@ func TestMigrateCommand(t *testing.T) {
 			t.Fatalf("migrate status: %v", err)
 		}
 		lines := strings.Split(strings.TrimSpace(stdout), "\n")
-		if len(lines) != 2 || !strings.HasPrefix(lines[0], "VERSION") {
+		if len(lines) < 3 || !strings.HasPrefix(lines[0], "VERSION") {
 			t.Fatalf("migrate status printed:\n%s", stdout)
 		}
 		f := strings.Fields(lines[1])
-		if f[0] != "1" || f[1] != want || f[len(f)-1] != "00001_outbox.sql" {
-			t.Fatalf("migrate status: %q, want version 1 %s 00001_outbox.sql", lines[1], want)
+		if f[0] != "1" || f[1] != "applied" || f[len(f)-1] != "00001_outbox.sql" {
+			t.Fatalf("migrate status: %q, want version 1 applied 00001_outbox.sql", lines[1])
+		}
+		f = strings.Fields(lines[len(lines)-1])
+		if f[0] != "4" || f[1] != want || f[len(f)-1] != "00004_audit.sql" {
+			t.Fatalf("migrate status: %q, want version 4 %s 00004_audit.sql", lines[len(lines)-1], want)
 		}
 	}
 	status("applied")
