@@ -439,7 +439,9 @@ func stuckRequeue(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	rows, err := stuckBulk(ctx, env, "stuck requeue", ids, sel, *yes, false,
-		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) { return relay.Requeue(ctx, tx, ids, "") },
+		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) {
+			return relay.Requeue(ctx, tx, ids, "")
+		},
 		relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "requeue"})
 	if err != nil || rows == nil {
 		return err

@@ -458,4 +458,3 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 		})
 	}
 }
-
