@@ -106,7 +106,7 @@ func (e *environment) config() (Config, error) {
 }
 
 func commands() []*command {
-	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), healthcheckCommand(), benchCommand(), benchKafkaCommand(), versionCommand(), helpCommand()}
+	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), resendCommand(), healthcheckCommand(), benchCommand(), benchKafkaCommand(), versionCommand(), helpCommand()}
 }
 
 func lookupCommand(name string) *command {

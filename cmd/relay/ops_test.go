@@ -165,7 +165,7 @@ func TestStuckListSaysWhenItIsCutOff(t *testing.T) {
 func TestMissingSchemaGetsAHint(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{"RELAY_DATABASE_URL": relaytest.DatabaseURL(), "RELAY_SCHEMA": "outbxo_misspelled"}
-	for _, args := range [][]string{{"stuck", "list"}, {"stuck", "show", "1"}, {"stuck", "requeue", "--all", "--yes"}} {
+	for _, args := range [][]string{{"stuck", "list"}, {"stuck", "show", "1"}, {"stuck", "requeue", "--all", "--yes"}, {"resend", "--ids", "1", "--yes"}} {
 		_, _, err := runCLI(t, env, args...)
 		if exitCode(err) != 2 {
 			t.Errorf("relay %v on a missing schema: %v (exit %d), want exit 2", args, err, exitCode(err))
