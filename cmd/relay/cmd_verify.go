@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/verify"
 )
@@ -234,6 +236,17 @@ type periodicVerify struct {
 	log     *slog.Logger
 	alerter alert.Alerter
 	met     verifyMetrics
+	// last is the latest outcome, for the console.
+	last atomic.Pointer[console.VerifyResult]
+}
+
+// lastResult returns the latest outcome, if a run has ended.
+func (p *periodicVerify) lastResult() (console.VerifyResult, bool) {
+	r := p.last.Load()
+	if r == nil {
+		return console.VerifyResult{}, false
+	}
+	return *r, true
 }
 
 // verifyMargin is the margin for a produce timeout: the longest a batch
@@ -268,10 +281,13 @@ func (p *periodicVerify) once(ctx context.Context, since time.Time) (verify.Repo
 		if ctx.Err() != nil {
 			return rep, err // shutting down
 		}
+		p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Err: err.Error()})
 		p.met.runs.WithLabelValues("error").Inc()
 		p.log.Warn("verify_error", "since", since, "error", err)
 		return rep, err
 	}
+	p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Checked: rep.Total.Checked, Missing: rep.Total.Missing,
+		Truncated: rep.Total.Truncated, Mismatched: rep.Total.Mismatched})
 	p.met.checked.Add(float64(rep.Total.Checked))
 	p.met.lastSuccess.SetToCurrentTime()
 	p.met.problems.Reset()

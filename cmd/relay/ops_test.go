@@ -458,3 +458,71 @@ func TestRunWaitsForTheDatabase(t *testing.T) {
 		})
 	}
 }
+
+// relay run serves the console on RELAY_CONSOLE_ADDR and never shows or
+// logs the admin token.
+func TestRunServesTheConsole(t *testing.T) {
+	t.Parallel()
+	db, env := stuckEnv(t)
+	cluster := relaytest.NewCluster(t, 1, "a", "b")
+	consoleAddr := closedPort(t)
+	const token = "the-admin-token-0123456789"
+	for k, v := range map[string]string{"RELAY_KAFKA_BROKERS": cluster.ListenAddrs()[0], "RELAY_HTTP_ADDR": "off",
+		"RELAY_CONSOLE_ADDR": consoleAddr, "RELAY_ADMIN_TOKEN": token} {
+		env[k] = v
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"run"}, mapEnv(env), io.Discard, &logs) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + consoleAddr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	relaytest.WaitFor(t, 30*time.Second, "the console to answer", func() bool { code, _ := get("/"); return code == http.StatusOK })
+	code, body := get("/stuck/10")
+	if code != http.StatusOK || !strings.Contains(body, "MESSAGE_TOO_LARGE") || !strings.Contains(body, "Sign in") {
+		t.Errorf("GET /stuck/10: %d\n%s", code, body)
+	}
+	resp, err := http.PostForm("http://"+consoleAddr+"/stuck/10/discard", map[string][]string{"confirm": {"yes"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("POST discard without a session: %d, want 403", resp.StatusCode)
+	}
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM stuck_messages WHERE id = 10`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("row 10 gone after a refused discard (%v)", err)
+	}
+	if strings.Contains(body, token) || strings.Contains(logs.String(), token) {
+		t.Errorf("the admin token was shown or logged")
+	}
+	if !strings.Contains(logs.String(), `"msg":"console_listening"`) {
+		t.Errorf("no console_listening log line")
+	}
+}
+
+func TestConsoleConfig(t *testing.T) {
+	t.Parallel()
+	_, err := loadConfig(mapEnv(map[string]string{"RELAY_CONSOLE_ADDR": "nowhere", "RELAY_ADMIN_TOKEN": "short-secret"}))
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), `RELAY_CONSOLE_ADDR: "nowhere": want host:port`) ||
+		!strings.Contains(err.Error(), "RELAY_ADMIN_TOKEN: too short") || strings.Contains(err.Error(), "short-secret") {
+		t.Errorf("bad console settings: %v", err)
+	}
+	if _, err := loadConfig(mapEnv(map[string]string{"RELAY_CONSOLE_ADDR": "127.0.0.1:8081", "RELAY_ADMIN_TOKEN": "0123456789abcdef"})); err != nil {
+		t.Errorf("good console settings: %v", err)
+	}
+}
