@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
@@ -235,5 +236,42 @@ func TestConsoleInChromium(t *testing.T) {
 	if err := db.Pool.QueryRow(ctx, `SELECT operator, action FROM audit_log WHERE source = 'console' AND row_ids = '{107}'`).Scan(&who, &action); err != nil ||
 		!strings.HasSuffix(who, "(dana)") || action != "requeue" {
 		t.Errorf("audit_log: %q %q %v; want the requeue by dana", who, action, err)
+	}
+
+	// Discard every row_fatal row at once, from the filtered list.
+	if _, err := db.Pool.Exec(ctx, `
+		INSERT INTO stuck_messages (id, topic, key, payload, created_at, attempts, last_error, error_kind)
+		VALUES (200, 'orders', 'a', 'x', now(), 1, 'MESSAGE_TOO_LARGE', 'row_fatal'),
+		       (201, 'payments', 'b', 'y', now(), 1, 'INVALID_RECORD', 'row_fatal'),
+		       (202, 'orders', 'c', 'z', now(), 10, 'NOT_ENOUGH_REPLICAS', 'row_retriable')`); err != nil {
+		t.Fatal(err)
+	}
+	do("discard all row_fatal rows",
+		chromedp.Navigate(srv.URL+"/stuck?kind=row_fatal"),
+		chromedp.Click(chromedp.CSS(`#bulk-discard`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+		chromedp.SendKeys(chromedp.CSS(`input[name=reason]`), "poison rows"),
+		chromedp.Click(chromedp.CSS(`#confirm`)),
+		chromedp.WaitVisible(chromedp.CSS(`#result`)),
+	)
+	if result := text(`#result`); result != "Discarded 2 row(s)" {
+		t.Fatalf("bulk discard: %q", result)
+	}
+	var left []int64
+	rows, err := db.Pool.Query(ctx, `SELECT id FROM stuck_messages ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { left = append(left, id); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var detail, by string
+	if err := db.Pool.QueryRow(ctx, `SELECT detail FROM audit_log WHERE action = 'discard'`).Scan(&detail); err != nil ||
+		fmt.Sprint(left) != "[202]" || detail != "error_kind=row_fatal; reason: poison rows" {
+		t.Errorf("after the bulk discard: stuck %v, audit detail %q (%v); want [202] and the filter with the reason", left, detail, err)
+	}
+	if err := db.Pool.QueryRow(ctx, `SELECT discarded_by FROM discarded_messages WHERE id = 201`).Scan(&by); err != nil || !strings.Contains(by, "(dana)") {
+		t.Errorf("discarded_messages.discarded_by = %q, %v; want dana", by, err)
 	}
 }
