@@ -151,7 +151,6 @@ func (d *daemon) serve(ctx context.Context) error {
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
-		log.Info("http_listening", "addr", httpAddr)
 	}
 	if d.started != nil {
 		d.started(httpAddr)
@@ -172,7 +171,7 @@ func (d *daemon) serve(ctx context.Context) error {
 			return nil
 		})
 	}
-	if err := d.start(gctx, g, poolCfg, met, probes, stopHTTP); err != nil {
+	if err := d.start(gctx, g, poolCfg, met, probes, httpAddr, stopHTTP); err != nil {
 		stopHTTP()
 		if werr := g.Wait(); werr != nil {
 			return werr // the HTTP server's failure cut the start short
@@ -183,10 +182,10 @@ func (d *daemon) serve(ctx context.Context) error {
 }
 
 // start waits for the database, migrates it unless told not to, wires the
-// relay and runs it in g. The health endpoints stay up until the relay has
+// relay and runs it in g. httpAddr is where the probes listen ("" when off). The health endpoints stay up until the relay has
 // stopped (stopHTTP), so an orchestrator sees a live process while it
 // drains.
-func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.Config, met *metrics, probes *probeHandler, stopHTTP func()) error {
+func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.Config, met *metrics, probes *probeHandler, httpAddr string, stopHTTP func()) error {
 	cfg, log := d.cfg, d.logger
 	if err := d.waitForDatabase(ctx, poolCfg, probes, met.handler()); err != nil {
 		return err
@@ -245,6 +244,11 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.
 		return err
 	}
 	probes.ready(healthHandler(pool, client, r.KafkaHealthy, met.handler()))
+	if httpAddr != "" {
+		// Logged once the probes answer for the running relay: before,
+		// the server already listened, but only to say it was starting.
+		log.Info("http_listening", "addr", httpAddr)
+	}
 
 	// The pool and the client close once everything in g that uses them
 	// has returned.

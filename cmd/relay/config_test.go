@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
 	"github.com/outboxrelay/relay/retry"
 )
 
@@ -294,7 +295,8 @@ func TestConfigDatabaseURLFile(t *testing.T) {
 
 // A database password must never reach an error message or a log line,
 // whether the URL cannot be parsed (exit 2) or the database cannot be
-// reached (exit 1).
+// reached (migrate exits 1; run waits for it, logging each attempt, until
+// stopped).
 func TestDatabasePasswordNeverShown(t *testing.T) {
 	t.Parallel()
 	const secret = "S3cret-Pa55"
@@ -314,11 +316,26 @@ func TestDatabasePasswordNeverShown(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			for _, args := range [][]string{{"run"}, {"migrate"}} {
-				var stdout, stderr bytes.Buffer
+				var stdout bytes.Buffer
+				var stderr syncBuffer
 				env := map[string]string{"RELAY_DATABASE_URL": tt.url, "RELAY_HTTP_ADDR": "off"}
-				err := run(context.Background(), args, mapEnv(env), &stdout, &stderr)
-				if code := exitCode(err); code != tt.code {
-					t.Fatalf("relay %v: exit code %d (%v), want %d", args, code, err, tt.code)
+				var err error
+				if tt.code == 1 && args[0] == "run" {
+					// The relay waits for the database: stop it once it
+					// has said so.
+					ctx, cancel := context.WithCancel(context.Background())
+					done := make(chan error, 1)
+					go func() { done <- run(ctx, args, mapEnv(env), &stdout, &stderr) }()
+					relaytest.WaitFor(t, 30*time.Second, "database_unavailable", func() bool {
+						return strings.Contains(stderr.String(), `"msg":"database_unavailable"`)
+					})
+					cancel()
+					if err = <-done; err != nil {
+						t.Fatalf("relay run stopped while waiting for the database: %v, want nil", err)
+					}
+					err = errors.New("")
+				} else if err = run(context.Background(), args, mapEnv(env), &stdout, &stderr); exitCode(err) != tt.code {
+					t.Fatalf("relay %v: exit code %d (%v), want %d", args, exitCode(err), err, tt.code)
 				}
 				all := err.Error() + stdout.String() + stderr.String()
 				if strings.Contains(all, secret) {
