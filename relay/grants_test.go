@@ -103,10 +103,12 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 		"USAGE ON SCHEMA "+s,
 		"SELECT ON "+s+".messages",
 		"INSERT (id, topic, key, payload, headers, created_at, uuid) ON "+s+".messages",
+		"UPDATE (status, attempts, next_attempt_at, first_error, last_error, sent_at, kafka_partition, kafka_offset, uuid) ON "+s+".messages",
 		"SELECT ON SEQUENCE "+s+".relay_idle_until",
 		"SELECT, DELETE, UPDATE ON "+s+".stuck_messages",
 		"SELECT, INSERT ON "+s+".discarded_messages",
-		"SELECT ON "+s+".blocked_messages")
+		"SELECT ON "+s+".blocked_messages",
+		"SELECT, INSERT ON "+s+".audit_log")
 	// poolAs is the test's pool, but every connection acts as role.
 	poolAs := func(role string) *pgxpool.Pool {
 		cfg := db.Pool.Config().Copy()
@@ -176,6 +178,20 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	}
 	if ids, err := relay.Discard(ctx, opPool, []int64{bad}, "alice", "test"); err != nil || len(ids) != 1 {
 		t.Errorf("discard as the operator: %v, %v", ids, err)
+	}
+	// relay resend and the audit log of every operator action.
+	again := db.Insert(t, relaytest.Message{Topic: "t", Key: []byte("k"), Payload: []byte("again")})[0]
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("deliver a row to resend: %d rows, %v; want 1", n, err)
+	}
+	if ids, err := relay.Resend(ctx, opPool, []int64{again}); err != nil || len(ids) != 1 {
+		t.Errorf("resend as the operator: %v, %v", ids, err)
+	}
+	if err := relay.Audit(ctx, opPool, relay.AuditEntry{Operator: "alice", Source: relay.SourceCLI, Action: "resend", IDs: []int64{again}}); err != nil {
+		t.Errorf("audit as the operator: %v", err)
+	}
+	if _, err := relay.RecentAudit(ctx, opPool, 10); err != nil {
+		t.Errorf("read the audit log as the operator: %v", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -8,7 +9,9 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -174,4 +177,93 @@ func latestMigration() (int64, error) {
 		}
 	}
 	return latest, nil
+}
+
+// MigrationState is one embedded migration and whether a schema has it.
+type MigrationState struct {
+	Version   int64
+	File      string
+	Applied   bool
+	AppliedAt time.Time
+}
+
+// ReadMigrations lists the embedded migrations and which of them are applied
+// in the schema q's search_path points at. Unlike Migrator.Status it creates
+// nothing: not the schema, not goose's version table. schemaExists is false
+// when the schema itself does not exist.
+func ReadMigrations(ctx context.Context, q Querier) (states []MigrationState, schemaExists bool, err error) {
+	var hasSchema, hasTable bool
+	err = q.QueryRow(ctx, `SELECT current_schema() IS NOT NULL, to_regclass('goose_db_version') IS NOT NULL`).Scan(&hasSchema, &hasTable)
+	if err != nil {
+		return nil, false, fmt.Errorf("migrate status: %w", err)
+	}
+	applied := map[int64]time.Time{}
+	if hasTable {
+		rows, err := q.Query(ctx, `SELECT version_id, max(tstamp) FROM goose_db_version WHERE version_id > 0 AND is_applied GROUP BY version_id`)
+		if err != nil {
+			return nil, hasSchema, fmt.Errorf("migrate status: %w", err)
+		}
+		var v int64
+		var at time.Time
+		if _, err := pgx.ForEachRow(rows, []any{&v, &at}, func() error { applied[v] = at; return nil }); err != nil {
+			return nil, hasSchema, fmt.Errorf("migrate status: %w", err)
+		}
+	}
+	files, err := migrationFiles()
+	if err != nil {
+		return nil, hasSchema, err
+	}
+	for _, f := range files {
+		at, ok := applied[f.version]
+		states = append(states, MigrationState{Version: f.version, File: f.name, Applied: ok, AppliedAt: at})
+	}
+	return states, hasSchema, nil
+}
+
+type migrationFile struct {
+	version int64
+	name    string
+}
+
+// migrationFiles lists the embedded migrations in version order.
+func migrationFiles() ([]migrationFile, error) {
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	if err != nil {
+		return nil, err
+	}
+	var out []migrationFile
+	for _, e := range entries {
+		if v, err := goose.NumericComponent(e.Name()); err == nil && strings.HasSuffix(e.Name(), ".sql") {
+			out = append(out, migrationFile{version: v, name: e.Name()})
+		}
+	}
+	slices.SortFunc(out, func(a, b migrationFile) int { return cmp.Compare(a.version, b.version) })
+	return out, nil
+}
+
+var dropStatement = regexp.MustCompile(`(?im)^\s*DROP\s+(TABLE|VIEW|SEQUENCE|FUNCTION|TRIGGER|INDEX|TYPE)\s+(?:IF\s+EXISTS\s+)?([a-z0-9_]+)`)
+
+// MigrationDrops returns the file of migration version and what rolling it
+// back drops, as "table messages", "view blocked_messages", … in the order
+// of its Down section.
+func MigrationDrops(version int64) (file string, drops []string, err error) {
+	files, err := migrationFiles()
+	if err != nil {
+		return "", nil, err
+	}
+	for _, f := range files {
+		if f.version != version {
+			continue
+		}
+		b, err := fs.ReadFile(migrations.FS, f.name)
+		if err != nil {
+			return "", nil, err
+		}
+		_, down, _ := strings.Cut(string(b), "-- +goose Down")
+		for _, m := range dropStatement.FindAllStringSubmatch(down, -1) {
+			drops = append(drops, strings.ToLower(m[1])+" "+m[2])
+		}
+		return f.name, drops, nil
+	}
+	return "", nil, fmt.Errorf("no migration %d in this binary", version)
 }

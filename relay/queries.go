@@ -207,6 +207,7 @@ const listStuckQuery = stuckSelect + `
 WHERE ($1::text IS NULL OR s.topic = $1)
   AND ($2::bytea IS NULL OR s.key = $2)
   AND ($3::timestamptz IS NULL OR s.escalated_at >= $3)
+  AND ($5::text IS NULL OR s.error_kind = $5)
 ORDER BY s.id
 LIMIT $4`
 

@@ -40,10 +40,28 @@ type StuckRow struct {
 
 // StuckFilter selects stuck rows. Zero fields match everything.
 type StuckFilter struct {
-	Topic string
-	Key   []byte    // nil: any key
-	Since time.Time // escalated at or after
-	Limit int       // 0: 100
+	Topic     string
+	Key       []byte    // nil: any key
+	Since     time.Time // escalated at or after
+	ErrorKind string    // row_fatal or row_retriable; empty: either
+	Limit     int       // 0: 100 (ListStuck only)
+}
+
+// args are the filter's query parameters $1 to $4: topic, key, since and
+// error kind, each NULL when it matches everything.
+func (f StuckFilter) args() []any {
+	var topic, kind *string
+	if f.Topic != "" {
+		topic = &f.Topic
+	}
+	if f.ErrorKind != "" {
+		kind = &f.ErrorKind
+	}
+	var since *time.Time
+	if !f.Since.IsZero() {
+		since = &f.Since
+	}
+	return []any{topic, f.Key, since, kind}
 }
 
 // ErrNotFound is returned for an id that is not in stuck_messages.
@@ -55,15 +73,8 @@ func ListStuck(ctx context.Context, q Querier, f StuckFilter) ([]StuckRow, error
 	if limit <= 0 {
 		limit = 100
 	}
-	var topic *string
-	if f.Topic != "" {
-		topic = &f.Topic
-	}
-	var since *time.Time
-	if !f.Since.IsZero() {
-		since = &f.Since
-	}
-	rows, err := q.Query(ctx, listStuckQuery, topic, f.Key, since, limit)
+	a := f.args()
+	rows, err := q.Query(ctx, listStuckQuery, a[0], a[1], a[2], limit, a[3])
 	if err != nil {
 		return nil, fmt.Errorf("list stuck: %w", err)
 	}
@@ -150,3 +161,117 @@ func Discard(ctx context.Context, q Querier, ids []int64, operator, reason strin
 	}
 	return gone, nil
 }
+
+// CountStuck returns how many stuck rows match f (its Limit aside), so that
+// a list cut off at its limit can say how many rows it left out.
+func CountStuck(ctx context.Context, q Querier, f StuckFilter) (int, error) {
+	var n int
+	if err := q.QueryRow(ctx, countStuckQuery, f.args()...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count stuck: %w", err)
+	}
+	return n, nil
+}
+
+// StuckMatch is the short form of a stuck row that bulk actions select and
+// confirm before acting.
+type StuckMatch struct {
+	ID        int64
+	Topic     string
+	ErrorKind string
+	LastError string
+}
+
+// MatchStuck returns every stuck row that matches f (its Limit aside), in id
+// order.
+func MatchStuck(ctx context.Context, q Querier, f StuckFilter) ([]StuckMatch, error) {
+	return collectMatches(q.Query(ctx, matchStuckQuery, f.args()...))
+}
+
+// StuckByID returns the rows of ids that are in stuck_messages, in id order;
+// an id that is not there is left out.
+func StuckByID(ctx context.Context, q Querier, ids []int64) ([]StuckMatch, error) {
+	return collectMatches(q.Query(ctx, stuckByIDQuery, ids))
+}
+
+func collectMatches(rows pgx.Rows, err error) ([]StuckMatch, error) {
+	if err != nil {
+		return nil, fmt.Errorf("select stuck: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (StuckMatch, error) {
+		var m StuckMatch
+		err := r.Scan(&m.ID, &m.Topic, &m.ErrorKind, &m.LastError)
+		return m, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select stuck: %w", err)
+	}
+	return out, nil
+}
+
+// Missing returns the ids of want that found lacks, in the order of want.
+func Missing(want, found []int64) []int64 {
+	have := make(map[int64]bool, len(found))
+	for _, id := range found {
+		have[id] = true
+	}
+	var out []int64
+	for _, id := range want {
+		if !have[id] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// BlockedRow is a pending row held back by an earlier stuck row of its key.
+type BlockedRow struct {
+	ID        int64
+	CreatedAt time.Time
+	Attempts  int
+}
+
+// BlockedBehind returns up to limit pending rows of the stuck row id's topic
+// and key that wait behind it, oldest first: the chain a requeue or discard
+// of id releases.
+func BlockedBehind(ctx context.Context, q Querier, id int64, limit int) ([]BlockedRow, error) {
+	rows, err := q.Query(ctx, blockedBehindQuery, id, limit)
+	if err != nil {
+		return nil, fmt.Errorf("rows behind stuck %d: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (BlockedRow, error) {
+		var b BlockedRow
+		err := r.Scan(&b.ID, &b.CreatedAt, &b.Attempts)
+		return b, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rows behind stuck %d: %w", id, err)
+	}
+	return out, nil
+}
+
+// stuckWhere is the filter of countStuckQuery and matchStuckQuery; its
+// parameters are StuckFilter.args.
+const stuckWhere = `
+WHERE ($1::text IS NULL OR s.topic = $1)
+  AND ($2::bytea IS NULL OR s.key = $2)
+  AND ($3::timestamptz IS NULL OR s.escalated_at >= $3)
+  AND ($4::text IS NULL OR s.error_kind = $4)`
+
+const countStuckQuery = `SELECT count(*) FROM stuck_messages s` + stuckWhere
+
+const matchStuckQuery = `SELECT s.id, s.topic, s.error_kind, s.last_error FROM stuck_messages s` + stuckWhere + `
+ORDER BY s.id`
+
+const stuckByIDQuery = `
+SELECT s.id, s.topic, s.error_kind, s.last_error FROM stuck_messages s
+WHERE s.id = ANY($1) ORDER BY s.id`
+
+// blockedBehindQuery uses messages_pending_key_idx: the pending rows of the
+// stuck row's topic and key with later ids.
+const blockedBehindQuery = `
+SELECT m.id, m.created_at, m.attempts
+FROM stuck_messages s
+JOIN messages m ON m.topic = s.topic AND m.key = s.key AND m.id > s.id
+WHERE s.id = $1 AND m.status = 'pending' AND m.key IS NOT NULL
+ORDER BY m.id
+LIMIT $2`

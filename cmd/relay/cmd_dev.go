@@ -83,6 +83,7 @@ func dev(ctx context.Context, cfg Config, addr string, partitions int, env *envi
 		// auto.create.topics.enable would.
 		kafkaOpts: []kgo.Opt{kgo.AllowAutoTopicCreation()},
 		mode:      "dev",
+		unknown:   env.unknown,
 		started: func(httpAddr string) {
 			printDevBanner(env.stdout, brokers[0], httpAddr, cfg)
 		},

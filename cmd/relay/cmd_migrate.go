@@ -4,8 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"path"
+	"strings"
 	"text/tabwriter"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/relay/relay"
 )
@@ -14,37 +16,60 @@ func migrateCommand() *command {
 	return &command{
 		name:    "migrate",
 		summary: "apply, roll back or list the outbox schema migrations",
-		args:    "[up|down|status]",
-		about: `Manages the outbox tables in RELAY_SCHEMA of RELAY_DATABASE_URL (the schema is
-created if needed). Several relays may migrate at once: a Postgres advisory
-lock serialises them.
+		args:    "[up|down|status] [--yes]",
+		about: `Manages the outbox tables in RELAY_SCHEMA of RELAY_DATABASE_URL. Several relays
+may migrate at once: a Postgres advisory lock serialises them.
 
-  up      apply every pending migration (the default)
-  down    roll back the newest applied migration
-  status  list every migration: version, applied or pending, file`,
+  up      apply every pending migration (the default); creates the schema
+          if needed
+  down    roll back the newest applied migration. It says what that drops,
+          and refuses while rows are pending or stuck unless --yes: rolling
+          back the first migration drops the outbox tables with every row
+  status  list every migration: version, applied or pending, file. Reads
+          only: it creates nothing, not even the schema`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
+			yes := fs.Bool("yes", false, "migrate down: roll back even though rows are pending or stuck")
 			return func(ctx context.Context, args []string) error {
-				action := "up"
-				if len(args) > 0 {
-					action = args[0]
+				// Flags may follow the action: relay migrate down --yes.
+				var positional []string
+				for len(args) > 0 {
+					positional = append(positional, args[0])
+					if err := fs.Parse(args[1:]); err != nil {
+						return usageErrorf("migrate: %v; run 'relay migrate --help' for usage", err)
+					}
+					args = fs.Args()
 				}
-				if len(args) > 1 {
-					return usageErrorf("migrate: unexpected argument %q; run 'relay migrate --help' for usage", args[1])
+				action := "up"
+				if len(positional) > 0 {
+					action = positional[0]
+				}
+				if len(positional) > 1 {
+					return usageErrorf("migrate: unexpected argument %q; run 'relay migrate --help' for usage", positional[1])
 				}
 				if action != "up" && action != "down" && action != "status" {
 					return usageErrorf("migrate: unknown action %q; use up, down or status", action)
 				}
-				cfg, err := loadConfig(env.getenv)
+				if *yes && action != "down" {
+					return usageErrorf("migrate: --yes is for migrate down only")
+				}
+				cfg, err := env.config()
 				if err != nil {
 					return err
 				}
-				return migrate(ctx, cfg, action, env)
+				switch action {
+				case "status":
+					return migrateStatus(ctx, cfg, env)
+				case "down":
+					return migrateDown(ctx, cfg, *yes, env)
+				}
+				return migrate(ctx, cfg, env)
 			}
 		},
 	}
 }
 
-func migrate(ctx context.Context, cfg Config, action string, env *environment) error {
+// migrate applies the pending migrations.
+func migrate(ctx context.Context, cfg Config, env *environment) error {
 	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
 	if err != nil {
 		return err
@@ -54,33 +79,115 @@ func migrate(ctx context.Context, cfg Config, action string, env *environment) e
 		return err
 	}
 	defer m.Close()
-	switch action {
-	case "up":
-		n, err := m.Up(ctx)
-		if err != nil {
-			return err
+	n, err := m.Up(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "schema %s: applied %d migration(s)\n", cfg.Schema, n)
+	return nil
+}
+
+// migrateStatus lists the migrations without writing anything.
+func migrateStatus(ctx context.Context, cfg Config, env *environment) error {
+	pool, err := commandPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	states, schemaExists, err := relay.ReadMigrations(ctx, pool)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "VERSION\tSTATE\tAPPLIED AT\tFILE")
+	for _, s := range states {
+		state, applied := "pending", "-"
+		if s.Applied {
+			state, applied = "applied", s.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
 		}
-		fmt.Fprintf(env.stdout, "schema %s: applied %d migration(s)\n", cfg.Schema, n)
-	case "down":
-		if err := m.Down(ctx); err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "schema %s: rolled back the newest migration\n", cfg.Schema)
-	case "status":
-		st, err := m.Status(ctx)
-		if err != nil {
-			return err
-		}
-		w := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "VERSION\tSTATE\tAPPLIED AT\tFILE")
-		for _, s := range st {
-			applied := "-"
-			if !s.AppliedAt.IsZero() {
-				applied = s.AppliedAt.UTC().Format("2006-01-02 15:04:05Z")
-			}
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.Source.Version, s.State, applied, path.Base(s.Source.Path))
-		}
-		return w.Flush()
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.Version, state, applied, s.File)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if !schemaExists {
+		fmt.Fprintf(env.stderr, "schema %s does not exist in this database: check RELAY_SCHEMA, or create it with 'relay migrate up'\n", cfg.Schema)
 	}
 	return nil
+}
+
+// migrateDown rolls back the newest applied migration, after saying what
+// that drops; it refuses while rows are pending or stuck unless yes.
+func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) error {
+	pool, err := commandPool(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	states, _, err := relay.ReadMigrations(ctx, pool)
+	if err != nil {
+		return err
+	}
+	var newest *relay.MigrationState
+	for i := range states {
+		if states[i].Applied {
+			newest = &states[i]
+		}
+	}
+	if newest == nil {
+		return usageErrorf("migrate down: schema %s has no applied migration to roll back", cfg.Schema)
+	}
+	file, drops, err := relay.MigrationDrops(newest.Version)
+	if err != nil {
+		return err
+	}
+	what := "nothing"
+	if len(drops) > 0 {
+		what = strings.Join(drops, ", ")
+	}
+	fmt.Fprintf(env.stdout, "schema %s: rolling back migration %d (%s) drops: %s\n", cfg.Schema, newest.Version, file, what)
+	pending, stuck, err := undeliveredRows(ctx, pool)
+	if err != nil {
+		return err
+	}
+	if (pending > 0 || stuck > 0) && !yes {
+		return usageErrorf("migrate down: schema %s holds %d pending and %d stuck row(s) not yet delivered; "+
+			"refusing to roll back (add --yes to do it anyway)", cfg.Schema, pending, stuck)
+	}
+	pool.Close()
+
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	if err != nil {
+		return err
+	}
+	m, err := relay.NewMigrator(ctx, poolCfg, cfg.Schema)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Down(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "schema %s: rolled back migration %d\n", cfg.Schema, newest.Version)
+	return nil
+}
+
+// undeliveredRows counts the pending and the stuck rows; a table that does
+// not exist counts as empty.
+func undeliveredRows(ctx context.Context, pool *pgxpool.Pool) (pending, stuck int64, err error) {
+	var hasMessages, hasStuck bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('messages') IS NOT NULL, to_regclass('stuck_messages') IS NOT NULL`).Scan(&hasMessages, &hasStuck); err != nil {
+		return 0, 0, fmt.Errorf("count undelivered rows: %w", err)
+	}
+	if hasMessages {
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending'`).Scan(&pending); err != nil {
+			return 0, 0, fmt.Errorf("count pending rows: %w", err)
+		}
+	}
+	if hasStuck {
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM stuck_messages`).Scan(&stuck); err != nil {
+			return 0, 0, fmt.Errorf("count stuck rows: %w", err)
+		}
+	}
+	return pending, stuck, nil
 }

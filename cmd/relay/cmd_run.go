@@ -8,8 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
@@ -25,7 +29,9 @@ func runCommand() *command {
 		summary: "deliver outbox rows to Kafka until stopped (the default command)",
 		about: `Runs the relay: claims committed rows of the outbox table, produces them to
 Kafka with acks=all and marks them sent. Pending migrations are applied first
-unless RELAY_MIGRATE_ON_START=false. Unless RELAY_HTTP_ADDR is off, an HTTP
+unless RELAY_MIGRATE_ON_START=false. A database that cannot be reached at
+start is waited for (retried with a growing pause up to 15s, logged as
+database_unavailable); the relay is not ready until it connects. Unless RELAY_HTTP_ADDR is off, an HTTP
 server answers /livez (the process is alive) and /readyz (Postgres and Kafka
 are reachable).
 
@@ -42,7 +48,7 @@ Configuration is read from RELAY_* environment variables: see
 				if err != nil {
 					return err
 				}
-				d := &daemon{cfg: cfg, getenv: env.getenv, logger: cfg.newLogger(env.stderr), brokers: cfg.KafkaBrokers, mode: "run"}
+				d := &daemon{cfg: cfg, getenv: env.getenv, logger: cfg.newLogger(env.stderr), brokers: cfg.KafkaBrokers, mode: "run", unknown: env.unknown}
 				return d.run(ctx)
 			})
 		},
@@ -65,6 +71,8 @@ type daemon struct {
 	// started, if set, is called once the HTTP server listens and before
 	// the relay starts, with the server's address ("" when it is off).
 	started func(httpAddr string)
+	// unknown are the RELAY_* variables set that the relay does not read.
+	unknown []unknownVar
 }
 
 // httpShutdownTimeout bounds how long in-flight health checks may delay the
@@ -92,6 +100,9 @@ func (d *daemon) run(ctx context.Context) error {
 		"migrate_on_start", cfg.MigrateOnStart,
 		"verify_interval", cfg.VerifyInterval.String(),
 	)
+	for _, u := range d.unknown {
+		log.Warn("unknown_variable", "variable", u.Name, "did_you_mean", u.Suggestion, "message", u.String())
+	}
 	stopLog := context.AfterFunc(ctx, func() {
 		log.Info("relay_stopping", "shutdown_timeout", cfg.ShutdownTimeout.String())
 	})
@@ -118,49 +129,12 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relay.BoundSockets(poolCfg, cfg.relayConfig())
-	if cfg.MigrateOnStart {
-		if err := migrateUp(ctx, poolCfg, cfg.Schema, log); err != nil {
-			return err
-		}
-	}
-	// Each batch in flight holds a connection; the lag watch, retention
-	// and health checks need a few more.
-	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.InFlightBatches)+3)
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return fmt.Errorf("database pool: %w", err)
-	}
-	defer pool.Close()
-
 	met := newMetrics()
-	met.watchPool(pool)
-	opts := []kgo.Opt{
-		kgo.ClientID(cfg.ClientID),
-		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
-		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
-		kgo.WithHooks(met.kafka),
-	}
-	secOpts, err := kafkaSecurityOpts(cfg, d.getenv)
-	if err != nil {
-		return err
-	}
-	opts = append(opts, secOpts...)
-	logKafkaSecurityWarnings(log, cfg)
-	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
 
-	alerts, startAlerts, err := alerting(cfg, log)
-	if err != nil {
-		return err
-	}
-	relayCfg := cfg.relayConfig()
-	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
-	relayCfg.Metrics = met.relay
-	r := relay.New(relayCfg, pool, client, log)
-
+	// The HTTP server starts first, so that /livez answers and /readyz
+	// says what the relay waits for while the database is unreachable.
+	probes := &probeHandler{}
+	probes.starting("connecting to the database", met.handler())
 	var srv *http.Server
 	var ln net.Listener
 	httpAddr := ""
@@ -173,40 +147,22 @@ func (d *daemon) serve(ctx context.Context) error {
 		}
 		httpAddr = ln.Addr().String()
 		srv = &http.Server{
-			Handler:           healthHandler(pool, client, r.KafkaHealthy, met.handler(), log.With("component", "health")),
+			Handler:           probes,
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
-		log.Info("http_listening", "addr", httpAddr)
 	}
 	if d.started != nil {
 		d.started(httpAddr)
 	}
-
-	g, gctx := errgroup.WithContext(ctx)
-	startAlerts(gctx, g)
-	g.Go(func() error {
-		// The health endpoints stay up until the batch in flight is
-		// done, so an orchestrator sees a live process while it drains.
+	stopHTTP := func() {
 		if srv != nil {
-			defer func() {
-				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
-				defer cancel()
-				_ = srv.Shutdown(sctx)
-			}()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
 		}
-		return r.Run(gctx)
-	})
-	if cfg.VerifyInterval > 0 {
-		pv := &periodicVerify{
-			pool: pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
-			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: met.verify,
-		}
-		g.Go(func() error {
-			pv.run(gctx)
-			return nil
-		})
 	}
+	g, gctx := errgroup.WithContext(ctx)
 	if srv != nil {
 		g.Go(func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -215,7 +171,180 @@ func (d *daemon) serve(ctx context.Context) error {
 			return nil
 		})
 	}
+	if err := d.start(gctx, g, poolCfg, met, probes, httpAddr, stopHTTP); err != nil {
+		stopHTTP()
+		if werr := g.Wait(); werr != nil {
+			return werr // the HTTP server's failure cut the start short
+		}
+		return err
+	}
 	return g.Wait()
+}
+
+// start waits for the database, migrates it unless told not to, wires the
+// relay and runs it in g. httpAddr is where the probes listen ("" when off). The health endpoints stay up until the relay has
+// stopped (stopHTTP), so an orchestrator sees a live process while it
+// drains.
+func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.Config, met *metrics, probes *probeHandler, httpAddr string, stopHTTP func()) error {
+	cfg, log := d.cfg, d.logger
+	if err := d.waitForDatabase(ctx, poolCfg, probes, met.handler()); err != nil {
+		return err
+	}
+	// Each batch in flight holds a connection; the lag watch, retention
+	// and health checks need a few more.
+	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.InFlightBatches)+3)
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("database pool: %w", err)
+	}
+
+	met.watchPool(pool)
+	opts := []kgo.Opt{
+		kgo.ClientID(cfg.ClientID),
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
+		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithHooks(met.kafka),
+	}
+	secOpts, err := kafkaSecurityOpts(cfg, d.getenv)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	opts = append(opts, secOpts...)
+	logKafkaSecurityWarnings(log, cfg)
+	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	closeAll := func() {
+		client.Close()
+		pool.Close()
+	}
+
+	alerts, startAlerts, err := alerting(cfg, log)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	relayCfg := cfg.relayConfig()
+	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
+	relayCfg.Metrics = met.relay
+	r := relay.New(relayCfg, pool, client, log)
+	var pv *periodicVerify
+	if cfg.VerifyInterval > 0 {
+		pv = &periodicVerify{
+			pool: pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
+			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: met.verify,
+		}
+	}
+	stopConsole, err := d.startConsole(ctx, g, pool, pv)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	probes.ready(healthHandler(pool, client, r.KafkaHealthy, met.handler(), log.With("component", "health")))
+	if httpAddr != "" {
+		// Logged once the probes answer for the running relay: before,
+		// the server already listened, but only to say it was starting.
+		log.Info("http_listening", "addr", httpAddr)
+	}
+
+	// The pool and the client close once everything in g that uses them
+	// has returned.
+	var users sync.WaitGroup
+	startAlerts(ctx, g)
+	users.Add(1)
+	g.Go(func() error {
+		defer users.Done()
+		defer stopHTTP()
+		defer stopConsole()
+		return r.Run(ctx)
+	})
+	if pv != nil {
+		users.Add(1)
+		g.Go(func() error {
+			defer users.Done()
+			pv.run(ctx)
+			return nil
+		})
+	}
+	g.Go(func() error {
+		users.Wait()
+		closeAll()
+		return nil
+	})
+	return nil
+}
+
+// waitForDatabase connects to the database, and applies the pending
+// migrations unless RELAY_MIGRATE_ON_START=false, retrying with a growing
+// pause for as long as the database cannot be reached: a relay started
+// before its database waits for it, not ready, rather than exiting. Other
+// failures (a refused password, a migration that fails) end the start.
+func (d *daemon) waitForDatabase(ctx context.Context, poolCfg *pgxpool.Config, probes *probeHandler, metrics http.Handler) error {
+	cfg, log := d.cfg, d.logger
+	begun := time.Now()
+	pause := time.Second / 2
+	for attempt := 1; ; attempt++ {
+		var err error
+		if cfg.MigrateOnStart {
+			err = migrateUp(ctx, poolCfg, cfg.Schema, log)
+		} else {
+			err = pingDatabase(ctx, poolCfg)
+		}
+		if err == nil {
+			if attempt > 1 {
+				log.Info("database_available", "waited", time.Since(begun).Round(time.Millisecond).String(), "attempts", attempt)
+			}
+			return nil
+		}
+		if ctx.Err() != nil || !databaseUnreachable(err) {
+			return err
+		}
+		msg := redactSecret(err.Error(), cfg.DatabaseURL)
+		probes.starting("waiting for the database: "+msg, metrics)
+		log.Warn("database_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String(),
+			"database", redactedDatabase(cfg.DatabaseURL))
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, maxDatabaseRetryPause)
+	}
+}
+
+// maxDatabaseRetryPause bounds the pause between two connection attempts at
+// start.
+const maxDatabaseRetryPause = 15 * time.Second
+
+// pingDatabase opens one connection and closes it.
+func pingDatabase(ctx context.Context, poolCfg *pgxpool.Config) error {
+	conn, err := pgx.ConnectConfig(ctx, poolCfg.ConnConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("connect to the database: %w", err)
+	}
+	return conn.Close(ctx)
+}
+
+// databaseUnreachable reports whether err is a failure to reach the
+// database (refused, timed out, reset), which waiting can cure, rather than
+// one the database answered: a rejected password, a database that does not
+// exist.
+func databaseUnreachable(err error) bool {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok {
+		// The server answered. Class 57 (shutting down, starting up,
+		// too many connections) passes with time; the rest does not.
+		return strings.HasPrefix(pgErr.Code, "57") || pgErr.Code == "53300"
+	}
+	if _, ok := errors.AsType[*pgconn.ConnectError](err); ok {
+		return true
+	}
+	_, ok := errors.AsType[net.Error](err)
+	return ok
 }
 
 // migrateUp applies pending migrations to schema.

@@ -7,12 +7,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/relay/relay"
@@ -26,13 +31,26 @@ func stuckCommand() *command {
 		about: `Inspects and acts on the rows in stuck_messages: rows that could never be
 delivered as they are, or that failed RELAY_MAX_ATTEMPTS times.
 
-  list     [--topic T] [--key K] [--since 2h|2006-01-02T15:04:05Z] [--limit N] [--json]
+  list     [--topic T] [--key K] [--error-kind K] [--since 2h|2006-01-02T15:04:05Z]
+           [--limit N] [--json]
+           at most 100 rows unless --limit (0: all); a cut-off list says so
   show     ID [--json]
-  requeue  ID... | --topic T | --all
+  requeue  ID... | FILTER | --all  [--yes]
            back into messages with the original id and attempts reset; delivered
-           before the rows of its key that it was holding back
-  discard  ID... --yes [--operator NAME] [--reason TEXT]
+           before the rows of its key that it was holding back. Warns about rows
+           that failed for good (row_fatal): they fail again unless their cause
+           was fixed on the Kafka side
+  discard  ID... | FILTER | --all  --yes [--operator NAME] [--reason TEXT]
            delete for good; an audit copy stays in discarded_messages
+
+FILTER is any of --topic T, --key K, --error-kind row_fatal|row_retriable and
+--since 2h. A requeue by filter or --all, and every discard, must be confirmed:
+on a terminal the command asks, otherwise it wants --yes. Each requeue and
+discard is written to audit_log with --operator (default $USER).
+
+An id that is not in stuck_messages fails show, requeue and discard alike with
+exit code 2, and nothing is done. A schema without the outbox tables (a
+misspelled RELAY_SCHEMA, or not migrated) exits 2 with a hint.
 
 The database and schema come from RELAY_DATABASE_URL and RELAY_SCHEMA.
 Run 'relay stuck <action> --help' for an action's flags.`,
@@ -84,13 +102,24 @@ func parseAction(fs *flag.FlagSet, env *environment, usage string, args []string
 	}
 }
 
-// stuckPool connects to the configured outbox.
-func stuckPool(ctx context.Context, env *environment) (*pgxpool.Pool, error) {
-	cfg, err := loadConfig(env.getenv)
+// stuckPool connects to the configured outbox and returns its schema.
+func stuckPool(ctx context.Context, env *environment) (*pgxpool.Pool, string, error) {
+	cfg, err := env.config()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return commandPool(ctx, cfg)
+	pool, err := commandPool(ctx, cfg)
+	return pool, cfg.Schema, err
+}
+
+// schemaHint turns "relation does not exist" (42P01) into advice: the
+// schema is misspelled or not migrated. It is a configuration problem:
+// exit 2.
+func schemaHint(err error, schema string) error {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" {
+		return usageErrorf("schema %s has no outbox tables (%s): check RELAY_SCHEMA, or create them with 'relay migrate up'", schema, pgErr.Message)
+	}
+	return err
 }
 
 func parseIDs(action string, args []string) ([]int64, error) {
@@ -126,9 +155,10 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 	topic := fs.String("topic", "", "only rows of this topic")
 	key := fs.String("key", "", "only rows with this key (as text)")
 	since := fs.String("since", "", "only rows escalated since then: a duration back from now (2h) or a time")
-	limit := fs.Int("limit", 100, "at most this many rows")
+	kind := fs.String("error-kind", "", "only rows of this error kind: row_fatal or row_retriable")
+	limit := fs.Int("limit", 100, "at most this many rows; 0: all")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	rest, done, err := parseAction(fs, env, "relay stuck list [--topic T] [--key K] [--since 2h] [--limit N] [--json]", args)
+	rest, done, err := parseAction(fs, env, "relay stuck list [--topic T] [--key K] [--error-kind K] [--since 2h] [--limit N] [--json]", args)
 	if err != nil || done {
 		return err
 	}
@@ -139,18 +169,38 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return usageErrorf("stuck list: --since: %v", err)
 	}
-	filter := relay.StuckFilter{Topic: *topic, Since: from, Limit: *limit}
+	if *kind != "" && *kind != "row_fatal" && *kind != "row_retriable" {
+		return usageErrorf("stuck list: --error-kind %q: use row_fatal or row_retriable", *kind)
+	}
+	if *limit < 0 {
+		return usageErrorf("stuck list: --limit %d: must not be negative", *limit)
+	}
+	filter := relay.StuckFilter{Topic: *topic, Since: from, ErrorKind: *kind, Limit: *limit}
+	if *limit == 0 {
+		filter.Limit = math.MaxInt32
+	}
 	if *key != "" {
 		filter.Key = []byte(*key)
 	}
-	pool, err := stuckPool(ctx, env)
+	pool, schema, err := stuckPool(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	rows, err := relay.ListStuck(ctx, pool, filter)
 	if err != nil {
-		return err
+		return schemaHint(err, schema)
+	}
+	if len(rows) == filter.Limit {
+		// The list may be cut off: say so, and how to see the rest.
+		total, err := relay.CountStuck(ctx, pool, filter)
+		if err != nil {
+			return schemaHint(err, schema)
+		}
+		if total > len(rows) {
+			defer fmt.Fprintf(env.stderr, "showing the first %d of %d stuck rows (by id); see the rest with --limit %d, or --limit 0 for all\n",
+				len(rows), total, total)
+		}
 	}
 	if *asJSON {
 		out := make([]stuckJSON, 0, len(rows))
@@ -188,7 +238,7 @@ func stuckShow(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	pool, err := stuckPool(ctx, env)
+	pool, schema, err := stuckPool(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -196,9 +246,9 @@ func stuckShow(ctx context.Context, env *environment, args []string) error {
 	r, err := relay.GetStuck(ctx, pool, ids[0])
 	if err != nil {
 		if errors.Is(err, relay.ErrNotFound) {
-			return usageErrorf("stuck show: no stuck row %d", ids[0])
+			return notFound("stuck show", ids)
 		}
-		return err
+		return schemaHint(err, schema)
 	}
 	if *asJSON {
 		return writeJSON(env.stdout, toStuckJSON(r, true))
@@ -219,11 +269,168 @@ func stuckShow(ctx context.Context, env *environment, args []string) error {
 	return w.Flush()
 }
 
+// selectionFlags are the flags of a bulk action: a filter, or --all.
+type selectionFlags struct {
+	topic, key, kind, since *string
+	all                     *bool
+}
+
+func addSelectionFlags(fs *flag.FlagSet, verb string) selectionFlags {
+	return selectionFlags{
+		topic: fs.String("topic", "", verb+" the stuck rows of this topic"),
+		key:   fs.String("key", "", verb+" the stuck rows with this key (as text)"),
+		kind:  fs.String("error-kind", "", verb+" the stuck rows of this error kind: row_fatal or row_retriable"),
+		since: fs.String("since", "", verb+" the rows escalated since then: a duration back from now (2h) or a time"),
+		all:   fs.Bool("all", false, verb+" every stuck row"),
+	}
+}
+
+// filter returns the filter the flags give and whether any was given.
+func (s selectionFlags) filter(command string) (relay.StuckFilter, bool, error) {
+	from, err := parseSince(*s.since, time.Now())
+	if err != nil {
+		return relay.StuckFilter{}, false, usageErrorf("%s: --since: %v", command, err)
+	}
+	if k := *s.kind; k != "" && k != "row_fatal" && k != "row_retriable" {
+		return relay.StuckFilter{}, false, usageErrorf("%s: --error-kind %q: use row_fatal or row_retriable", command, k)
+	}
+	f := relay.StuckFilter{Topic: *s.topic, Since: from, ErrorKind: *s.kind}
+	if *s.key != "" {
+		f.Key = []byte(*s.key)
+	}
+	return f, *s.topic != "" || *s.key != "" || *s.kind != "" || *s.since != "", nil
+}
+
+// describe renders the filter for the audit log and messages.
+func (s selectionFlags) describe() string {
+	if *s.all {
+		return "--all"
+	}
+	var parts []string
+	for _, f := range []struct{ name, v string }{{"topic", *s.topic}, {"key", *s.key}, {"error-kind", *s.kind}, {"since", *s.since}} {
+		if f.v != "" {
+			parts = append(parts, fmt.Sprintf("--%s %q", f.name, f.v))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// stuckBulk is what requeue and discard share: select the rows by ids or by
+// filter in one transaction, confirm, act, write the audit log, commit. An id
+// that is not a stuck row fails the whole command (exit 2) with nothing
+// done.
+func stuckBulk(ctx context.Context, env *environment, command string, ids []int64, sel selectionFlags, yes bool, idsNeedConfirm bool,
+	act func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error), audit relay.AuditEntry) ([]relay.StuckMatch, error) {
+	filter, filtered, err := sel.filter(command)
+	if err != nil {
+		return nil, err
+	}
+	modes := 0
+	for _, set := range []bool{len(ids) > 0, filtered, *sel.all} {
+		if set {
+			modes++
+		}
+	}
+	if modes != 1 {
+		return nil, usageErrorf("%s: give row ids, or a filter (--topic, --key, --error-kind, --since), or --all (exactly one of them)", command)
+	}
+	pool, schema, err := stuckPool(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", command, err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var rows []relay.StuckMatch
+	if len(ids) > 0 {
+		rows, err = relay.StuckByID(ctx, tx, ids)
+		if err != nil {
+			return nil, schemaHint(err, schema)
+		}
+		if missing := relay.Missing(ids, matchIDs(rows)); len(missing) > 0 {
+			return nil, notFound(command, missing)
+		}
+	} else {
+		rows, err = relay.MatchStuck(ctx, tx, filter)
+		if err != nil {
+			return nil, schemaHint(err, schema)
+		}
+		if len(rows) == 0 {
+			fmt.Fprintf(env.stdout, "no stuck rows match %s; nothing done\n", sel.describe())
+			return nil, nil
+		}
+	}
+	if len(ids) == 0 || idsNeedConfirm {
+		verb, _, _ := strings.Cut(strings.TrimPrefix(command, "stuck "), " ")
+		if err := env.confirm(yes, command, fmt.Sprintf("%s %d stuck row(s) (%s)", verb, len(rows), byTopic(rows))); err != nil {
+			return nil, err
+		}
+	}
+	done, err := act(ctx, tx, matchIDs(rows))
+	if err != nil {
+		return nil, err
+	}
+	if len(done) != len(rows) {
+		return nil, fmt.Errorf("%s: %d of the %d rows changed while this ran (another operator?); nothing done, run it again", command, len(rows)-len(done), len(rows))
+	}
+	audit.IDs = done
+	if len(ids) == 0 {
+		audit.Detail = strings.TrimSuffix(sel.describe()+"; reason: "+audit.Detail, "; reason: ")
+	}
+	if err := relay.Audit(ctx, tx, audit); err != nil {
+		return nil, schemaHint(err, schema)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", command, err)
+	}
+	return rows, nil
+}
+
+func matchIDs(rows []relay.StuckMatch) []int64 {
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
+// byTopic summarises rows as "orders: 10, payments: 2".
+func byTopic(rows []relay.StuckMatch) string {
+	counts := map[string]int{}
+	for _, r := range rows {
+		counts[r.Topic]++
+	}
+	var parts []string
+	for _, t := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s: %d", t, counts[t]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// notFound is the error of every stuck command given an id that is not in
+// stuck_messages: a usage error (exit 2), the same for show, requeue and
+// discard.
+func notFound(command string, ids []int64) error {
+	return usageErrorf("%s: no stuck row %s (see 'relay stuck list'); nothing done", command, joinIDs(ids))
+}
+
+func joinIDs(ids []int64) string {
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = strconv.FormatInt(id, 10)
+	}
+	return strings.Join(parts, ", ")
+}
+
 func stuckRequeue(ctx context.Context, env *environment, args []string) error {
 	fs := flag.NewFlagSet("stuck requeue", flag.ContinueOnError)
-	topic := fs.String("topic", "", "requeue every stuck row of this topic")
-	all := fs.Bool("all", false, "requeue every stuck row")
-	rest, done, err := parseAction(fs, env, "relay stuck requeue ID... | --topic T | --all", args)
+	sel := addSelectionFlags(fs, "requeue")
+	yes := fs.Bool("yes", false, "confirm a requeue by filter or --all (asked on a terminal)")
+	operator := fs.String("operator", env.getenv("USER"), "your name, recorded in audit_log")
+	rest, done, err := parseAction(fs, env, "relay stuck requeue ID... | --topic T | --key K | --error-kind K | --since 2h | --all [--yes]", args)
 	if err != nil || done {
 		return err
 	}
@@ -231,37 +438,45 @@ func stuckRequeue(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	modes := 0
-	for _, set := range []bool{len(ids) > 0, *topic != "", *all} {
-		if set {
-			modes++
+	rows, err := stuckBulk(ctx, env, "stuck requeue", ids, sel, *yes, false,
+		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) {
+			return relay.Requeue(ctx, tx, ids, "")
+		},
+		relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "requeue"})
+	if err != nil || rows == nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "requeued %d row(s)%s\n", len(rows), idList(matchIDs(rows)))
+	warnFatal(env, rows)
+	return nil
+}
+
+// warnFatal warns about requeued rows that failed for good: the relay sends
+// the same bytes again, so only a change on the Kafka side can make them go.
+func warnFatal(env *environment, rows []relay.StuckMatch) {
+	var fatal []relay.StuckMatch
+	for _, r := range rows {
+		if r.ErrorKind == "row_fatal" {
+			fatal = append(fatal, r)
 		}
 	}
-	if modes != 1 {
-		return usageErrorf("stuck requeue: give row ids, or --topic T, or --all (exactly one of them)")
+	if len(fatal) == 0 {
+		return
 	}
-	pool, err := stuckPool(ctx, env)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	moved, err := relay.Requeue(ctx, pool, ids, *topic)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.stdout, "requeued %d row(s)%s\n", len(moved), idList(moved))
-	if missing := len(ids) - len(moved); len(ids) > 0 && missing > 0 {
-		return fmt.Errorf("stuck requeue: %d of the given ids are not in stuck_messages", missing)
-	}
-	return nil
+	first := fatal[0]
+	fmt.Fprintf(env.stderr, "warning: %d requeued row(s) had failed for good (row_fatal), e.g. row %d: %s\n"+
+		"  They are sent again byte for byte, so they fail again and come back to stuck_messages unless the cause\n"+
+		"  was fixed on the Kafka side (the topic created, its max.message.bytes raised, a policy changed).\n"+
+		"  This command cannot check that.\n", len(fatal), first.ID, oneLine(first.LastError, 120))
 }
 
 func stuckDiscard(ctx context.Context, env *environment, args []string) error {
 	fs := flag.NewFlagSet("stuck discard", flag.ContinueOnError)
-	yes := fs.Bool("yes", false, "confirm: the rows are deleted for good (an audit copy is kept)")
-	operator := fs.String("operator", env.getenv("USER"), "your name, recorded in discarded_messages")
+	sel := addSelectionFlags(fs, "discard")
+	yes := fs.Bool("yes", false, "confirm: the rows are deleted for good (an audit copy is kept); asked on a terminal")
+	operator := fs.String("operator", env.getenv("USER"), "your name, recorded in discarded_messages and audit_log")
 	reason := fs.String("reason", "", "why, recorded in discarded_messages")
-	rest, done, err := parseAction(fs, env, "relay stuck discard ID... --yes [--operator NAME] [--reason TEXT]", args)
+	rest, done, err := parseAction(fs, env, "relay stuck discard ID... | --topic T | --key K | --error-kind K | --since 2h | --all  --yes [--operator NAME] [--reason TEXT]", args)
 	if err != nil || done {
 		return err
 	}
@@ -269,25 +484,15 @@ func stuckDiscard(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(ids) == 0 {
-		return usageErrorf("stuck discard: give the ids of the rows to discard")
-	}
-	if !*yes {
-		return usageErrorf("stuck discard: this deletes %d row(s) for good; add --yes to confirm", len(ids))
-	}
-	pool, err := stuckPool(ctx, env)
-	if err != nil {
+	rows, err := stuckBulk(ctx, env, "stuck discard", ids, sel, *yes, true,
+		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) {
+			return relay.Discard(ctx, tx, ids, *operator, *reason)
+		},
+		relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "discard", Detail: *reason})
+	if err != nil || rows == nil {
 		return err
 	}
-	defer pool.Close()
-	gone, err := relay.Discard(ctx, pool, ids, *operator, *reason)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(env.stdout, "discarded %d row(s)%s; audit copies are in discarded_messages\n", len(gone), idList(gone))
-	if missing := len(ids) - len(gone); missing > 0 {
-		return fmt.Errorf("stuck discard: %d of the given ids are not in stuck_messages", missing)
-	}
+	fmt.Fprintf(env.stdout, "discarded %d row(s)%s; audit copies are in discarded_messages\n", len(rows), idList(matchIDs(rows)))
 	return nil
 }
 

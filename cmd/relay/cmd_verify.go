@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/verify"
 )
@@ -72,14 +74,14 @@ The database, schema and brokers come from the RELAY_* variables.`,
 				if *examples < 0 {
 					return usageErrorf("verify: --examples %d: must not be negative", *examples)
 				}
-				cfg, err := loadConfig(env.getenv)
+				cfg, err := env.config()
 				if err != nil {
 					return err
 				}
 				opts := verify.Options{Since: from, Topics: topics, ChunkSize: *chunk, MaxExamples: max(*examples, 1)}
 				rep, err := runVerify(ctx, cfg, env.getenv, opts)
 				if err != nil {
-					return err
+					return schemaHint(err, cfg.Schema)
 				}
 				if *examples == 0 {
 					rep.Examples = rep.Examples[:0]
@@ -171,7 +173,12 @@ func printVerify(w io.Writer, rep verify.Report) error {
 		return err
 	}
 	if len(rep.Examples) > 0 {
-		fmt.Fprintf(w, "\nFirst %d problem rows:\n", len(rep.Examples))
+		problems := rep.Total.Missing + rep.Total.Truncated + rep.Total.Mismatched
+		if int64(len(rep.Examples)) < problems {
+			fmt.Fprintf(w, "\nFirst %d of %d problem rows (see them all with --examples %d):\n", len(rep.Examples), problems, problems)
+		} else {
+			fmt.Fprintf(w, "\nProblem rows:\n")
+		}
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTOPIC\tPARTITION\tOFFSET\tPROBLEM\tDETAIL")
 		for _, e := range rep.Examples {
@@ -230,6 +237,17 @@ type periodicVerify struct {
 	log     *slog.Logger
 	alerter alert.Alerter
 	met     verifyMetrics
+	// last is the latest outcome, for the console.
+	last atomic.Pointer[console.VerifyResult]
+}
+
+// lastResult returns the latest outcome, if a run has ended.
+func (p *periodicVerify) lastResult() (console.VerifyResult, bool) {
+	r := p.last.Load()
+	if r == nil {
+		return console.VerifyResult{}, false
+	}
+	return *r, true
 }
 
 // verifyMargin is the margin for a produce timeout: a minute of clock skew
@@ -264,10 +282,13 @@ func (p *periodicVerify) once(ctx context.Context, since time.Time) (verify.Repo
 		if ctx.Err() != nil {
 			return rep, err // shutting down
 		}
+		p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Err: err.Error()})
 		p.met.runs.WithLabelValues("error").Inc()
 		p.log.Warn("verify_error", "since", since, "error", err)
 		return rep, err
 	}
+	p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Checked: rep.Total.Checked, Missing: rep.Total.Missing,
+		Truncated: rep.Total.Truncated, Mismatched: rep.Total.Mismatched})
 	p.met.checked.Add(float64(rep.Total.Checked))
 	p.met.lastSuccess.SetToCurrentTime()
 	p.met.problems.Reset()

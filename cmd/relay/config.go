@@ -87,6 +87,12 @@ type Config struct {
 	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
 	// disables the HTTP server.
 	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz, /metrics); off disables it."`
+	// ConsoleAddr is where the web console listens. Default: empty, no
+	// console.
+	ConsoleAddr string `env:"CONSOLE_ADDR" desc:"Listen address of the web console (e.g. 127.0.0.1:8081); empty: no console. Read-only unless RELAY_ADMIN_TOKEN is set."`
+	// AdminToken lets console users who sign in with it requeue and
+	// discard stuck rows. Default: empty, the console is read-only.
+	AdminToken string `env:"ADMIN_TOKEN" desc:"Token that console users sign in with to requeue and discard (at least 16 characters); empty: the console is read-only. Never logged or shown."`
 	// MaxAttempts is how many failed produce attempts a row may have
 	// before it is escalated to stuck_messages. Default 10, at least 1.
 	MaxAttempts int `env:"MAX_ATTEMPTS" envDefault:"10" desc:"Failed produce attempts before a row is escalated to stuck_messages (at least 1)."`
@@ -367,6 +373,15 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 		if err := checkHostPort(c.HTTPAddr, true); err != nil {
 			add("RELAY_HTTP_ADDR", "%q: %v (or off to disable the server)", c.HTTPAddr, err)
 		}
+	}
+	if c.ConsoleAddr != "" {
+		if err := checkHostPort(c.ConsoleAddr, true); err != nil {
+			add("RELAY_CONSOLE_ADDR", "%q: %v (or empty for no console)", c.ConsoleAddr, err)
+		}
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		// Never echo the token, not even a short one.
+		add("RELAY_ADMIN_TOKEN", "too short: use at least 16 characters (e.g. openssl rand -hex 16)")
 	}
 	if parsed("RELAY_MAX_ATTEMPTS") && c.MaxAttempts < 1 {
 		add("RELAY_MAX_ATTEMPTS", "%d: must be at least 1", c.MaxAttempts)

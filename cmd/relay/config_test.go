@@ -4,20 +4,30 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/relay/relaytest"
 	"github.com/outboxrelay/relay/retry"
 )
 
 // mapEnv is a getenv over a map, as tests give run its environment.
+// It answers environKey with the map's names, as run asks to find unknown
+// RELAY_* variables.
 func mapEnv(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	return func(k string) string {
+		if k == environKey {
+			return strings.Join(slices.Collect(maps.Keys(m)), "\n")
+		}
+		return m[k]
+	}
 }
 
 func TestConfigDefaults(t *testing.T) {
@@ -285,7 +295,8 @@ func TestConfigDatabaseURLFile(t *testing.T) {
 
 // A database password must never reach an error message or a log line,
 // whether the URL cannot be parsed (exit 2) or the database cannot be
-// reached (exit 1).
+// reached (migrate exits 1; run waits for it, logging each attempt, until
+// stopped).
 func TestDatabasePasswordNeverShown(t *testing.T) {
 	t.Parallel()
 	const secret = "S3cret-Pa55"
@@ -305,11 +316,26 @@ func TestDatabasePasswordNeverShown(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			for _, args := range [][]string{{"run"}, {"migrate"}} {
-				var stdout, stderr bytes.Buffer
+				var stdout bytes.Buffer
+				var stderr syncBuffer
 				env := map[string]string{"RELAY_DATABASE_URL": tt.url, "RELAY_HTTP_ADDR": "off"}
-				err := run(context.Background(), args, mapEnv(env), &stdout, &stderr)
-				if code := exitCode(err); code != tt.code {
-					t.Fatalf("relay %v: exit code %d (%v), want %d", args, code, err, tt.code)
+				var err error
+				if tt.code == 1 && args[0] == "run" {
+					// The relay waits for the database: stop it once it
+					// has said so.
+					ctx, cancel := context.WithCancel(context.Background())
+					done := make(chan error, 1)
+					go func() { done <- run(ctx, args, mapEnv(env), &stdout, &stderr) }()
+					relaytest.WaitFor(t, 30*time.Second, "database_unavailable", func() bool {
+						return strings.Contains(stderr.String(), `"msg":"database_unavailable"`)
+					})
+					cancel()
+					if err = <-done; err != nil {
+						t.Fatalf("relay run stopped while waiting for the database: %v, want nil", err)
+					}
+					err = errors.New("")
+				} else if err = run(context.Background(), args, mapEnv(env), &stdout, &stderr); exitCode(err) != tt.code {
+					t.Fatalf("relay %v: exit code %d (%v), want %d", args, exitCode(err), err, tt.code)
 				}
 				all := err.Error() + stdout.String() + stderr.String()
 				if strings.Contains(all, secret) {
@@ -355,7 +381,7 @@ const (
 // The README's configuration table must be what "relay help config" prints.
 func TestREADMEConfigTable(t *testing.T) {
 	t.Parallel()
-	const fix = "regenerate it: go run ./cmd/relay help config, and paste the output between the lines " + tableStart + " and " + tableEnd
+	const fix = "regenerate it: go run ./cmd/relay help config --markdown, and paste the output between the lines " + tableStart + " and " + tableEnd
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatalf("read README.md: %v; the README must hold the configuration table: %s", err, fix)

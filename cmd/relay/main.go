@@ -87,10 +87,26 @@ type command struct {
 type environment struct {
 	getenv         func(string) string
 	stdout, stderr io.Writer
+	// stdin answers confirmation prompts when interactive (a terminal);
+	// otherwise destructive commands want --yes.
+	stdin       io.Reader
+	interactive bool
+	// unknown are the RELAY_* variables set that the relay does not read
+	// (misspellings, usually), each with the closest name it does read.
+	unknown []unknownVar
+}
+
+// config loads the configuration for a one-shot command, after warning on
+// stderr about the unknown RELAY_* variables. The daemons log them instead.
+func (e *environment) config() (Config, error) {
+	for _, u := range e.unknown {
+		fmt.Fprintln(e.stderr, "relay: warning: "+u.String())
+	}
+	return loadConfig(e.getenv)
 }
 
 func commands() []*command {
-	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), healthcheckCommand(), benchCommand(), benchKafkaCommand(), versionCommand(), helpCommand()}
+	return []*command{runCommand(), devCommand(), migrateCommand(), stuckCommand(), verifyCommand(), resendCommand(), healthcheckCommand(), benchCommand(), benchKafkaCommand(), versionCommand(), helpCommand()}
 }
 
 func lookupCommand(name string) *command {
@@ -105,13 +121,16 @@ func lookupCommand(name string) *command {
 // run is the whole program; main only adds signals and the exit code.
 // getenv is the environment (os.Getenv in production, a map in tests).
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	env := &environment{getenv: getenv, stdout: stdout, stderr: stderr}
+	env := &environment{getenv: getenv, stdout: stdout, stderr: stderr, stdin: os.Stdin, interactive: stdinIsTerminal(),
+		unknown: unknownVars(envNames(getenv))}
 	name := "run" // the default command
 	switch {
 	case len(args) == 0:
 	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
 		printTopUsage(stdout)
 		return nil
+	case args[0] == "--version" || args[0] == "-version":
+		name, args = "version", args[1:]
 	case strings.HasPrefix(args[0], "-"):
 		// Flags without a command belong to the default command.
 	default:
@@ -157,6 +176,7 @@ func printTopUsage(w io.Writer) {
 per-key order.
 
 Usage: relay [command] [flags]
+       relay --version
 
 Commands:
 `)

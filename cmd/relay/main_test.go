@@ -98,7 +98,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("relay dev --help lacks %q:\n%s", want, stdout)
 		}
 	}
-	stdout, _, _ = runCLI(t, nil, "help", "config")
+	stdout, _, _ = runCLI(t, nil, "help", "config", "--markdown")
 	if !strings.HasPrefix(stdout, "| Variable | Default | Description |") || !strings.Contains(stdout, "`RELAY_SHUTDOWN_TIMEOUT` | `30s` |") {
 		t.Errorf("relay help config:\n%s", stdout)
 	}
