@@ -241,7 +241,10 @@ func migrationFiles() ([]migrationFile, error) {
 	return out, nil
 }
 
-var dropStatement = regexp.MustCompile(`(?im)^\s*DROP\s+(TABLE|VIEW|SEQUENCE|FUNCTION|TRIGGER|INDEX|TYPE)\s+(?:IF\s+EXISTS\s+)?([a-z0-9_]+)`)
+var (
+	dropStatement = regexp.MustCompile(`(?im)^\s*DROP\s+(TABLE|VIEW|SEQUENCE|FUNCTION|TRIGGER|INDEX|TYPE)\s+(?:IF\s+EXISTS\s+)?([a-z0-9_]+)`)
+	dropColumn    = regexp.MustCompile(`(?im)^\s*ALTER\s+TABLE\s+([a-z0-9_]+)\s+DROP\s+COLUMN\s+(?:IF\s+EXISTS\s+)?([a-z0-9_]+)`)
+)
 
 // MigrationDrops returns the file of migration version and what rolling it
 // back drops, as "table messages", "view blocked_messages", … in the order
@@ -262,6 +265,10 @@ func MigrationDrops(version int64) (file string, drops []string, err error) {
 		_, down, _ := strings.Cut(string(b), "-- +goose Down")
 		for _, m := range dropStatement.FindAllStringSubmatch(down, -1) {
 			drops = append(drops, strings.ToLower(m[1])+" "+m[2])
+		}
+		// A dropped column loses what it held: say so too.
+		for _, m := range dropColumn.FindAllStringSubmatch(down, -1) {
+			drops = append(drops, "column "+m[1]+"."+m[2])
 		}
 		return f.name, drops, nil
 	}

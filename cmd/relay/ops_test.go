@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outboxrelay/relay/migrations"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
@@ -37,6 +39,21 @@ func TestMigrateDownRefusesWhileRowsAreUndelivered(t *testing.T) {
 	}
 	if stdout, _, err = runCLI(t, env, "migrate", "down", "--yes"); err != nil || !strings.Contains(stdout, "rolled back migration 4") {
 		t.Fatalf("migrate down --yes: %v\n%s", err, stdout)
+	}
+	// The migrations between the outbox and the audit log; 00002 drops the
+	// uuid column, and says so.
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files[1 : len(files)-1] {
+		stdout, _, err = runCLI(t, env, "migrate", "down", "--yes")
+		if err != nil || !strings.Contains(stdout, "rolled back migration") || !strings.Contains(stdout, f) {
+			t.Fatalf("migrate down --yes of %s: %v\n%s", f, err, stdout)
+		}
+		if strings.HasPrefix(f, "00002") && !strings.Contains(stdout, "column messages.uuid") {
+			t.Errorf("migrate down of %s does not say it drops messages.uuid:\n%s", f, stdout)
+		}
 	}
 	// Next is the outbox itself: it drops the tables with the row.
 	stdout, _, err = runCLI(t, env, "migrate", "down")
