@@ -112,6 +112,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
 		printTopUsage(stdout)
 		return nil
+	case args[0] == "-version" || args[0] == "--version":
+		name, args = "version", args[1:]
 	case strings.HasPrefix(args[0], "-"):
 		// Flags without a command belong to the default command.
 	default:

@@ -63,7 +63,7 @@ func newMetrics() *metrics {
 			Name: "outbox_relay_verify_last_success_timestamp_seconds", Help: "When the last periodic verify run that could check its rows finished (Unix time).",
 		}),
 	}
-	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess)
+	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess, buildInfo())
 	return m
 }
 
