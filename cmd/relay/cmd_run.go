@@ -160,6 +160,7 @@ func (d *daemon) serve(ctx context.Context) error {
 	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
 	relayCfg.Metrics = met.relay
 	r := relay.New(relayCfg, pool, client, log)
+	met.watchReadiness(readyChecks(pool, client, r.KafkaHealthy))
 
 	var srv *http.Server
 	var ln net.Listener

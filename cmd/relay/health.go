@@ -39,12 +39,7 @@ func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
-		problems := readiness(ctx, []check{
-			{"database", pool.Ping},
-			{"migrations", func(ctx context.Context) error { return relay.CheckSchema(ctx, pool) }},
-			{"kafka", client.Ping},
-			{"delivery", func(context.Context) error { return delivery() }},
-		})
+		problems := readiness(ctx, readyChecks(pool, client, delivery))
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if len(problems) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -54,6 +49,16 @@ func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
+}
+
+// readyChecks are what /readyz checks and outbox_relay_ready reports.
+func readyChecks(pool *pgxpool.Pool, client *kgo.Client, delivery func() error) []check {
+	return []check{
+		{"database", pool.Ping},
+		{"migrations", func(ctx context.Context) error { return relay.CheckSchema(ctx, pool) }},
+		{"kafka", client.Ping},
+		{"delivery", func(context.Context) error { return delivery() }},
+	}
 }
 
 type check struct {

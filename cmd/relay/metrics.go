@@ -85,6 +85,21 @@ func (m *metrics) watchPool(pool *pgxpool.Pool) {
 		Help: "Time spent waiting for a pool connection."}, func() float64 { return pool.Stat().AcquireDuration().Seconds() }))
 }
 
+// watchReadiness exports outbox_relay_ready: the /readyz checks, run on
+// each scrape, so an alert on readiness needs no probe of its own.
+func (m *metrics) watchReadiness(checks []check) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outbox_relay_ready",
+		Help: "1 when the checks of /readyz pass (database, migrations, Kafka, delivery), else 0; checked on each scrape."},
+		func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+			defer cancel()
+			if len(readiness(ctx, checks)) > 0 {
+				return 0
+			}
+			return 1
+		}))
+}
+
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
