@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 	"os"
 	"regexp"
@@ -173,4 +174,74 @@ func TestAlertingRulesNameExportedMetrics(t *testing.T) {
 		}
 	}
 	checkExported(t, rulesFile, exprs, exportedMetrics(t))
+}
+
+// TestDashboardNamesExportedMetrics checks that every query of the Grafana
+// dashboard, its variables' included, names only metrics the relay exports,
+// and that each panel query follows the dashboard's instance variable.
+func TestDashboardNamesExportedMetrics(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels     []dashboardPanel `json:"panels"`
+		Templating struct {
+			List []struct {
+				Name  string `json:"name"`
+				Type  string `json:"type"`
+				Query any    `json:"query"`
+			} `json:"list"`
+		} `json:"templating"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("%s: %v", dashboardFile, err)
+	}
+	var exprs []string
+	var walk func([]dashboardPanel)
+	walk = func(panels []dashboardPanel) {
+		for _, p := range panels {
+			for _, tg := range p.Targets {
+				if !strings.Contains(tg.Expr, `instance=~"$instance"`) {
+					t.Errorf("%s: panel %q: %q does not follow $instance", dashboardFile, p.Title, tg.Expr)
+				}
+				exprs = append(exprs, tg.Expr)
+			}
+			walk(p.Panels)
+		}
+	}
+	walk(dash.Panels)
+
+	// label_values(metric{…}, label): the metric is checked like a query.
+	labelValues := regexp.MustCompile(`^label_values\((.+),\s*\w+\)$`)
+	vars := map[string]bool{}
+	for _, v := range dash.Templating.List {
+		vars[v.Name] = true
+		if v.Type != "query" {
+			continue
+		}
+		q, _ := v.Query.(string)
+		if m, ok := v.Query.(map[string]any); ok {
+			q, _ = m["query"].(string)
+		}
+		m := labelValues.FindStringSubmatch(q)
+		if m == nil {
+			t.Errorf("%s: variable %s: query %q is not label_values(metric, label)", dashboardFile, v.Name, q)
+			continue
+		}
+		exprs = append(exprs, m[1])
+	}
+	if !vars["instance"] || !vars["topic"] {
+		t.Errorf("%s: variables %v, want instance and topic", dashboardFile, slices.Sorted(maps.Keys(vars)))
+	}
+	checkExported(t, dashboardFile, exprs, exportedMetrics(t))
+}
+
+type dashboardPanel struct {
+	Title   string `json:"title"`
+	Targets []struct {
+		Expr string `json:"expr"`
+	} `json:"targets"`
+	Panels []dashboardPanel `json:"panels"`
 }
