@@ -346,3 +346,30 @@ func TestConsumerCommitsOnShutdown(t *testing.T) {
 		t.Errorf("%d orders applied, %d committed", len(v), got)
 	}
 }
+
+func TestDedupID(t *testing.T) {
+	t.Parallel()
+	h := func(kv ...string) []kgo.RecordHeader {
+		var out []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			out = append(out, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return out
+	}
+	tests := []struct {
+		headers []kgo.RecordHeader
+		want    string
+		ok      bool
+	}{
+		{h("outbox-id", "7", "outbox-uuid", "0190c5e4-7b7a-7cc1-9d4e-3f1b2a6c8d90"), "uuid:0190c5e4-7b7a-7cc1-9d4e-3f1b2a6c8d90", true},
+		{h("outbox-uuid", "0190c5e4-7b7a-7cc1-9d4e-3f1b2a6c8d90", "outbox-id", "7"), "uuid:0190c5e4-7b7a-7cc1-9d4e-3f1b2a6c8d90", true},
+		{h("type", "order_placed", "outbox-id", "7"), "id:7", true},
+		{h("type", "order_placed"), "", false},
+	}
+	for _, tt := range tests {
+		got, ok := DedupID(&kgo.Record{Headers: tt.headers})
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("DedupID(%v) = %q, %v; want %q, %v", tt.headers, got, ok, tt.want, tt.ok)
+		}
+	}
+}
