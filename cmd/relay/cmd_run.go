@@ -157,6 +157,22 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relayCfg := cfg.relayConfig()
+	tp, traceEndpoint, stopTracing, err := tracing(ctx, d.getenv)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		relayCfg.TracerProvider = tp
+		log.Info("tracing_enabled", "otlp_endpoint", traceEndpoint)
+		defer func() {
+			// Flush the last batches' spans, within a bound.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
+			defer cancel()
+			if err := stopTracing(sctx); err != nil {
+				log.Warn("tracing_flush_failed", "error", err)
+			}
+		}()
+	}
 	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
 	relayCfg.Metrics = met.relay
 	r := relay.New(relayCfg, pool, client, log)
