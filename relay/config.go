@@ -3,6 +3,8 @@ package relay
 import (
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/retry"
 )
@@ -68,6 +70,8 @@ type Config struct {
 	Metrics *Metrics
 	// Alerter receives escalation, outage and lag alerts. Default: log them.
 	Alerter alert.Alerter
+	// TracerProvider traces each batch (tracing.go). Nil: no tracing.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {

@@ -491,10 +491,13 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	defer b.cancel()
 	defer func() { _ = b.tx.Rollback(context.WithoutCancel(b.work)) }()
 	work, tx, rows := b.work, b.tx, b.rows
+	bt := r.traceBatch(b)
+	defer bt.end()
 
 	keepAlive := r.batchKeepAlive(tx)
 	out := r.produceWaves(work, rows, keepAlive)
 	close(b.produced)
+	bt.acked(out)
 	if len(out.sentIDs) > 0 {
 		// Kafka took records: it is up again now, before the rows are
 		// seen sent, not after the commit.
@@ -504,12 +507,15 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	}
 	escalated, err := out.record(work, tx, r.cfg, now)
 	if err != nil {
+		bt.fail(err)
 		return len(rows), err
 	}
 	if err := tx.Commit(work); err != nil {
 		// The rows stay pending and are produced again: a duplicate, not a loss.
+		bt.fail(err)
 		return len(rows), fmt.Errorf("commit batch: %w", err)
 	}
+	bt.marked(len(escalated))
 	r.report(ctx, out, escalated)
 	r.cfg.Metrics.batchDone(rows, out, escalated, time.Since(b.started))
 	if out.outage() {

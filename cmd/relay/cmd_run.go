@@ -228,6 +228,25 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.
 		return err
 	}
 	relayCfg := cfg.relayConfig()
+	tp, traceEndpoint, stopTracing, err := tracing(ctx, d.getenv)
+	if err != nil {
+		closeAll()
+		return err
+	}
+	if tp != nil {
+		relayCfg.TracerProvider = tp
+		log.Info("tracing_enabled", "otlp_endpoint", traceEndpoint)
+		closeClients := closeAll
+		closeAll = func() {
+			// Flush the last batches' spans, within a bound.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
+			defer cancel()
+			if err := stopTracing(sctx); err != nil {
+				log.Warn("tracing_flush_failed", "error", err)
+			}
+			closeClients()
+		}
+	}
 	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
 	relayCfg.Metrics = met.relay
 	r := relay.New(relayCfg, pool, client, log)
@@ -243,7 +262,9 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.
 		closeAll()
 		return err
 	}
-	probes.ready(healthHandler(pool, client, r.KafkaHealthy, met.handler(), log.With("component", "health")))
+	ready := newReadiness(pool, client, r.KafkaHealthy, log.With("component", "health"))
+	met.ready.Store(ready)
+	probes.ready(healthHandler(ready, met.handler()))
 	if httpAddr != "" {
 		// Logged once the probes answer for the running relay: before,
 		// the server already listened, but only to say it was starting.

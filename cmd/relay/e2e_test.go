@@ -473,7 +473,7 @@ func checkMetrics(t *testing.T, httpAddr string, sent int) {
 	if counted != float64(sent) {
 		t.Errorf("outbox_relay_rows_sent_total sums to %v, want %d", counted, sent)
 	}
-	for _, name := range []string{"outbox_relay_kafka_", "outbox_relay_db_pool_connections ", "outbox_relay_delivery_latency_seconds_bucket", "outbox_relay_pending_rows "} {
+	for _, name := range []string{"outbox_relay_kafka_", "outbox_relay_db_pool_connections ", "outbox_relay_delivery_latency_seconds_bucket", "outbox_relay_pending_rows ", "outbox_relay_ready 1", "outbox_relay_build_info{"} {
 		if !strings.Contains(body, name) {
 			t.Errorf("/metrics has no %s", strings.TrimSpace(name))
 		}

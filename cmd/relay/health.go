@@ -40,16 +40,7 @@ const readyFresh = time.Second
 //     hosts, roles and tables): the details go to the log when the
 //     answer changes.
 //   - /metrics serves Prometheus metrics.
-func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error, metrics http.Handler, log *slog.Logger) http.Handler {
-	ready := &readiness{
-		checks: []check{
-			{"database", func(ctx context.Context) error { return checkDatabase(ctx, pool) }},
-			{"kafka", client.Ping},
-			{"delivery", func(context.Context) error { return delivery() }},
-		},
-		fresh: readyFresh,
-		log:   log,
-	}
+func healthHandler(ready *readiness, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {
@@ -58,6 +49,20 @@ func healthHandler(pool *pgxpool.Pool, client *kgo.Client, delivery func() error
 	})
 	mux.Handle("GET /readyz", ready)
 	return mux
+}
+
+// newReadiness returns the checks of /readyz, shared with the
+// outbox_relay_ready gauge so that scrapes reuse the probes' answer.
+func newReadiness(pool *pgxpool.Pool, client *kgo.Client, delivery func() error, log *slog.Logger) *readiness {
+	return &readiness{
+		checks: []check{
+			{"database", func(ctx context.Context) error { return checkDatabase(ctx, pool) }},
+			{"kafka", client.Ping},
+			{"delivery", func(context.Context) error { return delivery() }},
+		},
+		fresh: readyFresh,
+		log:   log,
+	}
 }
 
 // checkDatabase takes one pool connection and checks that every embedded

@@ -79,7 +79,7 @@ func TestReadyzFloodBarelyTouchesThePool(t *testing.T) {
 	ctx := context.Background()
 	brokers := relaytest.NewCluster(t, 1, "t").ListenAddrs()
 	client := relaytest.NewProducer(t, brokers)
-	h := healthHandler(db.Pool, client, func() error { return nil }, http.NotFoundHandler(), slog.New(slog.DiscardHandler))
+	h := healthHandler(newReadiness(db.Pool, client, func() error { return nil }, slog.New(slog.DiscardHandler)), http.NotFoundHandler())
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	get := func() (int, string) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,8 @@ type metrics struct {
 	kafka  *kprom.Metrics
 	alerts *prometheus.CounterVec
 	verify verifyMetrics
+	// ready is what outbox_relay_ready reports; nil until the relay runs.
+	ready atomic.Pointer[readiness]
 }
 
 // verifyMetrics are the periodic verify's (RELAY_VERIFY_INTERVAL).
@@ -63,7 +66,8 @@ func newMetrics() *metrics {
 			Name: "outbox_relay_verify_last_success_timestamp_seconds", Help: "When the last periodic verify run that could check its rows finished (Unix time).",
 		}),
 	}
-	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess)
+	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess, buildInfo())
+	m.watchReadiness()
 	return m
 }
 
@@ -83,6 +87,27 @@ func (m *metrics) watchPool(pool *pgxpool.Pool) {
 	gauge("connections_max", "Most connections the pool may open.", func(s *pgxpool.Stat) float64 { return float64(s.MaxConns()) })
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "outbox_relay_db_pool_acquire_wait_seconds_total",
 		Help: "Time spent waiting for a pool connection."}, func() float64 { return pool.Stat().AcquireDuration().Seconds() }))
+}
+
+// watchReadiness exports outbox_relay_ready: the answer of /readyz's
+// checks (reused for readyFresh, like the probes', so scrapes add no load),
+// 0 until the relay has started. An alert on readiness then needs no probe
+// of its own.
+func (m *metrics) watchReadiness() {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outbox_relay_ready",
+		Help: "1 when the checks of /readyz pass (database and migrations, Kafka, delivery), else 0, and 0 while the relay starts."},
+		func() float64 {
+			rd := m.ready.Load()
+			if rd == nil {
+				return 0
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+			defer cancel()
+			if problems, ok := rd.answer(ctx); !ok || len(problems) > 0 {
+				return 0
+			}
+			return 1
+		}))
 }
 
 func (m *metrics) handler() http.Handler {

@@ -6,10 +6,25 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3"
+// (the Dockerfile passes its VERSION build argument this way).
 var version string
+
+// buildInfo is the gauge outbox_relay_build_info: always 1, with the
+// relay's version and the Go version it was built with as labels, so a
+// dashboard or an alert can tell which build each instance runs.
+func buildInfo() prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "outbox_relay_build_info",
+		Help: "Always 1; the labels say which build runs: version (set at build time, else the VCS revision, else dev) and goversion.",
+	}, []string{"version", "goversion"})
+	g.WithLabelValues(versionString(), runtime.Version()).Set(1)
+	return g
+}
 
 // versionString is the build's version: the one set at build time, else the
 // module version or VCS revision Go recorded, else "dev".
