@@ -110,15 +110,15 @@ func kinds(objs []runtime.Object) []string {
 }
 
 // relayVariables returns the relay's configuration variables, as
-// `relay help config` lists them (the README's config table).
+// `relay help config --markdown` lists them (the README's config table).
 var relayVariables = sync.OnceValues(func() (map[string]bool, error) {
-	cmd := exec.Command("go", "run", "./cmd/relay", "help", "config")
+	cmd := exec.Command("go", "run", "./cmd/relay", "help", "config", "--markdown")
 	cmd.Dir = ".."
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("relay help config: %v\n%s", err, stderr.Bytes())
+		return nil, fmt.Errorf("relay help config --markdown: %v\n%s", err, stderr.Bytes())
 	}
 	vars := map[string]bool{}
 	row := regexp.MustCompile("^\\| `(RELAY_[A-Z0-9_]+)` \\|")
