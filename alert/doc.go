@@ -5,8 +5,8 @@
 // loop, so every Alerter here returns at once: a slow or dead alert receiver
 // must never hold back the rows it is alerting about. Sinks compose:
 //
-//   - Log writes every alert to a structured logger (always wire it: the log
-//     is the record of last resort when the webhook is down).
+//   - Log writes every alert it is given to a structured logger (always wire
+//     it: the log is the record of last resort when the webhook is down).
 //   - Func adapts a function, so cmd/relay can count alerts into Prometheus
 //     without this package importing it.
 //   - Aggregator groups alerts by kind and topic over a window so a burst of
@@ -16,12 +16,13 @@
 //     goroutine, with a timeout, retries and a bounded queue.
 //   - Fanout sends one alert to several sinks.
 //
-// A typical wiring, with metrics and the log seeing every alert and the
-// webhook seeing the aggregated stream:
+// A typical wiring, the one cmd/relay uses, with metrics counting every alert
+// and the log and the webhook both seeing the aggregated stream, so they say
+// the same thing (the log's per-row lines keep the detail):
 //
 //	wh, err := alert.NewWebhook(alert.WebhookConfig{URL: url, Logger: logger})
-//	agg := alert.NewAggregator(alert.AggregatorConfig{}, wh)
-//	sink := alert.Fanout{alert.Log{Logger: logger}, alert.Func(countAlert), agg}
+//	agg := alert.NewAggregator(alert.AggregatorConfig{}, alert.Log{Logger: logger}, wh)
+//	sink := alert.Fanout{agg, alert.Func(countAlert)}
 //
 // Aggregator.Run and Webhook.Run own the package's only goroutines; both
 // block until their context ends. Stop the webhook after the aggregator's Run

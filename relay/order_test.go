@@ -67,7 +67,7 @@ func TestPerKeyOrderWithTwoRelays(t *testing.T) {
 	runRelay(t, db, brokers, relay.Config{BatchSize: 11, Instance: "b"})
 
 	// Each writer owns its keys: applications that need per-key order
-	// serialise writes per key, so id order is commit order (DESIGN.md).
+	// serialise writes per key, so id order is commit order.
 	const writers, txs, perTx, keys = 4, 50, 10, 5
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {

@@ -132,7 +132,7 @@ type Config struct {
 	AlertWebhookURL string `env:"ALERT_WEBHOOK_URL" desc:"URL that receives alerts as JSON POSTs (Slack-compatible text field); empty: alerts are only logged."`
 	// AlertWindow is the aggregation window: one alert per kind and topic
 	// at once, then one summary per window. Default 1m.
-	AlertWindow time.Duration `env:"ALERT_WINDOW" envDefault:"1m" desc:"Alerts of one kind and topic are summed up over this window."`
+	AlertWindow time.Duration `env:"ALERT_WINDOW" envDefault:"1m" desc:"Alerts of one kind and topic are grouped over this window, in the log and the webhook alike: the first at once, the rest in one summary when it ends."`
 	// ShutdownTimeout bounds how long a stopping relay waits for the
 	// batch in flight before rolling it back. Default 30s.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"How long a stopping relay waits for the batch in flight before releasing it."`

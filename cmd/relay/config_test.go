@@ -351,7 +351,7 @@ func TestDatabasePasswordNeverShown(t *testing.T) {
 
 func TestConfigVarsAreDocumented(t *testing.T) {
 	t.Parallel()
-	// The names scripts and compose files depend on (DESIGN.md).
+	// Names that scripts, compose files and the Helm chart depend on: fixed.
 	fixed := []string{"RELAY_DATABASE_URL", "RELAY_KAFKA_BROKERS", "RELAY_SCHEMA", "RELAY_HTTP_ADDR", "RELAY_MAX_ATTEMPTS", "RELAY_SHUTDOWN_TIMEOUT"}
 	names := map[string]bool{}
 	for _, v := range ConfigVars() {

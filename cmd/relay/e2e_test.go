@@ -222,7 +222,7 @@ type sentRow struct {
 // transactions of txSize rows, as concurrent application transactions
 // would. gen makes row i of a worker. Rows of one key must come from one
 // worker: only then is id order the commit order of the key's rows, which is
-// the order the relay promises (see DESIGN.md, per-key order).
+// the order the relay promises (README.md, Guarantees: per-key order).
 func insertConcurrently(t *testing.T, pool *pgxpool.Pool, workers, total, txSize int, gen func(worker, i int) relaytest.Message) map[int64]relaytest.Message {
 	t.Helper()
 	results := make([][]sentRow, workers)

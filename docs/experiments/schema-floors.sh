@@ -89,7 +89,7 @@ SQL
 P -c "$(P -c "SELECT pg_get_functiondef('floor_a.drain'::regproc)" \
   | sed -e 's/floor_a\./floor_c./g' -e 's/ FOR UPDATE SKIP LOCKED//')" >/dev/null
 
-# trial DESIGN DELETE: seconds to drain 200,000 rows.
+# trial <design a|b|c> <delete on send: true|false>: seconds to drain 200,000 rows.
 trial() {
   local s=floor_$1
   P -c "TRUNCATE $s.messages RESTART IDENTITY" >/dev/null

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +107,22 @@ func TestConsoleInChromium(t *testing.T) {
 		return n
 	}
 
+	count := func(sel string) int {
+		t.Helper()
+		n, err := chromedp.Run(b, chromedp.Evaluate[int](`document.querySelectorAll(`+strconv.Quote(sel)+`).length`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	stuckCount := func() int {
+		t.Helper()
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM stuck_messages`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
 	text := func(sel string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(b, 10*time.Second)
@@ -213,10 +230,16 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 
 	// Requeue it: confirm, then see it delivered before the row it held back.
+	// It failed retriably, so the confirmation has no row_fatal warning.
 	do("requeue",
 		chromedp.Navigate(srv.URL+"/stuck/107"),
 		chromedp.Click(chromedp.CSS(`#requeue`)),
 		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+	)
+	if n := count(`#fatal-warning`); n != 0 {
+		t.Errorf("requeue of a row_retriable row: %d row_fatal warnings on the confirmation, want none", n)
+	}
+	do("confirm the requeue",
 		chromedp.Click(chromedp.CSS(`#confirm`)),
 		chromedp.WaitVisible(chromedp.CSS(`#result`)),
 	)
@@ -246,6 +269,35 @@ func TestConsoleInChromium(t *testing.T) {
 		       (202, 'orders', 'c', 'z', now(), 10, 'NOT_ENOUGH_REPLICAS', 'row_retriable')`); err != nil {
 		t.Fatal(err)
 	}
+	// Requeueing a row_fatal row, alone or with others, warns on the
+	// confirmation that its cause cannot have changed by itself, as the
+	// CLI's stuck requeue does; cancelled here, nothing is done.
+	do("ask to requeue a row_fatal row",
+		chromedp.Navigate(srv.URL+"/stuck/200"),
+		chromedp.Click(chromedp.CSS(`#requeue`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+	)
+	if count(`#fatal-warning`) != 1 {
+		t.Fatal("requeue confirmation of row_fatal row 200: no warning")
+	}
+	if w := text(`#fatal-warning`); !strings.HasPrefix(w, "1 of them failed for good (row_fatal)") || !strings.Contains(w, "fail again") {
+		t.Errorf("requeue confirmation of row 200: warning %q", w)
+	}
+	do("ask to requeue every row of orders",
+		chromedp.Navigate(srv.URL+"/stuck?topic=orders"),
+		chromedp.Click(chromedp.CSS(`#bulk-requeue`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+	)
+	if count(`#fatal-warning`) != 1 {
+		t.Fatal("requeue confirmation of topic orders (rows 200 and 202): no warning")
+	}
+	if w := text(`#fatal-warning`); !strings.HasPrefix(w, "1 of them failed for good (row_fatal)") {
+		t.Errorf("requeue confirmation of topic orders (rows 200 and 202): warning %q", w)
+	}
+	if n := stuckCount(); n != 3 {
+		t.Fatalf("%d stuck rows after the cancelled requeues, want 3", n)
+	}
+
 	do("discard all row_fatal rows",
 		chromedp.Navigate(srv.URL+"/stuck?kind=row_fatal"),
 		chromedp.Click(chromedp.CSS(`#bulk-discard`)),

@@ -103,7 +103,7 @@ func (e *env) stream(ctx context.Context, topics []string, rows int, tl *timelin
 	done := make(chan struct{})
 	var running atomic.Int32
 	running.Store(int32(cfg.Writers))
-	// The writers serialise the transactions of each key, as DESIGN.md
+	// The writers serialise the transactions of each key, as the README
 	// asks of applications that want per-key order: a key's row is inserted
 	// only once its previous row has committed, so id order is commit
 	// order, and an order violation is the relay's, never the writers'.

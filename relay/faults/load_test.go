@@ -41,8 +41,8 @@ func soaking() bool { return os.Getenv(soakVar) != "" }
 
 // load is an application writing to the outbox: several writers, each
 // committing multi-row transactions over its own keys (so each key's rows
-// are written serially, and id order is their commit order, as DESIGN.md's
-// per-key order assumes) on several topics. Some transactions roll back;
+// are written serially, and id order is their commit order, as the per-key
+// order promise assumes) on several topics. Some transactions roll back;
 // their rows must never reach Kafka.
 type load struct {
 	t      *testing.T
