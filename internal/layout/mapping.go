@@ -260,28 +260,28 @@ func Debezium(s DebeziumSettings) (Mapping, error) {
 	var m Mapping
 	t, err := ParseTable(s.Table)
 	if err != nil {
-		return m, fmt.Errorf("%s: %v", n.Table, err)
+		return m, settingError(n.Table, "%v", err)
 	}
 	m.Table, m.TableSetting = t, n.Table
 	for _, c := range []struct{ name, value string }{
 		{n.EventID, s.EventID}, {n.EventKey, s.EventKey}, {n.EventPayload, s.EventPayload}, {n.RouteByField, s.RouteByField},
 	} {
 		if strings.TrimSpace(c.value) == "" {
-			return m, fmt.Errorf("%s: must name a column", c.name)
+			return m, settingError(c.name, "must name a column")
 		}
 	}
 	// route.topic.regex is (?<routedByValue>.*) by default: the
 	// replacement's ${routedByValue} is the whole column value.
 	const ref = "${routedByValue}"
 	if strings.Count(s.TopicReplacement, ref) == 0 {
-		return m, fmt.Errorf("%s: %q does not hold %s", n.TopicReplacement, s.TopicReplacement, ref)
+		return m, settingError(n.TopicReplacement, "%q does not hold %s", s.TopicReplacement, ref)
 	}
 	if strings.ContainsAny(strings.ReplaceAll(s.TopicReplacement, ref, ""), "{}$") {
-		return m, fmt.Errorf("%s: %q: only %s can be replaced (route.topic.regex is not supported)", n.TopicReplacement, s.TopicReplacement, ref)
+		return m, settingError(n.TopicReplacement, "%q: only %s can be replaced (route.topic.regex is not supported)", s.TopicReplacement, ref)
 	}
 	tmpl, err := ParseTemplate(strings.ReplaceAll(s.TopicReplacement, ref, "{"+s.RouteByField+"}"), n.TopicReplacement)
 	if err != nil {
-		return m, fmt.Errorf("%s: %v", n.TopicReplacement, err)
+		return m, settingError(n.TopicReplacement, "%v", err)
 	}
 	tmpl.Text = s.TopicReplacement
 	tmpl.Setting = n.RouteByField // what a missing or unreadable column was named by
@@ -304,10 +304,10 @@ func Debezium(s DebeziumSettings) (Mapping, error) {
 		}
 		f := strings.Split(item, ":")
 		if len(f) < 2 || len(f) > 3 || f[0] == "" {
-			return m, fmt.Errorf("%s: %q: want column:header or column:header:alias", n.AdditionalPlace, item)
+			return m, settingError(n.AdditionalPlace, "%q: want column:header or column:header:alias", item)
 		}
 		if f[1] != "header" {
-			return m, fmt.Errorf("%s: %q: placement %q is not supported: the relay places columns in headers only (envelope would change the record value; partition is not supported)", n.AdditionalPlace, item, f[1])
+			return m, settingError(n.AdditionalPlace, "%q: placement %q is not supported: the relay places columns in headers only (envelope would change the record value; partition is not supported)", item, f[1])
 		}
 		name := f[0]
 		if len(f) == 3 && f[2] != "" {
@@ -317,11 +317,11 @@ func Debezium(s DebeziumSettings) (Mapping, error) {
 			if err == nil {
 				err = fmt.Errorf("header \"id\" already carries the event id")
 			}
-			return m, fmt.Errorf("%s: %q: %v", n.AdditionalPlace, item, err)
+			return m, settingError(n.AdditionalPlace, "%q: %v", item, err)
 		}
 		for _, h := range m.Headers {
 			if h.Header == name {
-				return m, fmt.Errorf("%s: header %q is given twice", n.AdditionalPlace, name)
+				return m, settingError(n.AdditionalPlace, "header %q is given twice", name)
 			}
 		}
 		m.Headers = append(m.Headers, Header{Column: Column{f[0], n.AdditionalPlace}, Header: name})
@@ -343,9 +343,54 @@ type Error struct {
 	Problem string
 }
 
+func settingError(setting, format string, args ...any) error {
+	return &Error{Setting: setting, Problem: fmt.Sprintf(format, args...)}
+}
+
 func (e *Error) Error() string {
 	if e.Column == "" {
 		return e.Setting + ": " + e.Problem
 	}
 	return fmt.Sprintf("%s: column %q %s", e.Setting, e.Column, e.Problem)
+}
+
+// CustomSettings map a table of the application's own layout.
+type CustomSettings struct {
+	Table     string // schema.table
+	Topic     string // template: text with {column} references
+	Key       string // column; empty: no key
+	Payload   string // column
+	Timestamp string // column; empty: none
+	Headers   string // column[:header],...
+	Names     CustomSettingNames
+}
+
+// CustomSettingNames are the environment variables of CustomSettings.
+type CustomSettingNames struct {
+	Table, Topic, Key, Payload, Timestamp, Headers string
+}
+
+// Custom builds the mapping of a table of the application's own layout.
+// Errors name the setting.
+func Custom(s CustomSettings) (Mapping, error) {
+	n := s.Names
+	var m Mapping
+	t, err := ParseTable(s.Table)
+	if err != nil {
+		return m, settingError(n.Table, "%v", err)
+	}
+	m.Table, m.TableSetting = t, n.Table
+	if m.Topic, err = ParseTemplate(s.Topic, n.Topic); err != nil {
+		return m, settingError(n.Topic, "%v", err)
+	}
+	if strings.TrimSpace(s.Payload) == "" {
+		return m, settingError(n.Payload, "must name the payload column")
+	}
+	m.Key = Column{s.Key, n.Key}
+	m.Payload = Column{s.Payload, n.Payload}
+	m.Timestamp = Column{s.Timestamp, n.Timestamp}
+	if m.Headers, err = ParseHeaders(s.Headers, n.Headers); err != nil {
+		return m, settingError(n.Headers, "%v", err)
+	}
+	return m, nil
 }
