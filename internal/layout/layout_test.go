@@ -388,3 +388,52 @@ func TestParse(t *testing.T) {
 		t.Errorf("replacement without ${routedByValue}: %v", err)
 	}
 }
+
+// A role that could install the trigger but not write the outbox is
+// refused: its function would fail every application INSERT.
+func TestInstallerWithoutInsertIsRefused(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	ctx := context.Background()
+	table := debeziumTable(t, db, "outboxevent")
+	m, err := layout.Debezium(debeziumDefaults(table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := "inst_" + db.Schema
+	schema := pgx.Identifier{db.Schema}.Sanitize()
+	for _, q := range []string{
+		"CREATE ROLE " + role + " NOLOGIN",
+		"GRANT USAGE, CREATE ON SCHEMA " + schema + " TO " + role,
+		"GRANT TRIGGER ON " + pgx.Identifier{db.Schema, "outboxevent"}.Sanitize() + " TO " + role,
+		"GRANT SELECT ON SEQUENCE " + schema + ".relay_idle_until TO " + role,
+	} {
+		if _, err := db.Pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = db.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+role)
+	})
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SET ROLE "+role); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = conn.Exec(ctx, "RESET ROLE") }()
+	_, err = layout.Install(ctx, conn.Conn(), db.Schema, []layout.Mapping{m})
+	lerr, ok := errors.AsType[*layout.Error](err)
+	if !ok || lerr.Setting != "RELAY_DEBEZIUM_TABLE" || !strings.Contains(err.Error(), "lacks INSERT") {
+		t.Fatalf("got %v, want a refusal naming RELAY_DEBEZIUM_TABLE", err)
+	}
+	if _, err := conn.Exec(ctx, "RESET ROLE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO `+pgx.Identifier{db.Schema, "outboxevent"}.Sanitize()+` (id, aggregatetype, aggregateid, payload) VALUES (gen_random_uuid(), 'a', '1', '{}')`); err != nil {
+		t.Fatalf("the application's INSERT after a refused install: %v", err)
+	}
+}

@@ -355,6 +355,25 @@ WHERE n.nspname = $1 AND p.proname = $2 AND p.prosecdef`, relaySchema, functionN
 		}
 		inst.Changed = true
 	}
+	// The function runs as its owner: without these privileges every
+	// application INSERT would fail, so refuse to install it.
+	var owner string
+	var canInsert, canWake bool
+	err = tx.QueryRow(ctx, `
+SELECT pg_get_userbyid(p.proowner),
+       has_table_privilege(p.proowner, $2::regclass, 'INSERT'),
+       has_sequence_privilege(p.proowner, $3::regclass, 'SELECT')
+FROM pg_proc p WHERE p.oid = $1::regprocedure`,
+		fn+"()", pgx.Identifier{relaySchema, "messages"}.Sanitize(), pgx.Identifier{relaySchema, "relay_idle_until"}.Sanitize(),
+	).Scan(&owner, &canInsert, &canWake)
+	if err != nil {
+		return inst, fmt.Errorf("read the privileges of %s: %w", fn, err)
+	}
+	if !canInsert || !canWake {
+		return inst, &Error{Setting: m.TableSetting, Problem: fmt.Sprintf(
+			"the copy function %s runs as its owner, %s, who lacks INSERT on %s.messages or SELECT on %s.relay_idle_until: every insert into %s would fail. Grant them, or install as the outbox's owner (relay migrate up)",
+			fn, owner, relaySchema, relaySchema, m.Table)}
+	}
 	var present bool
 	err = tx.QueryRow(ctx, `
 SELECT EXISTS (
