@@ -175,7 +175,7 @@ func TestDebeziumApplicationUnchanged(t *testing.T) {
 	brokers := cluster.ListenAddrs()
 	p := startRelay(t, relayEnv(db, brokers,
 		"RELAY_DEBEZIUM_TABLE", table,
-		"RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT", "type:header:eventType",
+		"RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT", "type:header:eventType",
 		"RELAY_KAFKA_COMPRESSION", "lz4",
 		"RELAY_SHUTDOWN_TIMEOUT", "5s"), "run")
 	ready := p.waitLog(30*time.Second, "copy_trigger_ready")

@@ -99,8 +99,8 @@ type Config struct {
 	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column, sent as epoch milliseconds in header outbox-timestamp; empty: none."`
 	DebeziumRouteByField            string `env:"DEBEZIUM_ROUTE_BY_FIELD" envDefault:"aggregatetype" desc:"Debezium route.by.field: the column whose value is ${routedByValue} in the topic."`
 	DebeziumRouteTopicReplacement   string `env:"DEBEZIUM_ROUTE_TOPIC_REPLACEMENT" envDefault:"outbox.event.${routedByValue}" desc:"Debezium route.topic.replacement: the topic name, with ${routedByValue} for the route.by.field column."`
-	DebeziumFieldsAdditionalPlace   string `env:"DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT" desc:"Debezium table.fields.additional.placement, header placements only: column:header[:alias],... (e.g. type:header:eventType); empty: none, as Debezium's default."`
-	DebeziumTracingSpanContextField string `env:"DEBEZIUM_TRACING_SPAN_CONTEXT_FIELD" desc:"Debezium tracing.span.context.field: a column of Java properties text whose traceparent and tracestate become headers; empty: tracingspancontext if the table has it."`
+	DebeziumFieldsAdditionalPlace   string `env:"DEBEZIUM_ADDITIONAL_PLACEMENT" desc:"Debezium table.fields.additional.placement, header placements only: column:header[:alias],... (e.g. type:header:eventType); empty: none, as Debezium's default."`
+	DebeziumTracingSpanContextField string `env:"DEBEZIUM_TRACING_FIELD" desc:"Debezium tracing.span.context.field: a column of Java properties text whose traceparent and tracestate become headers; empty: tracingspancontext if the table has it."`
 	// A table of the application's own layout to take over. Default: none.
 	LayoutTable     string `env:"LAYOUT_TABLE" desc:"A table of your own layout (schema.table) whose inserts a trigger copies into the outbox, mapped by the RELAY_LAYOUT_* variables; empty: none."`
 	LayoutTopic     string `env:"LAYOUT_TOPIC" desc:"Topic of each row of RELAY_LAYOUT_TABLE: a name, a {column}, or a template such as orders.{aggregate_type}."`
@@ -618,7 +618,7 @@ func (c Config) mappings() ([]layout.Mapping, error) {
 				Table: "RELAY_DEBEZIUM_TABLE", EventID: "RELAY_DEBEZIUM_FIELD_EVENT_ID", EventKey: "RELAY_DEBEZIUM_FIELD_EVENT_KEY",
 				EventPayload: "RELAY_DEBEZIUM_FIELD_EVENT_PAYLOAD", EventTimestamp: "RELAY_DEBEZIUM_FIELD_EVENT_TIMESTAMP",
 				RouteByField: "RELAY_DEBEZIUM_ROUTE_BY_FIELD", TopicReplacement: "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT",
-				AdditionalPlace: "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT", TracingSpanColumn: "RELAY_DEBEZIUM_TRACING_SPAN_CONTEXT_FIELD",
+				AdditionalPlace: "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT", TracingSpanColumn: "RELAY_DEBEZIUM_TRACING_FIELD",
 			},
 		})
 		if err != nil {

@@ -18,7 +18,7 @@ func TestLayoutAndCompressionConfigRefused(t *testing.T) {
 		{map[string]string{"RELAY_DEBEZIUM_TABLE": "outboxevent"}, "RELAY_DEBEZIUM_TABLE"},
 		{map[string]string{"RELAY_DEBEZIUM_TABLE": "app.outboxevent", "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT": "events.${routedByValue}.$1"}, "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT"},
 		{map[string]string{"RELAY_DEBEZIUM_TABLE": "app.outboxevent", "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT": "events"}, "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT"},
-		{map[string]string{"RELAY_DEBEZIUM_TABLE": "app.outboxevent", "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT": "type:envelope:eventType"}, "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT"},
+		{map[string]string{"RELAY_DEBEZIUM_TABLE": "app.outboxevent", "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT": "type:envelope:eventType"}, "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT"},
 		{map[string]string{"RELAY_LAYOUT_TOPIC": "orders"}, "RELAY_LAYOUT_TOPIC"},
 		{map[string]string{"RELAY_LAYOUT_TABLE": "app.events", "RELAY_LAYOUT_PAYLOAD": "body"}, "RELAY_LAYOUT_TOPIC"},
 		{map[string]string{"RELAY_LAYOUT_TABLE": "app.events", "RELAY_LAYOUT_TOPIC": "orders/{kind}", "RELAY_LAYOUT_PAYLOAD": "body"}, "RELAY_LAYOUT_TOPIC"},

@@ -19,7 +19,7 @@ var debeziumNames = layout.DebeziumSettingNames{
 	Table: "RELAY_DEBEZIUM_TABLE", EventID: "RELAY_DEBEZIUM_FIELD_EVENT_ID", EventKey: "RELAY_DEBEZIUM_FIELD_EVENT_KEY",
 	EventPayload: "RELAY_DEBEZIUM_FIELD_EVENT_PAYLOAD", EventTimestamp: "RELAY_DEBEZIUM_FIELD_EVENT_TIMESTAMP",
 	RouteByField: "RELAY_DEBEZIUM_ROUTE_BY_FIELD", TopicReplacement: "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT",
-	AdditionalPlace: "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT", TracingSpanColumn: "RELAY_DEBEZIUM_TRACING_SPAN_CONTEXT_FIELD",
+	AdditionalPlace: "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT", TracingSpanColumn: "RELAY_DEBEZIUM_TRACING_FIELD",
 }
 
 func debeziumDefaults(table string) layout.DebeziumSettings {
@@ -311,9 +311,9 @@ func TestBadMappingsAreRefused(t *testing.T) {
 		{"no such key column", func(s *layout.DebeziumSettings) { s.EventKey = "aggregate_id" }, "RELAY_DEBEZIUM_FIELD_EVENT_KEY", "aggregate_id"},
 		{"no such route column", func(s *layout.DebeziumSettings) { s.RouteByField = "kind" }, "RELAY_DEBEZIUM_ROUTE_BY_FIELD", "kind"},
 		{"array payload", func(s *layout.DebeziumSettings) { s.EventPayload = "tags" }, "RELAY_DEBEZIUM_FIELD_EVENT_PAYLOAD", "tags"},
-		{"bytea header", func(s *layout.DebeziumSettings) { s.AdditionalPlace = "blob:header" }, "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT", "blob"},
+		{"bytea header", func(s *layout.DebeziumSettings) { s.AdditionalPlace = "blob:header" }, "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT", "blob"},
 		{"text timestamp", func(s *layout.DebeziumSettings) { s.EventTimestamp = "type" }, "RELAY_DEBEZIUM_FIELD_EVENT_TIMESTAMP", "type"},
-		{"missing tracing column named", func(s *layout.DebeziumSettings) { s.TracingSpanColumn = "span" }, "RELAY_DEBEZIUM_TRACING_SPAN_CONTEXT_FIELD", "span"},
+		{"missing tracing column named", func(s *layout.DebeziumSettings) { s.TracingSpanColumn = "span" }, "RELAY_DEBEZIUM_TRACING_FIELD", "span"},
 	}
 	for _, c := range cases {
 		s := debeziumDefaults(table)
@@ -378,7 +378,7 @@ func TestParse(t *testing.T) {
 	s := debeziumDefaults("a.b")
 	for _, bad := range []string{"type:envelope", "type:partition", "type"} {
 		s.AdditionalPlace = bad
-		if _, err := layout.Debezium(s); err == nil || !strings.Contains(err.Error(), "RELAY_DEBEZIUM_FIELDS_ADDITIONAL_PLACEMENT") {
+		if _, err := layout.Debezium(s); err == nil || !strings.Contains(err.Error(), "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT") {
 			t.Errorf("placement %q: %v", bad, err)
 		}
 	}
