@@ -463,3 +463,25 @@ func TestKafkaCompressionCodec(t *testing.T) {
 		w.only(t, attr, codec+" ("+strconv.Itoa(int(attr))+")")
 	}
 }
+
+// relay migrate up installs the copy trigger too, for deployments where the
+// outbox's owner installs it and the relay runs with fewer grants; a second
+// run changes nothing.
+func TestMigrateInstallsTheCopyTrigger(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	table := createDebeziumTable(t, db)
+	env := map[string]string{"RELAY_DATABASE_URL": db.URL, "RELAY_SCHEMA": db.Schema, "RELAY_DEBEZIUM_TABLE": table}
+	for range 2 {
+		stdout, _, err := runCLI(t, env, "migrate", "up")
+		if err != nil || !strings.Contains(stdout, "copy triggers in place on 1 table(s)") {
+			t.Fatalf("relay migrate up: %v\n%s", err, stdout)
+		}
+	}
+	if err := insertAndDelete(context.Background(), db, []debeziumEvent{{newUUID(t, db), "order", "1", "OrderCreated", `{}`}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := db.Count(t, "pending"); n != 1 {
+		t.Errorf("%d pending rows after one event, want 1", n)
+	}
+}
