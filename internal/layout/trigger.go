@@ -15,7 +15,7 @@ import (
 
 // The limits the copy keeps a row within, so that the INSERT into
 // messages cannot fail whatever the application wrote: a topic longer
-// than Kafka's 249 characters is cut (it is invalid anyway, and the relay
+// than Kafka's 249 characters is cut to its first 60 characters and its length (it is invalid anyway, and the relay
 // escalates it with the cut name as its reason), and a key that, with its
 // topic, would overflow a btree entry of messages' key index (2,704
 // bytes) is dropped and the row marked for escalation.
