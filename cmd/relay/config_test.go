@@ -37,37 +37,34 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatalf("loadConfig with an empty environment: %v", err)
 	}
 	want := Config{
-		DatabaseURL:      "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
-		KafkaBrokers:     []string{"localhost:9092"},
-		Schema:           "outbox",
-		KafkaCompression: "snappy",
-		// Debezium's outbox event router's defaults.
-		DebeziumFieldEventID:          "id",
-		DebeziumFieldEventKey:         "aggregateid",
-		DebeziumFieldEventPayload:     "payload",
-		DebeziumRouteByField:          "aggregatetype",
-		DebeziumRouteTopicReplacement: "outbox.event.${routedByValue}",
-		HTTPAddr:                      ":8080",
-		MaxAttempts:                   10,
-		SentRetention:                 24 * time.Hour,
-		CheckTopicDurability:          true,
-		StuckBlocksKey:                true,
-		ProduceTimeout:                30 * time.Second,
-		OutageAlertAfter:              time.Minute,
-		LagAlertAfter:                 5 * time.Minute,
-		AlertWindow:                   time.Minute,
-		ShutdownTimeout:               30 * time.Second,
-		BatchSize:                     1000,
-		InFlightBatches:               2,
-		PollInterval:                  500 * time.Millisecond,
-		Wakeup:                        true,
-		RetryBase:                     time.Second,
-		RetryMax:                      5 * time.Minute,
-		MigrateOnStart:                true,
-		LogFormat:                     "json",
-		LogLevel:                      "info",
-		ClientID:                      "outbox-relay",
+		DatabaseURL:          "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+		KafkaBrokers:         []string{"localhost:9092"},
+		Schema:               "outbox",
+		HTTPAddr:             ":8080",
+		MaxAttempts:          10,
+		SentRetention:        24 * time.Hour,
+		CheckTopicDurability: true,
+		StuckBlocksKey:       true,
+		ProduceTimeout:       30 * time.Second,
+		OutageAlertAfter:     time.Minute,
+		LagAlertAfter:        5 * time.Minute,
+		AlertWindow:          time.Minute,
+		ShutdownTimeout:      30 * time.Second,
+		BatchSize:            1000,
+		InFlightBatches:      2,
+		PollInterval:         500 * time.Millisecond,
+		Wakeup:               true,
+		RetryBase:            time.Second,
+		RetryMax:             5 * time.Minute,
+		MigrateOnStart:       true,
+		LogFormat:            "json",
+		LogLevel:             "info",
+		ClientID:             "outbox-relay",
 	}
+	want.KafkaCompression = "snappy"
+	// Debezium's outbox event router's defaults.
+	want.DebeziumFieldEventID, want.DebeziumFieldEventKey, want.DebeziumFieldEventPayload = "id", "aggregateid", "payload"
+	want.DebeziumRouteByField, want.DebeziumRouteTopicReplacement = "aggregatetype", "outbox.event.${routedByValue}"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", cfg, want)
 	}
