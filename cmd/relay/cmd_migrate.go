@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 
@@ -84,6 +85,20 @@ func migrate(ctx context.Context, cfg Config, env *environment) error {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "schema %s: applied %d migration(s)\n", cfg.Schema, n)
+	if mappings, _ := cfg.mappings(); len(mappings) > 0 {
+		// The copy triggers of RELAY_DEBEZIUM_TABLE and RELAY_LAYOUT_TABLE,
+		// owned by this role (for deployments whose relay role may not
+		// install them).
+		pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		if err := installLayouts(ctx, pool, cfg, slog.New(slog.DiscardHandler)); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "copy triggers in place on %d table(s)\n", len(mappings))
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/internal/layout"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -199,7 +200,13 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.
 	}
 
 	met.watchPool(pool)
+	if err := installLayouts(ctx, pool, cfg, log); err != nil {
+		pool.Close()
+		return err
+	}
+	compression, _ := cfg.compression() // validated
 	opts := []kgo.Opt{
+		compression,
 		kgo.ClientID(cfg.ClientID),
 		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
@@ -380,5 +387,31 @@ func migrateUp(ctx context.Context, poolCfg *pgxpool.Config, schema string, log 
 		return err
 	}
 	log.Info("migrations_applied", "schema", schema, "count", n)
+	return nil
+}
+
+// installLayouts installs the copy trigger of each table the configuration
+// maps (RELAY_DEBEZIUM_TABLE, RELAY_LAYOUT_TABLE). A mapping that does not
+// fit its table is a usage error: exit 2, naming the variable and column.
+func installLayouts(ctx context.Context, pool *pgxpool.Pool, cfg Config, log *slog.Logger) error {
+	mappings, err := cfg.mappings()
+	if err != nil || len(mappings) == 0 {
+		return err // validated at load
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("install the copy triggers: %w", err)
+	}
+	defer conn.Release()
+	installed, err := layout.Install(ctx, conn.Conn(), cfg.Schema, mappings)
+	if lerr, ok := errors.AsType[*layout.Error](err); ok {
+		return &usageError{lerr}
+	}
+	if err != nil {
+		return err
+	}
+	for _, in := range installed {
+		log.Info("copy_trigger_ready", "table", in.Table.String(), "trigger", in.Trigger, "function", in.Function, "installed_now", in.Changed)
+	}
 	return nil
 }

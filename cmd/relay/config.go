@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/internal/layout"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/retry"
 )
@@ -81,9 +83,31 @@ type Config struct {
 	// policies can match with the aws:UserAgent condition key. Default:
 	// unset, franz-go's "franz-go/<Go version>/<hostname>".
 	KafkaAWSUserAgent string `env:"KAFKA_AWS_USER_AGENT" desc:"User agent sent with AWS_MSK_IAM, for IAM policies that match aws:UserAgent; empty: franz-go/<Go version>/<hostname>."`
+	// KafkaCompression is the codec of produced record batches: none,
+	// gzip, snappy, lz4 or zstd. Default snappy (the Kafka client's).
+	KafkaCompression string `env:"KAFKA_COMPRESSION" envDefault:"snappy" desc:"Codec of produced record batches: none, gzip, snappy, lz4 or zstd. snappy and lz4 are cheap on CPU; zstd compresses best (Kafka 2.1 or later); gzip costs the most CPU; none for incompressible payloads. Consumers decompress on their own."`
 	// Schema is the Postgres schema holding the outbox tables. Default
 	// outbox.
 	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
+	// The Debezium outbox table to take over (docs/migrating-from-debezium.md)
+	// and its column names, as Debezium's outbox event router names them.
+	// Default: none.
+	DebeziumTable                   string `env:"DEBEZIUM_TABLE" desc:"Debezium outbox table (schema.table) whose inserts a trigger copies into the outbox, routed as Debezium's outbox event router does (docs/migrating-from-debezium.md); empty: none."`
+	DebeziumFieldEventID            string `env:"DEBEZIUM_FIELD_EVENT_ID" envDefault:"id" desc:"Debezium table.field.event.id: the column of the event id, sent in header id (and, if it is a uuid, as outbox-uuid)."`
+	DebeziumFieldEventKey           string `env:"DEBEZIUM_FIELD_EVENT_KEY" envDefault:"aggregateid" desc:"Debezium table.field.event.key: the column of the record key."`
+	DebeziumFieldEventPayload       string `env:"DEBEZIUM_FIELD_EVENT_PAYLOAD" envDefault:"payload" desc:"Debezium table.field.event.payload: the column of the record value (jsonb, json, text or bytea)."`
+	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column, sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	DebeziumRouteByField            string `env:"DEBEZIUM_ROUTE_BY_FIELD" envDefault:"aggregatetype" desc:"Debezium route.by.field: the column whose value is ${routedByValue} in the topic."`
+	DebeziumRouteTopicReplacement   string `env:"DEBEZIUM_ROUTE_TOPIC_REPLACEMENT" envDefault:"outbox.event.${routedByValue}" desc:"Debezium route.topic.replacement: the topic name, with ${routedByValue} for the route.by.field column."`
+	DebeziumFieldsAdditionalPlace   string `env:"DEBEZIUM_ADDITIONAL_PLACEMENT" desc:"Debezium table.fields.additional.placement, header placements only: column:header[:alias],... (e.g. type:header:eventType); empty: none, as Debezium's default."`
+	DebeziumTracingSpanContextField string `env:"DEBEZIUM_TRACING_FIELD" desc:"Debezium tracing.span.context.field: a column of Java properties text whose traceparent and tracestate become headers; empty: tracingspancontext if the table has it."`
+	// A table of the application's own layout to take over. Default: none.
+	LayoutTable     string `env:"LAYOUT_TABLE" desc:"A table of your own layout (schema.table) whose inserts a trigger copies into the outbox, mapped by the RELAY_LAYOUT_* variables; empty: none."`
+	LayoutTopic     string `env:"LAYOUT_TOPIC" desc:"Topic of each row of RELAY_LAYOUT_TABLE: a name, a {column}, or a template such as orders.{aggregate_type}."`
+	LayoutKey       string `env:"LAYOUT_KEY" desc:"Column of the record key; empty: no key."`
+	LayoutPayload   string `env:"LAYOUT_PAYLOAD" desc:"Column of the record value (bytea, text, varchar, json or jsonb)."`
+	LayoutTimestamp string `env:"LAYOUT_TIMESTAMP" desc:"Timestamp column (timestamptz, timestamp or bigint epoch milliseconds), sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	LayoutHeaders   string `env:"LAYOUT_HEADERS" desc:"Columns sent as headers: column[:header],... (header defaults to the column name)."`
 	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
 	// disables the HTTP server.
 	HTTPAddr string `env:"HTTP_ADDR" envDefault:":8080" desc:"Listen address of the HTTP server (/livez, /readyz, /metrics); off disables it."`
@@ -369,6 +393,16 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 	if err := relay.ValidSchema(c.Schema); err != nil {
 		add("RELAY_SCHEMA", "%v", err)
 	}
+	if _, err := c.compression(); err != nil {
+		add("RELAY_KAFKA_COMPRESSION", "%v", err)
+	}
+	if _, err := c.mappings(); err != nil {
+		if lerr, ok := errors.AsType[*layout.Error](err); ok {
+			add(lerr.Setting, "%s", lerr.Problem)
+		} else {
+			add("RELAY_LAYOUT_TABLE", "%v", err)
+		}
+	}
 	if c.HTTPAddr != "off" {
 		if err := checkHostPort(c.HTTPAddr, true); err != nil {
 			add("RELAY_HTTP_ADDR", "%q: %v (or off to disable the server)", c.HTTPAddr, err)
@@ -548,4 +582,74 @@ func redactSecret(msg, databaseURL string) string {
 		}
 	}
 	return msg
+}
+
+// compression returns the client option of RELAY_KAFKA_COMPRESSION.
+func (c Config) compression() (kgo.Opt, error) {
+	var codec kgo.CompressionCodec
+	switch strings.ToLower(c.KafkaCompression) {
+	case "none":
+		codec = kgo.NoCompression()
+	case "gzip":
+		codec = kgo.GzipCompression()
+	case "snappy":
+		codec = kgo.SnappyCompression()
+	case "lz4":
+		codec = kgo.Lz4Compression()
+	case "zstd":
+		codec = kgo.ZstdCompression()
+	default:
+		return nil, fmt.Errorf("%q: use none, gzip, snappy, lz4 or zstd", c.KafkaCompression)
+	}
+	return kgo.ProducerBatchCompression(codec), nil
+}
+
+// mappings returns the tables to take over: the Debezium table, then the
+// custom layout's. Its errors are *layout.Error naming the variable.
+func (c Config) mappings() ([]layout.Mapping, error) {
+	var out []layout.Mapping
+	if c.DebeziumTable != "" {
+		m, err := layout.Debezium(layout.DebeziumSettings{
+			Table: c.DebeziumTable, EventID: c.DebeziumFieldEventID, EventKey: c.DebeziumFieldEventKey,
+			EventPayload: c.DebeziumFieldEventPayload, EventTimestamp: c.DebeziumFieldEventTimestamp,
+			RouteByField: c.DebeziumRouteByField, TopicReplacement: c.DebeziumRouteTopicReplacement,
+			AdditionalPlace: c.DebeziumFieldsAdditionalPlace, TracingSpanColumn: c.DebeziumTracingSpanContextField,
+			Names: layout.DebeziumSettingNames{
+				Table: "RELAY_DEBEZIUM_TABLE", EventID: "RELAY_DEBEZIUM_FIELD_EVENT_ID", EventKey: "RELAY_DEBEZIUM_FIELD_EVENT_KEY",
+				EventPayload: "RELAY_DEBEZIUM_FIELD_EVENT_PAYLOAD", EventTimestamp: "RELAY_DEBEZIUM_FIELD_EVENT_TIMESTAMP",
+				RouteByField: "RELAY_DEBEZIUM_ROUTE_BY_FIELD", TopicReplacement: "RELAY_DEBEZIUM_ROUTE_TOPIC_REPLACEMENT",
+				AdditionalPlace: "RELAY_DEBEZIUM_ADDITIONAL_PLACEMENT", TracingSpanColumn: "RELAY_DEBEZIUM_TRACING_FIELD",
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	if c.LayoutTable == "" {
+		for _, v := range []struct{ name, value string }{
+			{"RELAY_LAYOUT_TOPIC", c.LayoutTopic}, {"RELAY_LAYOUT_KEY", c.LayoutKey}, {"RELAY_LAYOUT_PAYLOAD", c.LayoutPayload},
+			{"RELAY_LAYOUT_TIMESTAMP", c.LayoutTimestamp}, {"RELAY_LAYOUT_HEADERS", c.LayoutHeaders},
+		} {
+			if v.value != "" {
+				return nil, &layout.Error{Setting: v.name, Problem: "set, but RELAY_LAYOUT_TABLE is not: name the table it maps"}
+			}
+		}
+		return out, nil
+	}
+	m, err := layout.Custom(layout.CustomSettings{
+		Table: c.LayoutTable, Topic: c.LayoutTopic, Key: c.LayoutKey, Payload: c.LayoutPayload,
+		Timestamp: c.LayoutTimestamp, Headers: c.LayoutHeaders,
+		Names: layout.CustomSettingNames{
+			Table: "RELAY_LAYOUT_TABLE", Topic: "RELAY_LAYOUT_TOPIC", Key: "RELAY_LAYOUT_KEY", Payload: "RELAY_LAYOUT_PAYLOAD",
+			Timestamp: "RELAY_LAYOUT_TIMESTAMP", Headers: "RELAY_LAYOUT_HEADERS",
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(out) > 0 && out[0].Table == m.Table {
+		return nil, &layout.Error{Setting: "RELAY_LAYOUT_TABLE", Problem: fmt.Sprintf("%s is RELAY_DEBEZIUM_TABLE too: each insert would be delivered twice", m.Table)}
+	}
+	return append(out, m), nil
 }

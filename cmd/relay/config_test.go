@@ -61,6 +61,10 @@ func TestConfigDefaults(t *testing.T) {
 		LogLevel:             "info",
 		ClientID:             "outbox-relay",
 	}
+	want.KafkaCompression = "snappy"
+	// Debezium's outbox event router's defaults.
+	want.DebeziumFieldEventID, want.DebeziumFieldEventKey, want.DebeziumFieldEventPayload = "id", "aggregateid", "payload"
+	want.DebeziumRouteByField, want.DebeziumRouteTopicReplacement = "aggregatetype", "outbox.event.${routedByValue}"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", cfg, want)
 	}
