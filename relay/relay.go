@@ -3,8 +3,6 @@ package relay
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,9 +73,7 @@ type Relay struct {
 func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger) *Relay {
 	cfg = cfg.withDefaults()
 	if cfg.Instance == "" {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		cfg.Instance = "relay-" + hex.EncodeToString(b[:])
+		cfg.Instance = RandomInstanceName()
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -118,6 +119,10 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relay.BoundSockets(poolCfg, cfg.relayConfig())
+	// The instance's name, chosen here when not configured, also names
+	// its Postgres sessions (application_name).
+	instance := cmp.Or(cfg.Instance, relay.RandomInstanceName())
+	relay.NameSessions(poolCfg, instance)
 	if cfg.MigrateOnStart {
 		if err := migrateUp(ctx, poolCfg, cfg.Schema, log); err != nil {
 			return err
@@ -157,6 +162,7 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relayCfg := cfg.relayConfig()
+	relayCfg.Instance = instance
 	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
 	relayCfg.Metrics = met.relay
 	r := relay.New(relayCfg, pool, client, log)
