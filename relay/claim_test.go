@@ -90,6 +90,7 @@ SELECT 't', convert_to('k' || (i % 4), 'UTF8'), 'p' FROM generate_series(1, 2000
 		t.Fatal(err)
 	}
 	read := root[0].Plan.rowsRead("messages")
+	t.Logf("the claim read %d rows of messages for a batch of %d", read, batch)
 	if read > 10*batch {
 		t.Errorf("the claim read %d rows of messages for a batch of %d: more than 10 times its batch\n%s", read, batch, plan)
 	}
