@@ -57,7 +57,7 @@ WHERE NOT $5::boolean
   AND (s.topic, s.key) IN (SELECT l.topic, l.key FROM locked l WHERE l.key IS NOT NULL)
 GROUP BY s.topic, s.key`
 
-// claimQuery is the claim's fallback when held rows fill lockFirstQuery's
+// claimQuery is the claim's fallback when held rows fill claimHeadQuery's
 // page (see claim). It locks up to $1 due pending rows in id order, skipping
 // rows other relays hold, and numbers each keyed row's place in its key's
 // chain. A
