@@ -64,9 +64,6 @@ func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []ro
 	if err != nil || c.full || 2*len(c.rows) >= q.limit || !c.more || !widen {
 		return c.rows, c.more, err
 	}
-	if _, err := tx.Exec(ctx, customPlansQuery); err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
-	}
 	for {
 		c, err = claimWindow(ctx, tx, q)
 		if err != nil || c.full || 2*len(c.rows) >= q.limit || !c.more {

@@ -137,23 +137,10 @@ ORDER BY id`
 // $1: the relay's stall bound in ms (see stall.go), as the transaction's
 // idle-in-transaction timeout and TCP user timeout, so that a relay that
 // froze or was cut off lets go of its rows.
-//
-// Generic plans: the claim statement and the marks are planned once per
-// connection, not at every batch. Left to itself, Postgres keeps planning
-// the claim anew (its custom plans look cheaper to it), and at a few rows a
-// batch that planning was most of the claim's cost: about 1 ms a claim
-// against 0.4 with the generic plan, measured on a small outbox. claim
-// restores the session's choice before widening (claimQuery), whose generic
-// plans ran worse than its planning saved.
 const batchSettingsQuery = `
 SELECT set_config('synchronous_commit', 'off', true),
-       set_config('plan_cache_mode', 'force_generic_plan', true),
        set_config('idle_in_transaction_session_timeout', $1, true),
        set_config('tcp_user_timeout', $1, true)`
-
-// customPlansQuery restores the session's plan_cache_mode (see
-// batchSettingsQuery).
-const customPlansQuery = `SET LOCAL plan_cache_mode TO DEFAULT`
 
 // windowFullQuery tells whether at least $1 rows are pending: whether a claim
 // that found nothing had a full window.
