@@ -16,15 +16,14 @@ const maxWaves = 100
 // claimParams are the claim queries' parameters.
 type claimParams struct {
 	limit, window    int
-	maxBytes         int64    // the batch's byte bound (see Config.BatchMaxBytes)
 	flyingIDs        []int64  // rows of this relay's batches in flight
 	flyingTopics     []string // and their keys, in parallel
 	flyingKeys       [][]byte
 	stuckReleasesKey bool
 	idleLimitMillis  string     // the transaction's idle_in_transaction_session_timeout
 	now              *time.Time // nil: the database clock
-	// afterLock, for tests, runs once the rows are locked, before the
-	// claim decides which of them go.
+	// afterLock, for tests, runs between the lock and the held-rows
+	// query, to let another session commit there.
 	afterLock func()
 }
 
@@ -39,20 +38,9 @@ func (q *claimParams) addFlying(rows []row) {
 	}
 }
 
-// claimed is what a claim found.
-type claimed struct {
-	rows []row
-	// more: rows may be pending beyond the claim (its page or window
-	// was full, or the byte bound cut it).
-	more bool
-	// full: the byte bound cut the batch; claiming more in this
-	// transaction would only read payloads it cannot take.
-	full bool
-}
-
 // claim locks the rows of one batch and tells whether more rows may be
 // pending beyond them. It first locks the oldest pending rows as they come
-// (claimHead), which costs little more than a naive claim. When that
+// (lockFirstQuery), which costs little more than a naive claim. When that
 // yields less than half a batch from a full page of locked rows (the oldest
 // rows are held back: a key's head waits for a retry or is stuck, or other
 // relays hold the heads), and widen is set, it claims again through a
@@ -60,119 +48,116 @@ type claimed struct {
 // the head cannot starve the rows behind them. Both run in the same
 // transaction; the rows the first locked stay locked and are found again.
 func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
-	c, err := claimHead(ctx, tx, q)
-	if err != nil || c.full || 2*len(c.rows) >= q.limit || !c.more || !widen {
-		return c.rows, c.more, err
+	rows, more, err = claimLockFirst(ctx, tx, q)
+	if err != nil || 2*len(rows) >= q.limit || !more || !widen {
+		return rows, more, err
 	}
 	for {
-		c, err = claimWindow(ctx, tx, q)
-		if err != nil || c.full || 2*len(c.rows) >= q.limit || !c.more {
-			return c.rows, c.more, err
+		rows, more, err = claimWindow(ctx, tx, q)
+		if err != nil || 2*len(rows) >= q.limit || !more {
+			return rows, more, err
 		}
 		q.window *= 2
 	}
 }
 
-// claimHead locks the oldest pending rows and learns what holds them back,
-// in one statement (claimHeadQuery) sent with the transaction's BEGIN and
-// settings: one round trip. It keeps the rows that may go now: for each
-// key, its locked rows in id order, up to maxWaves, as long as each is due,
-// within the byte bound, and no row of the key that holds it back (locked
-// by others, or stuck) has a lower id. The first row that fails ends its
-// key's chain; the rest stays locked, untouched, until the batch ends.
-func claimHead(ctx context.Context, tx pgx.Tx, q claimParams) (claimed, error) {
+// claimLockFirst locks the oldest pending rows (lockFirstQuery) and keeps
+// those that may go now: for each key, its locked rows in id order, up to
+// maxWaves, as long as each is due and no row of the key that holds it back
+// (heldQuery: locked by others, or stuck) has a lower id. The first row that
+// fails ends its key's chain; the rest stays locked, untouched, until the
+// batch ends. It reports whether the page of locked rows was full.
+func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+	// One round trip: the batch's settings (see batchSettingsQuery) and
+	// the lock.
 	var b pgx.Batch
 	b.Queue(batchSettingsQuery, q.idleLimitMillis)
-	b.Queue(claimHeadQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now, q.stuckReleasesKey, q.window, q.maxBytes)
+	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
 	br := tx.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
-		return claimed{}, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	rs, err := br.Query()
 	if err != nil {
 		_ = br.Close()
-		return claimed{}, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	type candidate struct {
 		row
-		due, fits bool
+		due bool
 	}
-	var (
-		locked   []candidate
-		heldFrom = map[string]int64{} // the lowest id that holds back each key: rows above it wait
-	)
-	for rs.Next() {
-		var (
-			kind      int
-			id        *int64
-			topic     *string
-			c         candidate
-			attempts  *int
-			created   *time.Time
-			due, fits *bool
-		)
-		if err := rs.Scan(&kind, &id, &topic, &c.Key, &c.Payload, &c.Headers, &attempts, &created, &due, &fits); err != nil {
-			rs.Close()
-			_ = br.Close()
-			return claimed{}, fmt.Errorf("claim: %w", err)
-		}
-		switch kind {
-		case 1:
-			c.ID, c.Topic, c.Attempts, c.CreatedAt, c.due, c.fits = *id, *topic, *attempts, *created, *due, *fits
-			locked = append(locked, c)
-		case 2, 3:
-			k := chainKey(row{Topic: *topic, Key: c.Key})
-			if from, ok := heldFrom[k]; !ok || *id < from {
-				heldFrom[k] = *id
-			}
-		}
-	}
-	err = rs.Err()
+	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
+		var c candidate
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.Attempts, &c.CreatedAt, &c.due)
+		return c, err
+	})
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return claimed{}, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
-	// A page of locked rows short of the limit may also come from a
-	// window full of rows of the keys in flight; then nothing widens (the
-	// keys' rows wait for the batches in flight) and the next claim, after
-	// they end, reads past them.
-	more := len(locked) == q.limit
 	if len(locked) == 0 {
-		return claimed{more: more}, nil
+		return nil, false, nil
 	}
 	if q.afterLock != nil {
 		q.afterLock()
 	}
+	ids := make([]int64, len(locked))
+	var topics []string
+	var keys [][]byte
+	for i, c := range locked {
+		ids[i] = c.ID
+		if c.Key != nil {
+			topics = append(topics, c.Topic)
+			keys = append(keys, c.Key)
+		}
+	}
+	// The lowest id that holds back each key: rows above it wait.
+	heldFrom := map[string]int64{}
+	rs, err = tx.Query(ctx, heldQuery, locked[len(locked)-1].ID, ids, topics, keys, q.stuckReleasesKey)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+	}
+	var (
+		topic string
+		key   []byte
+		id    int64
+	)
+	_, err = pgx.ForEachRow(rs, []any{&topic, &key, &id}, func() error {
+		k := chainKey(row{Topic: topic, Key: key})
+		if from, ok := heldFrom[k]; !ok || id < from {
+			heldFrom[k] = id
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+	}
 
 	waves := map[string]int{} // topic and key → rows kept; -1 once the chain ended
-	var out claimed
+	var kept []row
 	for _, c := range locked {
-		if !c.fits {
-			out.full = true
-		}
 		if c.Key == nil {
-			if c.due && c.fits {
+			if c.due {
 				c.Wave = 1
-				out.rows = append(out.rows, c.row)
+				kept = append(kept, c.row)
 			}
 			continue
 		}
 		k := chainKey(c.row)
 		n := waves[k]
 		from, held := heldFrom[k]
-		if n < 0 || !c.due || !c.fits || (held && from < c.ID) || n >= maxWaves {
+		if n < 0 || !c.due || (held && from < c.ID) || n >= maxWaves {
 			waves[k] = -1
 			continue
 		}
 		waves[k] = n + 1
 		c.Wave = n + 1
-		out.rows = append(out.rows, c.row)
+		kept = append(kept, c.row)
 	}
-	out.more = more || out.full
-	return out, nil
+	return kept, len(locked) == q.limit, nil
 }
 
 // claimWindow runs claimQuery once and reports whether its window was full.
@@ -180,34 +165,28 @@ func claimHead(ctx context.Context, tx pgx.Tx, q claimParams) (claimed, error) {
 // batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
 // then this row must wait. A row dropped here stays locked until the batch
 // ends, untouched.
-func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (claimed, error) {
-	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs, q.maxBytes)
+func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs)
 	if err != nil {
-		return claimed{}, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	var scanned int64
-	var full bool
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		var fits bool
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned, &fits)
-		if !fits {
-			full = true
-			x.Wave = -1 // beyond the byte bound: dropped with its chain
-		}
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
 		return x, err
 	})
 	if err != nil {
-		return claimed{}, fmt.Errorf("claim: %w", err)
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		return claimed{rows: unbrokenChains(out), more: full || scanned == int64(q.window), full: full}, nil
+		return unbrokenChains(out), scanned == int64(q.window), nil
 	}
-	var windowFull bool
-	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&windowFull); err != nil {
-		return claimed{}, fmt.Errorf("claim: %w", err)
+	var full bool
+	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&full); err != nil {
+		return nil, false, fmt.Errorf("claim: %w", err)
 	}
-	return claimed{more: windowFull}, nil
+	return out, full, nil
 }
 
 // unbrokenChains drops every keyed row whose predecessor in its key's chain
@@ -216,9 +195,6 @@ func unbrokenChains(rows []row) []row {
 	last := map[string]int{} // topic and key → wave of the key's last kept row
 	kept := rows[:0]
 	for _, x := range rows {
-		if x.Wave < 0 {
-			continue // beyond the byte bound
-		}
 		if x.Key == nil {
 			kept = append(kept, x)
 			continue

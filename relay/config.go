@@ -14,27 +14,10 @@ type Config struct {
 	Schema string
 	// BatchSize is how many rows one claim takes. Default 1000.
 	BatchSize int
-	// BatchMaxBytes bounds the bytes of payload, key and headers one
-	// batch reads, as BatchSize bounds its rows: a claim takes rows in id
-	// order while the bytes before each are under it (a single row larger
-	// than it still goes, alone), and the rows it locked beyond the bound
-	// are not read. With InFlightBatches batches in flight, the relay
-	// holds at most about InFlightBatches × BatchMaxBytes of rows (plus
-	// one row). Default 16 MiB.
-	BatchMaxBytes int64
 	// InFlightBatches is how many claimed batches may await Kafka at once:
 	// the relay claims the next batch while the last one is being
 	// produced. Each holds a pool connection. Default 2.
 	InFlightBatches int
-	// ClaimLinger is how long, at least, the relay lets pass between the
-	// start of a claim that did not fill its batch and the start of the
-	// next claim, so that rows arriving in a trickle are claimed several
-	// at a time rather than one by one: each claim and mark costs the
-	// database about the same whatever its size. It is Kafka's linger,
-	// applied to claims; it adds at most this much to a row's latency,
-	// and nothing to a backlog (full claims follow each other at once) or
-	// to the first row after a quiet spell. Default 2ms; negative: none.
-	ClaimLinger time.Duration
 	// PollInterval is the longest an idle relay waits before looking for
 	// rows again; with Wakeup on it is only the fallback. Default 500ms.
 	PollInterval time.Duration
@@ -87,12 +70,6 @@ type Config struct {
 	Alerter alert.Alerter
 }
 
-// DefaultBatchMaxBytes is Config.BatchMaxBytes's default.
-const DefaultBatchMaxBytes = 16 << 20
-
-// DefaultClaimLinger is Config.ClaimLinger's default.
-const DefaultClaimLinger = 2 * time.Millisecond
-
 func (c Config) withDefaults() Config {
 	if c.Schema == "" {
 		c.Schema = "outbox"
@@ -100,14 +77,8 @@ func (c Config) withDefaults() Config {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
 	}
-	if c.BatchMaxBytes <= 0 {
-		c.BatchMaxBytes = DefaultBatchMaxBytes
-	}
 	if c.InFlightBatches <= 0 {
 		c.InFlightBatches = 2
-	}
-	if c.ClaimLinger == 0 {
-		c.ClaimLinger = DefaultClaimLinger
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = 500 * time.Millisecond

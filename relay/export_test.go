@@ -65,7 +65,3 @@ func (r *Relay) SetAfterLock(f func()) { r.afterLock = f }
 // SetBeforeTopicCheck sets a function to run as each check of a topic's
 // settings starts.
 func (r *Relay) SetBeforeTopicCheck(f func(topic string)) { r.beforeTopicCheck = f }
-
-// ClaimHeadQuery is the claim's first statement, for the test that reads
-// its plan.
-const ClaimHeadQuery = claimHeadQuery

@@ -3,58 +3,46 @@ package relay
 // The relay's SQL. Names are unqualified: the pool's search_path is the
 // configured schema, so these stay constant whatever the schema is called.
 
-// claimHeadQuery is the claim's first try (see claimHead), in one
-// statement. It reads the first $6 pending rows in id order (the window, so
-// that a claim reads a bounded number of rows however many pending rows are
-// held back), and locks the $1 oldest of them that are not locked by
-// others, as a naive claim would, skipping the rows of keys this relay has
-// in flight ($2, $3: topics and keys; those rows are held behind the batch
-// in flight). Rows of kind 1 are the locked rows. A locked row's payload and
-// headers come back only while the bytes of the rows before it, in id
-// order, are under $7 (the batch's byte bound; its first row always fits):
-// the rest stay locked, untouched, and their payloads are not read.
-//
-// Rows of kind 2 and 3 list what holds back the locked rows: every row of
-// their keys in the window below the highest locked id that was not locked,
-// that is rows locked by others (a row above the window is above every
-// locked row); and, unless $5 is true, the oldest stuck row of each of
-// their keys. Rows of other keys, such as those of this relay's batches in
-// flight or of other relays' batches, are left out: they hold back nothing
-// here. Everything is read in one snapshot: a row locked by another relay
-// that has been sent or escalated since is still seen pending and holds its
-// key back until the next claim (conservative), and a stuck row requeued
-// since is still seen stuck, which holds its key back too. The window is
-// read once, and from the pending index: with autovacuum behind, that
-// index's head holds entries of rows sent since, which every walk of it
-// visits.
-const claimHeadQuery = `
-WITH w AS MATERIALIZED (
-    SELECT id, topic, key FROM messages WHERE status = 'pending' ORDER BY id LIMIT $6
-), locked AS MATERIALIZED (
-    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at,
-           m.next_attempt_at <= COALESCE($4::timestamptz, now()) AS due,
-           COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
-    FROM messages m
-    WHERE m.id = ANY (ARRAY(SELECT id FROM w)) AND m.status = 'pending'
-      AND (m.key IS NULL OR (m.topic, m.key) NOT IN (
-            SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
-    ORDER BY m.id
-    LIMIT $1
-    FOR UPDATE OF m SKIP LOCKED
-)
-SELECT 1 AS kind, id, topic, key,
-       CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       attempts, created_at, due, fits
-FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
+// lockFirstQuery locks the $1 oldest pending rows that are not locked by
+// others, as a naive claim would, skipping only the rows of keys this relay
+// has in flight ($2, $3: topics and keys; those rows are held behind the
+// batch in flight). Which of them may go is decided with heldQuery (see
+// claimLockFirst). Rows it locks but the batch does not produce stay
+// untouched until the batch ends.
+const lockFirstQuery = `
+SELECT id, topic, key, payload, headers, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now())
+FROM messages
+WHERE status = 'pending'
+  AND (key IS NULL OR (topic, key) NOT IN (
+        SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+// heldQuery lists what holds back rows that lockFirstQuery locked: every
+// pending row of their keys ($3, $4) below id $1 that is not one of them
+// ($2), that is rows locked by others or that became visible since (the
+// lower bound keeps the scan off the sent history below the oldest pending
+// row); and, unless $5 is true, the oldest stuck row of each of their keys.
+// Rows of other keys, such as those of this relay's batches in flight or of
+// other relays' batches, are left out: they hold back nothing here. The key
+// test is written NOT … NOT IN (the keys are never NULL) so that it stays a
+// hashed filter on the scan by id: as an IN, generic plans probe each key's
+// index entries instead, and those walk the key's sent rows until vacuum
+// removes them. It runs after the lock,
+// in a newer snapshot: a row it no longer sees pending was sent or moved
+// since, and one it sees newly pending holds its key (conservative either
+// way); a stuck row requeued in between is seen as pending here.
+const heldQuery = `
+SELECT o.topic, o.key, o.id FROM messages o
+WHERE o.status = 'pending' AND o.key IS NOT NULL AND o.id < $1
+  AND o.id >= (SELECT min(id) FROM messages WHERE status = 'pending')
+  AND o.id NOT IN (SELECT unnest($2::bigint[]))
+  AND NOT ((o.topic, o.key) NOT IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key)))
 UNION ALL
-SELECT 2, w.id, w.topic, w.key, NULL, NULL, NULL, NULL, NULL, NULL FROM w
-WHERE w.key IS NOT NULL AND w.id < (SELECT max(id) FROM locked)
-  AND w.id NOT IN (SELECT id FROM locked)
-  AND (w.topic, w.key) IN (SELECT l.topic, l.key FROM locked l WHERE l.key IS NOT NULL)
-UNION ALL
-SELECT 3, min(s.id), s.topic, s.key, NULL, NULL, NULL, NULL, NULL, NULL FROM stuck_messages s
+SELECT s.topic, s.key, min(s.id) FROM stuck_messages s
 WHERE NOT $5::boolean
-  AND (s.topic, s.key) IN (SELECT l.topic, l.key FROM locked l WHERE l.key IS NOT NULL)
+  AND (s.topic, s.key) IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key))
 GROUP BY s.topic, s.key`
 
 // claimQuery is the claim's fallback when held rows fill claimHeadQuery's
@@ -82,10 +70,7 @@ GROUP BY s.topic, s.key`
 // caller's own batches in flight: they and the rows behind them are not
 // tried at all, so the next batch does not lock rows it would only drop.
 //
-// Like claimHeadQuery, it returns a locked row's payload and headers only
-// while the bytes of the rows before it are under $7 (the last column).
-//
-// The next to last column tells how many rows the window held: when it was full and
+// The last column tells how many rows the window held: when it was full and
 // too few rows qualified, the caller widens it (see claim), so a long run of
 // held rows can never starve rows of other keys behind it.
 //
@@ -105,28 +90,23 @@ WITH window_rows AS MATERIALIZED (
         FROM (SELECT *, id IN (SELECT unnest($6::bigint[])) AS flying FROM window_rows) f
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
-), locked AS MATERIALIZED (
-    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at, c.rank,
-           COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
-    FROM (SELECT id, rank FROM chosen ORDER BY id) c
-    JOIN messages m ON m.id = c.id
-    WHERE m.status = 'pending'
-      AND (m.key IS NULL OR $3::boolean
-           OR NOT EXISTS (SELECT 1 FROM stuck_messages)
-           OR NOT EXISTS (
-                SELECT 1 FROM stuck_messages s
-                WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
-    ORDER BY c.id
-    LIMIT $1
-    FOR UPDATE OF m SKIP LOCKED
 )
-SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       attempts, created_at, rank, (SELECT count(*) FROM window_rows), fits
-FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
-ORDER BY id`
+SELECT m.id, m.topic, m.key, m.payload, m.headers, m.attempts, m.created_at, c.rank,
+       (SELECT count(*) FROM window_rows)
+FROM (SELECT id, rank FROM chosen ORDER BY id) c
+JOIN messages m ON m.id = c.id
+WHERE m.status = 'pending'
+  AND (m.key IS NULL OR $3::boolean
+       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+       OR NOT EXISTS (
+            SELECT 1 FROM stuck_messages s
+            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
+ORDER BY c.id
+LIMIT $1
+FOR UPDATE OF m SKIP LOCKED`
 
-// batchSettingsQuery sets up a batch's transaction (claimHead sends it
-// with BEGIN and the lock).
+// batchSettingsQuery sets up a batch's transaction (claimLockFirst sends it
+// with the lock).
 //
 // Asynchronous commit: the batch commits without waiting for its WAL flush.
 // If Postgres crashes before the flush, the batch is lost as a whole and its

@@ -31,10 +31,6 @@ type Relay struct {
 	// idle is true while this relay is registered for wake-ups. Only the
 	// delivery loop touches it.
 	idle bool
-	// nextClaim is when the next claim may start: ClaimLinger after the
-	// start of the last claim, when that one did not fill its batch. Only
-	// the delivery loop touches it.
-	nextClaim time.Time
 
 	alerter alert.Alerter
 	health  kafkaHealth
@@ -320,10 +316,6 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	var last *batch // claimed by this call, with room left for another
 	limit := r.inFlightLimit()
 	for len(r.inFlight) < limit && ctx.Err() == nil {
-		if !r.linger(ctx) {
-			break
-		}
-		started := time.Now()
 		b, err := r.claimBatch(ctx, nil)
 		if err != nil {
 			claimErr = err
@@ -331,9 +323,6 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 		}
 		if b == nil {
 			break
-		}
-		if !b.more && r.cfg.ClaimLinger > 0 {
-			r.nextClaim = started.Add(r.cfg.ClaimLinger)
 		}
 		r.inFlight <- struct{}{}
 		r.setFlying(b, true)
@@ -365,24 +354,6 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 		return res.n, cmp.Or(res.err, claimErr)
 	case <-produced:
 		return len(last.rows), nil
-	}
-}
-
-// linger waits until the next claim may start (see Config.ClaimLinger).
-// The batches in flight go on meanwhile; one that finishes waits in
-// r.finished. It reports whether ctx is still live.
-func (r *Relay) linger(ctx context.Context) bool {
-	d := time.Until(r.nextClaim)
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -429,7 +400,7 @@ var errOutage = errors.New("kafka unavailable")
 type batch struct {
 	work   context.Context
 	cancel context.CancelFunc
-	tx     *batchTx
+	tx     pgx.Tx
 	rows   []row
 	more   bool // rows may be pending beyond the claim's window
 	// produced is closed once Kafka has answered the batch's rows, before
@@ -454,7 +425,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// The batch must be able to finish after ctx ends (graceful shutdown),
 	// but not for longer than the shutdown timeout.
 	b.work, b.cancel = r.batchContext(ctx)
-	b.tx, err = beginBatch(b.work, r.pool)
+	b.tx, err = r.pool.Begin(b.work)
 	if err != nil {
 		b.cancel()
 		return nil, fmt.Errorf("begin: %w", err)
@@ -469,7 +440,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), maxBytes: r.cfg.BatchMaxBytes, stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
 		idleLimitMillis: r.cfg.stallBoundMillis(), now: now, afterLock: r.afterLock}
 	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
@@ -510,13 +481,11 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
 		}
 	}
-	// The outcome's statements go with the COMMIT, in one round trip.
-	record := &deferred{batchTx: tx}
-	escalated, err := out.record(work, record, r.cfg, now)
+	escalated, err := out.record(work, tx, r.cfg, now)
 	if err != nil {
 		return len(rows), err
 	}
-	if err := tx.commitDeferred(work, record); err != nil {
+	if err := tx.Commit(work); err != nil {
 		// The rows stay pending and are produced again: a duplicate, not a loss.
 		return len(rows), fmt.Errorf("commit batch: %w", err)
 	}

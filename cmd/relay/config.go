@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -134,12 +133,6 @@ type Config struct {
 	// BatchSize is how many rows one claim takes. Default 1000, between 1
 	// and 100000.
 	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
-	// BatchMaxBytes bounds the bytes (payload, key and headers) of one
-	// batch. Default 16 MiB.
-	BatchMaxBytes int64 `env:"BATCH_MAX_BYTES" envDefault:"16777216" desc:"Bytes of payload, key and headers one batch reads at most (a larger row goes alone); with the batches in flight it bounds the rows the relay holds in memory."`
-	// ClaimLinger is the least time between the start of a claim that did
-	// not fill its batch and the next claim. Default 2ms.
-	ClaimLinger time.Duration `env:"CLAIM_LINGER" envDefault:"2ms" desc:"While rows arrive in a trickle, the least time from one claim to the next, so each claim takes several rows (it adds at most this to a row's latency, nothing to a backlog); 0 claims again at once, at more database CPU per row (docs/performance.md)."`
 	// InFlightBatches is how many claimed batches may await Kafka at once,
 	// across the instances of one outbox (see relay/instances.go).
 	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64), for all the instances on one outbox together: they split it, and an instance left without a share is a standby. Each batch holds a database connection. Raise it (3-4) when Kafka takes several milliseconds to acknowledge; 1 when the broker shares the database's machine (docs/performance.md)."`
@@ -410,12 +403,6 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 	if parsed("RELAY_IN_FLIGHT_BATCHES") && (c.InFlightBatches < 1 || c.InFlightBatches > 64) {
 		add("RELAY_IN_FLIGHT_BATCHES", "%d: must be between 1 and 64", c.InFlightBatches)
 	}
-	if parsed("RELAY_BATCH_MAX_BYTES") && c.BatchMaxBytes < 1024 {
-		add("RELAY_BATCH_MAX_BYTES", "%d: must be at least 1024", c.BatchMaxBytes)
-	}
-	if parsed("RELAY_CLAIM_LINGER") && (c.ClaimLinger < 0 || c.ClaimLinger > time.Second) {
-		add("RELAY_CLAIM_LINGER", "%v: must be between 0 and 1s", c.ClaimLinger)
-	}
 	if parsed("RELAY_BATCH_SIZE") && (c.BatchSize < 1 || c.BatchSize > 100000) {
 		add("RELAY_BATCH_SIZE", "%d: must be between 1 and 100000", c.BatchSize)
 	}
@@ -479,8 +466,6 @@ func (c Config) relayConfig() relay.Config {
 	return relay.Config{
 		Schema:          c.Schema,
 		BatchSize:       c.BatchSize,
-		BatchMaxBytes:   c.BatchMaxBytes,
-		ClaimLinger:     cmp.Or(c.ClaimLinger, -1), // 0: none
 		InFlightBatches: c.InFlightBatches,
 		PollInterval:    c.PollInterval,
 		DisableWakeup:   !c.Wakeup,
