@@ -45,7 +45,7 @@ WHERE NOT $5::boolean
   AND (s.topic, s.key) IN (SELECT f.topic, f.key FROM unnest($3::text[], $4::bytea[]) AS f(topic, key))
 GROUP BY s.topic, s.key`
 
-// claimQuery is the claim's fallback when held rows fill claimHeadQuery's
+// claimQuery is the claim's fallback when held rows fill lockFirstQuery's
 // page (see claim). It locks up to $1 due pending rows in id order, skipping
 // rows other relays hold, and numbers each keyed row's place in its key's
 // chain. A
