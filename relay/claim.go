@@ -16,6 +16,7 @@ const maxWaves = 100
 // claimParams are the claim queries' parameters.
 type claimParams struct {
 	limit, window    int
+	maxBytes         int64    // the batch's byte bound (see Config.BatchMaxBytes)
 	flyingIDs        []int64  // rows of this relay's batches in flight
 	flyingTopics     []string // and their keys, in parallel
 	flyingKeys       [][]byte
@@ -47,15 +48,19 @@ func (q *claimParams) addFlying(rows []row) {
 // window that grows until it finds rows (see claimWindow), so held rows at
 // the head cannot starve the rows behind them. Both run in the same
 // transaction; the rows the first locked stay locked and are found again.
+//
+// When the byte bound cut the batch (full), it returns at once: claiming
+// more in this transaction would only read payloads it cannot take.
 func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []row, more bool, err error) {
-	rows, more, err = claimLockFirst(ctx, tx, q)
-	if err != nil || 2*len(rows) >= q.limit || !more || !widen {
-		return rows, more, err
+	var full bool
+	rows, more, full, err = claimLockFirst(ctx, tx, q)
+	if err != nil || full || 2*len(rows) >= q.limit || !more || !widen {
+		return rows, more || full, err
 	}
 	for {
-		rows, more, err = claimWindow(ctx, tx, q)
-		if err != nil || 2*len(rows) >= q.limit || !more {
-			return rows, more, err
+		rows, more, full, err = claimWindow(ctx, tx, q)
+		if err != nil || full || 2*len(rows) >= q.limit || !more {
+			return rows, more || full, err
 		}
 		q.window *= 2
 	}
@@ -67,39 +72,39 @@ func claim(ctx context.Context, tx pgx.Tx, q claimParams, widen bool) (rows []ro
 // (heldQuery: locked by others, or stuck) has a lower id. The first row that
 // fails ends its key's chain; the rest stays locked, untouched, until the
 // batch ends. It reports whether the page of locked rows was full.
-func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
+func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, more, full bool, err error) {
 	// One round trip: the batch's settings (see batchSettingsQuery) and
 	// the lock.
 	var b pgx.Batch
 	b.Queue(batchSettingsQuery, q.idleLimitMillis)
-	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now)
+	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now, q.maxBytes)
 	br := tx.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
-		return nil, false, fmt.Errorf("claim: %w", err)
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	rs, err := br.Query()
 	if err != nil {
 		_ = br.Close()
-		return nil, false, fmt.Errorf("claim: %w", err)
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	type candidate struct {
 		row
-		due bool
+		due, fits bool
 	}
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
-		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due)
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due, &c.fits)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(locked) == 0 {
-		return nil, false, nil
+		return nil, false, false, nil
 	}
 	if q.afterLock != nil {
 		q.afterLock()
@@ -118,7 +123,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 	heldFrom := map[string]int64{}
 	rs, err = tx.Query(ctx, heldQuery, locked[len(locked)-1].ID, ids, topics, keys, q.stuckReleasesKey)
 	if err != nil {
-		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+		return nil, false, false, fmt.Errorf("claim: held rows: %w", err)
 	}
 	var (
 		topic string
@@ -133,14 +138,16 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 		return nil
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("claim: held rows: %w", err)
+		return nil, false, false, fmt.Errorf("claim: held rows: %w", err)
 	}
 
 	waves := map[string]int{} // topic and key → rows kept; -1 once the chain ended
-	var kept []row
 	for _, c := range locked {
+		if !c.fits {
+			full = true // beyond the byte bound: not read, not produced
+		}
 		if c.Key == nil {
-			if c.due {
+			if c.due && c.fits {
 				c.Wave = 1
 				kept = append(kept, c.row)
 			}
@@ -149,7 +156,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 		k := chainKey(c.row)
 		n := waves[k]
 		from, held := heldFrom[k]
-		if n < 0 || !c.due || (held && from < c.ID) || n >= maxWaves {
+		if n < 0 || !c.due || !c.fits || (held && from < c.ID) || n >= maxWaves {
 			waves[k] = -1
 			continue
 		}
@@ -157,36 +164,41 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool,
 		c.Wave = n + 1
 		kept = append(kept, c.row)
 	}
-	return kept, len(locked) == q.limit, nil
+	return kept, len(locked) == q.limit, full, nil
 }
 
-// claimWindow runs claimQuery once and reports whether its window was full.
-// It keeps a row only when the row before it in its key's chain is in the
-// batch too: SKIP LOCKED may have skipped that one (in flight elsewhere), and
-// then this row must wait. A row dropped here stays locked until the batch
-// ends, untouched.
-func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) ([]row, bool, error) {
-	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs)
+// claimWindow runs claimQuery once and reports whether its window was full
+// and whether the byte bound cut it. It keeps a row only when the row before
+// it in its key's chain is in the batch too: SKIP LOCKED may have skipped
+// that one (in flight elsewhere), and then this row must wait. A row dropped
+// here stays locked until the batch ends, untouched.
+func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, more, full bool, err error) {
+	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs, q.maxBytes)
 	if err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned)
+		var fits bool
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned, &fits)
+		if !fits {
+			full = true
+			x.Wave = -1 // beyond the byte bound: dropped with its chain
+		}
 		return x, err
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		return unbrokenChains(out), scanned == int64(q.window), nil
+		return unbrokenChains(out), scanned == int64(q.window), full, nil
 	}
-	var full bool
-	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&full); err != nil {
-		return nil, false, fmt.Errorf("claim: %w", err)
+	var windowFull bool
+	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&windowFull); err != nil {
+		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
-	return out, full, nil
+	return nil, windowFull, false, nil
 }
 
 // unbrokenChains drops every keyed row whose predecessor in its key's chain
@@ -195,6 +207,9 @@ func unbrokenChains(rows []row) []row {
 	last := map[string]int{} // topic and key → wave of the key's last kept row
 	kept := rows[:0]
 	for _, x := range rows {
+		if x.Wave < 0 {
+			continue // beyond the byte bound
+		}
 		if x.Key == nil {
 			kept = append(kept, x)
 			continue

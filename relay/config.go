@@ -16,6 +16,14 @@ type Config struct {
 	Schema string
 	// BatchSize is how many rows one claim takes. Default 1000.
 	BatchSize int
+	// BatchMaxBytes bounds the bytes of payload, key and headers one
+	// batch reads, as BatchSize bounds its rows: a claim takes rows in id
+	// order while the bytes before each are under it (a single row larger
+	// than it still goes, alone), and the payloads of the rows it locked
+	// beyond the bound are not read. With InFlightBatches batches in
+	// flight, the relay holds at most about InFlightBatches × BatchMaxBytes
+	// of rows (plus one row each). Default 16 MiB.
+	BatchMaxBytes int64
 	// InFlightBatches is how many claimed batches may await Kafka at once:
 	// the relay claims the next batch while the last one is being
 	// produced. Each holds a pool connection. Default 2.
@@ -74,12 +82,18 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
+// DefaultBatchMaxBytes is Config.BatchMaxBytes's default.
+const DefaultBatchMaxBytes = 16 << 20
+
 func (c Config) withDefaults() Config {
 	if c.Schema == "" {
 		c.Schema = "outbox"
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
+	}
+	if c.BatchMaxBytes <= 0 {
+		c.BatchMaxBytes = DefaultBatchMaxBytes
 	}
 	if c.InFlightBatches <= 0 {
 		c.InFlightBatches = 2

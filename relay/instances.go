@@ -2,8 +2,12 @@ package relay
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"math"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Several relays on one outbox share one database, and there the batches
@@ -128,4 +132,28 @@ func (r *Relay) setInstances(c instanceCount) {
 	r.cfg.Metrics.setInstances(c.n)
 	r.logger.Info("instances", "count", c.n, "in_flight_batches", r.inFlightLimit())
 	r.poke()
+}
+
+// SessionNamePrefix starts the application_name of a relay's sessions.
+const SessionNamePrefix = "outbox-relay"
+
+// RandomInstanceName is the name New gives a relay whose Config.Instance is
+// empty.
+func RandomInstanceName() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "relay-" + hex.EncodeToString(b[:])
+}
+
+// NameSessions sets the application_name of poolCfg's sessions to
+// "outbox-relay <instance>", unless the database URL (or PGAPPNAME) already
+// names them, so operators find the relay's sessions in pg_stat_activity
+// and can measure what they cost. Postgres keeps the first 63 bytes of it.
+// The sessions the relay opens on its own (the LISTEN connection, the
+// instance slot) copy the pool's settings, and with them the name.
+func NameSessions(poolCfg *pgxpool.Config, instance string) {
+	if _, ok := poolCfg.ConnConfig.RuntimeParams["application_name"]; ok {
+		return
+	}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = SessionNamePrefix + " " + instance
 }

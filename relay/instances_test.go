@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
@@ -138,4 +140,51 @@ WHERE locktype = 'advisory' AND granted AND objsubid = 2
 	})
 	waitInstances(t, a, "relay a", 2, 1)
 	waitInstances(t, b, "relay b", 2, 1)
+}
+
+// TestSessionsCarryTheInstanceName checks that a relay's sessions are named
+// "outbox-relay <instance>" in pg_stat_activity (the pool's, the LISTEN
+// connection and the instance slot's), and that a name given in the
+// database URL wins.
+func TestSessionsCarryTheInstanceName(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	brokers := relaytest.NewCluster(t, 1, "events").ListenAddrs()
+	ctx := context.Background()
+
+	start := func(url, instance string) {
+		poolCfg, err := relay.PoolConfig(url, db.Schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		relay.NameSessions(poolCfg, instance)
+		pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		r := relay.New(relay.Config{Schema: db.Schema, Instance: instance, PollInterval: 20 * time.Millisecond},
+			pool, relaytest.NewProducer(t, brokers), testLogger(t))
+		relaytest.RunRelay(t, r)
+	}
+	sessions := func(name string) int {
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, name).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	instance := "named-" + db.Schema
+	start(db.URL, instance)
+	// The pool's connection that claims, the LISTEN session and the slot.
+	relaytest.WaitFor(t, 10*time.Second, "three sessions named outbox-relay "+instance,
+		func() bool { return sessions("outbox-relay "+instance) >= 3 })
+
+	custom := "mine-" + db.Schema
+	start(db.URL+"&application_name="+custom, "other-"+db.Schema)
+	relaytest.WaitFor(t, 10*time.Second, "three sessions named by the URL",
+		func() bool { return sessions(custom) >= 3 })
+	if n := sessions("outbox-relay other-" + db.Schema); n != 0 {
+		t.Errorf("%d sessions carry the default name although the URL names them", n)
+	}
 }

@@ -9,15 +9,29 @@ package relay
 // batch in flight). Which of them may go is decided with heldQuery (see
 // claimLockFirst). Rows it locks but the batch does not produce stay
 // untouched until the batch ends.
+//
+// A locked row's payload and headers come back only while the bytes of the
+// rows before it, in id order, are under $5 (the batch's byte bound; the
+// first row always fits): the rest stay locked, untouched, and their
+// payloads are not read (the work table holds TOAST pointers). The last
+// column tells whether the row fits.
 const lockFirstQuery = `
-SELECT id, topic, key, payload, headers, uuid, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now())
-FROM messages
-WHERE status = 'pending'
-  AND (key IS NULL OR (topic, key) NOT IN (
-        SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
+WITH locked AS MATERIALIZED (
+    SELECT id, topic, key, payload, headers, uuid, attempts, created_at,
+           next_attempt_at <= COALESCE($4::timestamptz, now()) AS due,
+           COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key), 0) + pg_column_size(headers) AS size
+    FROM messages
+    WHERE status = 'pending'
+      AND (key IS NULL OR (topic, key) NOT IN (
+            SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
+       uuid, attempts, created_at, due, fits
+FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $5::bigint AS fits FROM locked) l
+ORDER BY id`
 
 // heldQuery lists what holds back rows that lockFirstQuery locked: every
 // pending row of their keys ($3, $4) below id $1 that is not one of them
@@ -70,7 +84,10 @@ GROUP BY s.topic, s.key`
 // caller's own batches in flight: they and the rows behind them are not
 // tried at all, so the next batch does not lock rows it would only drop.
 //
-// The last column tells how many rows the window held: when it was full and
+// Like lockFirstQuery, it returns a locked row's payload and headers only
+// while the bytes of the rows before it are under $7 (the last column).
+//
+// The next to last column tells how many rows the window held: when it was full and
 // too few rows qualified, the caller widens it (see claim), so a long run of
 // held rows can never starve rows of other keys behind it.
 //
@@ -90,20 +107,25 @@ WITH window_rows AS MATERIALIZED (
         FROM (SELECT *, id IN (SELECT unnest($6::bigint[])) AS flying FROM window_rows) f
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
+), locked AS MATERIALIZED (
+    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at, c.rank,
+           COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
+    FROM (SELECT id, rank FROM chosen ORDER BY id) c
+    JOIN messages m ON m.id = c.id
+    WHERE m.status = 'pending'
+      AND (m.key IS NULL OR $3::boolean
+           OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+           OR NOT EXISTS (
+                SELECT 1 FROM stuck_messages s
+                WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
+    ORDER BY c.id
+    LIMIT $1
+    FOR UPDATE OF m SKIP LOCKED
 )
-SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at, c.rank,
-       (SELECT count(*) FROM window_rows)
-FROM (SELECT id, rank FROM chosen ORDER BY id) c
-JOIN messages m ON m.id = c.id
-WHERE m.status = 'pending'
-  AND (m.key IS NULL OR $3::boolean
-       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
-       OR NOT EXISTS (
-            SELECT 1 FROM stuck_messages s
-            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
-ORDER BY c.id
-LIMIT $1
-FOR UPDATE OF m SKIP LOCKED`
+SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
+       uuid, attempts, created_at, rank, (SELECT count(*) FROM window_rows), fits
+FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
+ORDER BY id`
 
 // batchSettingsQuery sets up a batch's transaction (claimLockFirst sends it
 // with the lock).

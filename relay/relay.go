@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"container/list"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,9 +82,7 @@ type Relay struct {
 func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger) *Relay {
 	cfg = cfg.withDefaults()
 	if cfg.Instance == "" {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		cfg.Instance = "relay-" + hex.EncodeToString(b[:])
+		cfg.Instance = RandomInstanceName()
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -461,7 +457,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), maxBytes: r.cfg.BatchMaxBytes, stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
 		idleLimitMillis: r.cfg.stallBoundMillis(), now: now, afterLock: r.afterLock}
 	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)

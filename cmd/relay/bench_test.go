@@ -60,6 +60,14 @@ func TestBench(t *testing.T) {
 		if c == nil || c.Missing != 0 || c.OrderViolations != 0 || c.Foreign != 0 || c.Records < 2000 {
 			t.Errorf("%s: check %+v", v.Name, c)
 		}
+		// Postgres runs on this machine: the writers' backends are
+		// measured, and the relays' against them.
+		if p.WriterPGCPUMsPer1k <= 0 {
+			t.Errorf("%s: writers' Postgres CPU %v ms per 1k rows", v.Name, p.WriterPGCPUMsPer1k)
+		}
+		if v.Name != "baseline" && (p.PGCPUMsPer1k <= 0 || p.PGCPUVsWriters != p.PGCPUMsPer1k/p.WriterPGCPUMsPer1k) {
+			t.Errorf("%s: Postgres CPU %v ms per 1k rows, %v the writers'", v.Name, p.PGCPUMsPer1k, p.PGCPUVsWriters)
+		}
 		if v.Name == "baseline" {
 			if v.Ratio != nil {
 				t.Errorf("baseline has a ratio against itself")
@@ -88,6 +96,44 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// TestBenchInsertStorm runs the insert storm: writers insert as fast as
+// they can for the duration, next to the relay and next to the reference
+// relay whose inserts run no trigger, and every row they committed is
+// delivered.
+func TestBenchInsertStorm(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	brokers := relaytest.NewCluster(t, 4).ListenAddrs()
+	stdout, stderr, err := runCLI(t, nil, "bench",
+		"--database-url", relaytest.DatabaseURL(), "--brokers", strings.Join(brokers, ","),
+		"--insert-storm", "--writers", "4", "--duration", "400ms", "--warmup", "100ms",
+		"--keys", "100", "--partitions", "4", "--poll-interval", "100ms", "--rounds", "1", "--json")
+	if err != nil {
+		t.Fatalf("relay bench: %v\n%s", err, stderr)
+	}
+	var report bench.Report
+	if err := json.Unmarshal([]byte(stdout), &report); err != nil {
+		t.Fatalf("report is not JSON: %v\n%s", err, stdout)
+	}
+	if !report.Scenario.InsertStorm || len(report.Variants) != 2 || report.Variants[0].Name != "no wake-up" {
+		t.Fatalf("want the storm's reference and relay x1; got %+v", report)
+	}
+	for _, v := range report.Variants {
+		p := v.Phases[0]
+		if p.Streamed == 0 || p.Rows != p.Streamed || p.InsertRate <= 0 || p.WriterPGCPUMsPer1k <= 0 {
+			t.Errorf("%s: %d rows, %d streamed, insert %v rows/s, writers' Postgres CPU %v ms per 1k", v.Name, p.Rows, p.Streamed, p.InsertRate, p.WriterPGCPUMsPer1k)
+		}
+		if c := p.Check; c == nil || c.Missing != 0 || c.OrderViolations != 0 || c.Records < int(p.Rows) {
+			t.Errorf("%s: check %+v", v.Name, c)
+		}
+	}
+	if r := report.Variants[1].Ratio; r == nil || r.InsertRate <= 0 {
+		t.Errorf("relay x1: no insert rate against the reference: %+v", r)
+	}
+}
+
 func TestBenchUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{
@@ -97,6 +143,7 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--brokers", "x:1", "--preload", "10", "--relays", "1,2", "--kill-one-after", "1s"},
 		{"bench", "--brokers", "x:1", "--preload", "10", "--broker-latency", "5ms"}, // not the bench's own broker
 		{"bench", "--preload", "10", "--broker-latency", "-5ms"},
+		{"bench", "--brokers", "x:1", "--insert-storm", "--rate", "100"}, // a storm has no rate
 	} {
 		if _, _, err := runCLI(t, nil, args...); exitCode(err) != 2 {
 			t.Errorf("relay %v: exit %d (%v), want 2", args, exitCode(err), err)

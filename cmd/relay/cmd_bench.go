@@ -88,6 +88,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "streamed rows of the first stretch left out of latency")
 			fs.IntVar(&cfg.Writers, "writers", 4, "concurrent writer connections")
 			fs.IntVar(&cfg.RowsPerTx, "rows-per-tx", 1, "rows per streamed transaction")
+			fs.BoolVar(&cfg.InsertStorm, "insert-storm", false, "the writers commit as fast as they can for --duration (no --rate), and each relay variant is measured against a relay with the wake-up off and the wake-up trigger disabled instead of the naive loop: the insert rate an application keeps next to the relay")
 			relays := fs.String("relays", "1", "comma-separated relay instance counts to measure, e.g. 1,2,3")
 			fs.BoolVar(&cfg.Baseline, "baseline", true, "measure the naive loop too and report ratios against it")
 			fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds; medians are taken over them")
@@ -132,8 +133,11 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				if cfg.KillOneAfter < 0 || (cfg.KillOneAfter > 0 && slices.Min(cfg.Relays) < 2) {
 					return usageErrorf("bench: --kill-one-after needs every --relays count to be at least 2, so that others survive")
 				}
-				if cfg.Preload < 0 || cfg.Rate < 0 || (cfg.Preload == 0 && cfg.Rate == 0) {
-					return usageErrorf("bench: set --preload, --rate or both (non-negative)")
+				if cfg.InsertStorm && (cfg.Rate != 0 || cfg.ExternalSchema != "") {
+					return usageErrorf("bench: --insert-storm writes as fast as it can: drop --rate (and --external-schema)")
+				}
+				if cfg.Preload < 0 || cfg.Rate < 0 || (cfg.Preload == 0 && cfg.Rate == 0 && !cfg.InsertStorm) {
+					return usageErrorf("bench: set --preload, --rate or both (non-negative), or --insert-storm")
 				}
 				if cfg.Partitions < 1 || cfg.Topics < 1 || cfg.Writers < 1 || cfg.RowsPerTx < 1 || cfg.Rounds < 1 || cfg.BatchSize < 1 {
 					return usageErrorf("bench: --partitions, --topics, --writers, --rows-per-tx, --rounds and --batch-size must be at least 1")

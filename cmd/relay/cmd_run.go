@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -130,6 +131,10 @@ func (d *daemon) serve(ctx context.Context) error {
 		return err
 	}
 	relay.BoundSockets(poolCfg, cfg.relayConfig())
+	// The instance's name, chosen here when not configured, also names
+	// its Postgres sessions (application_name).
+	d.cfg.Instance = cmp.Or(cfg.Instance, relay.RandomInstanceName())
+	relay.NameSessions(poolCfg, d.cfg.Instance)
 	met := newMetrics()
 
 	// The HTTP server starts first, so that /livez answers and /readyz

@@ -163,6 +163,9 @@ type Config struct {
 	// BatchSize is how many rows one claim takes. Default 1000, between 1
 	// and 100000.
 	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
+	// BatchMaxBytes bounds the bytes (payload, key and headers) of one
+	// batch. Default 16 MiB.
+	BatchMaxBytes int64 `env:"BATCH_MAX_BYTES" envDefault:"16777216" desc:"Bytes of payload, key and headers one batch reads at most (a larger row goes alone); with the batches in flight it bounds the rows the relay holds in memory."`
 	// InFlightBatches is how many claimed batches may await Kafka at once,
 	// across the instances of one outbox (see relay/instances.go).
 	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64), for all the instances on one outbox together: they split it, and an instance left without a share is a standby. Each batch holds a database connection. Raise it (3-4) when Kafka takes several milliseconds to acknowledge; 1 when the broker shares the database's machine (docs/performance.md)."`
@@ -452,6 +455,9 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 	if parsed("RELAY_IN_FLIGHT_BATCHES") && (c.InFlightBatches < 1 || c.InFlightBatches > 64) {
 		add("RELAY_IN_FLIGHT_BATCHES", "%d: must be between 1 and 64", c.InFlightBatches)
 	}
+	if parsed("RELAY_BATCH_MAX_BYTES") && c.BatchMaxBytes < 1024 {
+		add("RELAY_BATCH_MAX_BYTES", "%d: must be at least 1024", c.BatchMaxBytes)
+	}
 	if parsed("RELAY_BATCH_SIZE") && (c.BatchSize < 1 || c.BatchSize > 100000) {
 		add("RELAY_BATCH_SIZE", "%d: must be between 1 and 100000", c.BatchSize)
 	}
@@ -515,6 +521,7 @@ func (c Config) relayConfig() relay.Config {
 	return relay.Config{
 		Schema:          c.Schema,
 		BatchSize:       c.BatchSize,
+		BatchMaxBytes:   c.BatchMaxBytes,
 		InFlightBatches: c.InFlightBatches,
 		PollInterval:    c.PollInterval,
 		DisableWakeup:   !c.Wakeup,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -154,31 +155,31 @@ func TestMigrateCommand(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t) // migrated already
 	env := map[string]string{"RELAY_DATABASE_URL": db.URL, "RELAY_SCHEMA": db.Schema}
-	entries, err := fs.Glob(migrations.FS, "*.sql")
-	if err != nil || len(entries) == 0 {
-		t.Fatalf("embedded migrations: %v, %v", entries, err)
+	// Every migration is applied but the last, which is as want says.
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("embedded migrations: %v %v", files, err)
 	}
-	newest := entries[len(entries)-1]
-	// status checks that every migration is listed and applied, except the
-	// newest, which is in state newestState.
-	status := func(newestState string) {
+	slices.Sort(files)
+	status := func(want string) {
 		t.Helper()
 		stdout, _, err := runCLI(t, env, "migrate", "status")
 		if err != nil {
 			t.Fatalf("migrate status: %v", err)
 		}
 		lines := strings.Split(strings.TrimSpace(stdout), "\n")
-		if len(lines) != 1+len(entries) || !strings.HasPrefix(lines[0], "VERSION") {
+		if len(lines) != len(files)+1 || !strings.HasPrefix(lines[0], "VERSION") {
 			t.Fatalf("migrate status printed:\n%s", stdout)
 		}
-		for i, line := range lines[1:] {
-			f := strings.Fields(line)
-			want := "applied"
-			if i == len(entries)-1 {
-				want = newestState
+		for i, file := range files {
+			state := "applied"
+			if i == len(files)-1 {
+				state = want
 			}
-			if f[1] != want || f[len(f)-1] != entries[i] {
-				t.Fatalf("migrate status: %q, want %s %s", line, want, entries[i])
+			version := strings.TrimLeft(file[:strings.IndexByte(file, '_')], "0")
+			f := strings.Fields(lines[i+1])
+			if f[0] != version || f[1] != state || f[len(f)-1] != file {
+				t.Fatalf("migrate status: %q, want version %s %s %s", lines[i+1], version, state, file)
 			}
 		}
 	}
@@ -188,7 +189,7 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	status("pending")
 	if stdout, _, err := runCLI(t, env, "migrate"); err != nil || !strings.Contains(stdout, "applied 1 migration") {
-		t.Fatalf("migrate (up) %s: %v %q", newest, err, stdout)
+		t.Fatalf("migrate (up) %s: %v %q", files[len(files)-1], err, stdout)
 	}
 	status("applied")
 	if stdout, _, err := runCLI(t, env, "migrate", "up"); err != nil || !strings.Contains(stdout, "applied 0 migration") {

@@ -121,6 +121,13 @@ type Config struct {
 	// RowsPerTx is how many rows each streamed transaction inserts.
 	// Default 1.
 	RowsPerTx int
+	// InsertStorm makes the writers commit as fast as they can for
+	// Duration instead of at Rate, and measures the relay variants
+	// against a reference relay with the wake-up off and the wake-up
+	// trigger disabled (in place of the naive loop): the insert rate an
+	// application reaches next to the relay, against the rate it reaches
+	// when the relay adds nothing to its inserts.
+	InsertStorm bool
 
 	// Relays lists the relay variants by instance count: {1, 2} measures
 	// one relay and two relays sharing the database. Default {1}.
@@ -211,7 +218,7 @@ func (c Config) validate() error {
 		return errors.New("no kafka brokers")
 	case c.Preload < 0 || c.Rate < 0:
 		return errors.New("preload and rate must not be negative")
-	case c.Preload == 0 && c.Rate == 0:
+	case c.Preload == 0 && c.Rate == 0 && !c.InsertStorm:
 		return errors.New("nothing to deliver: set a preload, a rate or both")
 	case c.Topics < 1 || c.Partitions < 1 || c.PayloadSize < 0 || c.Writers < 1 || c.RowsPerTx < 1 || c.Rounds < 1:
 		return errors.New("topics, partitions, writers, rows per transaction and rounds must be at least 1")
@@ -250,8 +257,8 @@ func (c Config) validateExternal() error {
 		return errors.New("external schema: the bench's own schema (schema, keep) does not apply")
 	case len(c.Relays) > 0 || c.Baseline || c.KillOneAfter > 0:
 		return errors.New("external schema: the relays already run; the bench starts no relay or baseline and kills none")
-	case c.DeleteOnSend || c.Outage > 0 || c.VacuumInterval > 0:
-		return errors.New("external schema: delete on send, outage and vacuum act on the bench's own relays and broker")
+	case c.DeleteOnSend || c.Outage > 0 || c.VacuumInterval > 0 || c.InsertStorm:
+		return errors.New("external schema: delete on send, outage, vacuum and the insert storm act on the bench's own relays and broker")
 	}
 	return relay.ValidSchema(c.ExternalSchema)
 }
@@ -269,7 +276,13 @@ type variant struct {
 	baseline  bool
 	external  bool
 	instances int
-	phases    []Phase
+	// reference marks the variant the others' ratios are taken against
+	// (the baseline loop, or the quiet relay of an insert storm).
+	reference bool
+	// quiet runs the relay with its wake-up off and the wake-up trigger
+	// disabled: it adds nothing to the writers' inserts.
+	quiet  bool
+	phases []Phase
 }
 
 // Run measures every variant for cfg.Rounds rounds and returns the report.
@@ -285,8 +298,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer env.close(context.WithoutCancel(ctx))
 
 	var variants []*variant
-	if cfg.Baseline {
-		variants = append(variants, &variant{name: "baseline", baseline: true, instances: 1})
+	switch {
+	case cfg.InsertStorm:
+		variants = append(variants, &variant{name: "no wake-up", quiet: true, reference: true, instances: 1})
+	case cfg.Baseline:
+		variants = append(variants, &variant{name: "baseline", baseline: true, reference: true, instances: 1})
 	}
 	for _, n := range cfg.Relays {
 		variants = append(variants, &variant{name: fmt.Sprintf("relay x%d", n), instances: n})
@@ -321,9 +337,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // env is what every phase shares: the schema, the bench's own pool (for
 // loading, streaming and watching) and an admin Kafka client.
 type env struct {
-	cfg     Config
-	runID   string
-	pool    *pgxpool.Pool
+	cfg   Config
+	runID string
+	pool  *pgxpool.Pool
+	// writers is the writers' pool of the phase that runs, nil when the
+	// writers use pool (external relays).
+	writers *pgxpool.Pool
 	admin   *kgo.Client
 	payload []byte
 }

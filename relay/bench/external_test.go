@@ -154,8 +154,8 @@ func TestExternalReportTable(t *testing.T) {
 			row = f
 		}
 	}
-	// variant rows/s insert p50 p90 p99 max cpu pg-cpu broker-cpu rss dup order missing
-	if len(row) != 14 || row[1] != "1234" || row[7] != "-" || row[8] != "-" || row[9] != "-" || row[10] != "-" {
-		t.Errorf("external row %q: want rows/s 1234 and - for cpu, pg cpu, broker cpu and rss\n%s", row, s)
+	// variant rows/s insert p50 p90 p99 max cpu pg-cpu writers-pg-cpu pg-vs-writers broker-cpu rss dup order missing
+	if len(row) != 16 || row[1] != "1234" || row[7] != "-" || row[8] != "-" || row[9] != "-" || row[10] != "-" || row[11] != "-" || row[12] != "-" {
+		t.Errorf("external row %q: want rows/s 1234 and - for cpu, pg cpu, writers' pg cpu and ratio, broker cpu and rss\n%s", row, s)
 	}
 }

@@ -96,7 +96,7 @@ func (e *env) rowKey(n int) []byte {
 func (e *env) stream(ctx context.Context, topics []string, rows int, tl *timeline) (insertStats, error) {
 	cfg := e.cfg
 	txs := rows / cfg.RowsPerTx
-	interval := time.Second * time.Duration(cfg.RowsPerTx) / time.Duration(cfg.Rate)
+	interval := time.Second * time.Duration(cfg.RowsPerTx) / time.Duration(max(cfg.Rate, 1))
 	slots := make(chan int)
 	errs := make(chan error, cfg.Writers)
 	var committed, lastCommit atomic.Int64
@@ -118,7 +118,11 @@ func (e *env) stream(ctx context.Context, topics []string, rows int, tl *timelin
 					close(done)
 				}
 			}()
-			conn, err := e.pool.Acquire(ctx)
+			pool := e.pool
+			if e.writers != nil {
+				pool = e.writers
+			}
+			conn, err := pool.Acquire(ctx)
 			if err != nil {
 				errs <- fmt.Errorf("writer: %w", err)
 				return
@@ -181,8 +185,19 @@ dispatch:
 		case <-tick.C:
 		}
 		// Hand out every transaction that is due, catching up on ticks
-		// the ticker dropped so the rate holds.
-		for due := int(time.Since(start)/interval) + 1; i < txs && i < due; i++ {
+		// the ticker dropped so the rate holds. In an insert storm every
+		// transaction is due until the duration has passed.
+		due := int(time.Since(start)/interval) + 1
+		if cfg.InsertStorm {
+			if time.Since(start) >= cfg.Duration {
+				break dispatch
+			}
+			due = txs
+		}
+		for ; i < txs && i < due; i++ {
+			if cfg.InsertStorm && i%64 == 0 && time.Since(start) >= cfg.Duration {
+				break
+			}
 			select {
 			case slots <- i:
 			case err = <-errs:
@@ -204,6 +219,9 @@ dispatch:
 	}
 	if err != nil {
 		return insertStats{}, err
+	}
+	if cfg.InsertStorm {
+		tl.want.Store(int64(cfg.Preload) + committed.Load())
 	}
 	return insertStats{rows: committed.Load(), first: first, last: time.Duration(lastCommit.Load())}, nil
 }

@@ -35,13 +35,18 @@ type timeline struct {
 	nAcked    atomic.Int64
 	lastAck   atomic.Int64
 	foreign   atomic.Int64 // acks of ids out of range: must stay 0
+	// want is how many rows the phase delivers: known at the start,
+	// except in an insert storm, where the writers set it once done.
+	want atomic.Int64
 	// lastDone is when the phase ended: every row acknowledged and none
 	// pending. Written once, by waitDelivered.
 	lastDone time.Duration
 }
 
 func newTimeline(rows int) *timeline {
-	return &timeline{committed: make([]atomic.Int64, rows+1), acked: make([]atomic.Int64, rows+1)}
+	t := &timeline{committed: make([]atomic.Int64, rows+1), acked: make([]atomic.Int64, rows+1)}
+	t.want.Store(int64(rows))
+	return t
 }
 
 func (t *timeline) since() int64 { return max(1, int64(time.Since(t.start))) }
@@ -122,6 +127,26 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 		instances = append(instances, in)
 	}
 
+	// The writers have a pool of their own, connected before the clock
+	// starts, so that their backends' CPU is the cost of their inserts.
+	writers, err := e.openWriters(ctx, streamed)
+	if err != nil {
+		return Phase{}, err
+	}
+	if writers != nil {
+		defer func() { writers.Close(); e.writers = nil }()
+		e.writers = writers
+	}
+	if v.quiet {
+		// The reference of an insert storm: inserts run no trigger at all.
+		if _, err := e.pool.Exec(ctx, `ALTER TABLE messages DISABLE TRIGGER messages_wakeup`); err != nil {
+			return Phase{}, fmt.Errorf("disable the wake-up trigger: %w", err)
+		}
+		defer func() {
+			_, _ = e.pool.Exec(context.WithoutCancel(ctx), `ALTER TABLE messages ENABLE TRIGGER messages_wakeup`)
+		}()
+	}
+
 	// Start the peak from this phase's own footprint, not the garbage an
 	// earlier phase (or its check) left behind.
 	debug.FreeOSMemory()
@@ -133,6 +158,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	}
 	cpu0 := cpuTime()
 	broker0, brokerKnown := e.brokerCPU()
+	writers0 := e.backendCPU(ctx, writerApp)
 	tl.start = time.Now()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -195,12 +221,18 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	peak := peakRSS()
 	pgCPU := e.backendCPU(ctx, appPrefix(v))
 	broker1, brokerStill := e.brokerCPU()
+	writersCPU := e.backendCPU(ctx, writerApp) - writers0
+	total = int(tl.want.Load())
 
-	p := newPhase(round, total, streamed, tl, *ins)
+	p := newPhase(round, total, int(ins.rows), tl, *ins)
 	p.OutageRSSMiB = outageRSS
 	p.CPUSeconds = cpu.Seconds()
 	p.CPUMsPer1k = float64(cpu.Milliseconds()) / float64(total) * 1000
 	p.PGCPUMsPer1k = float64(pgCPU.Milliseconds()) / float64(total) * 1000
+	if ins.rows > 0 && writersCPU > 0 {
+		p.WriterPGCPUMsPer1k = float64(writersCPU.Milliseconds()) / float64(ins.rows) * 1000
+		p.PGCPUVsWriters = p.PGCPUMsPer1k / p.WriterPGCPUMsPer1k
+	}
 	if brokerKnown && brokerStill && cfg.Outage == 0 { // an outage restarts the broker
 		p.BrokerCPUMsPer1k = float64((broker1 - broker0).Milliseconds()) / float64(total) * 1000
 	}
@@ -259,13 +291,66 @@ func (e *env) createPhaseTopics(ctx context.Context, phaseNo int) ([]string, err
 	return topics, e.createTopics(ctx, topics)
 }
 
-// streamedRows is how many rows the writers commit in a phase.
+// stormCap is the highest insert rate an insert storm's timeline has room
+// for (16 bytes a row); the storm ends early if the writers reach it.
+const stormCap = 100_000
+
+// writerApp is the application_name of the writers' sessions.
+const writerApp = "relay-bench-writer"
+
+// openWriters opens the writers' pool of a phase that streams rows, with
+// every writer's connection made.
+func (e *env) openWriters(ctx context.Context, streamed int) (*pgxpool.Pool, error) {
+	if streamed == 0 {
+		return nil, nil
+	}
+	poolCfg, err := relay.PoolConfig(e.cfg.DatabaseURL, e.cfg.Schema)
+	if err != nil {
+		return nil, err
+	}
+	poolCfg.MaxConns = int32(e.cfg.Writers)
+	poolCfg.MinConns = int32(e.cfg.Writers)
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = writerApp
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("writers' pool: %w", err)
+	}
+	conns := make([]*pgxpool.Conn, 0, e.cfg.Writers)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range e.cfg.Writers {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("writers' pool: %w", err)
+		}
+		// A first statement, so the session's own start-up is not
+		// counted as the writers' work.
+		if _, err := c.Exec(ctx, `SELECT 1 FROM messages LIMIT 0`); err != nil {
+			c.Release()
+			pool.Close()
+			return nil, fmt.Errorf("writers' pool: %w", err)
+		}
+		conns = append(conns, c)
+	}
+	return pool, nil
+}
+
+// streamedRows is how many rows the writers commit in a phase (in an
+// insert storm, at most).
 func (e *env) streamedRows() int {
 	cfg := e.cfg
-	if cfg.Rate == 0 {
+	rate := cfg.Rate
+	if cfg.InsertStorm {
+		rate = stormCap
+	}
+	if rate == 0 {
 		return 0
 	}
-	streamed := cfg.Rate * int(cfg.Duration/time.Millisecond) / 1000
+	streamed := rate * int(cfg.Duration/time.Millisecond) / 1000
 	// The writers commit whole transactions; the last may overshoot.
 	return (streamed + cfg.RowsPerTx - 1) / cfg.RowsPerTx * cfg.RowsPerTx
 }
@@ -332,7 +417,7 @@ func (e *env) waitDelivered(ctx context.Context, tl *timeline, total int, writer
 			_ = e.pool.QueryRow(ctx, stuckQuery, topics).Scan(&stuck)
 			return fmt.Errorf("stalled: %d of %d rows acknowledged, none for %v; %d rows of the phase in stuck_messages", n, total, stallTimeout, stuck)
 		}
-		if n < int64(total) {
+		if n < tl.want.Load() {
 			continue
 		}
 		select {
@@ -411,7 +496,7 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Ho
 		BatchSize:       cfg.BatchSize,
 		InFlightBatches: cfg.InFlightBatches,
 		PollInterval:    cfg.PollInterval,
-		DisableWakeup:   cfg.DisableWakeup,
+		DisableWakeup:   cfg.DisableWakeup || v.quiet,
 		DeleteOnSend:    cfg.DeleteOnSend,
 		Instance:        fmt.Sprintf("bench-%d", i+1),
 	}, in.pool, in.client, cfg.Logger)

@@ -24,6 +24,7 @@ type Scenario struct {
 	DurationSec  float64 `json:"duration_s"`
 	RowsPerTx    int     `json:"rows_per_tx"`
 	Writers      int     `json:"writers"`
+	InsertStorm  bool    `json:"insert_storm,omitempty"`
 	PayloadSize  int     `json:"payload_size"`
 	Keys         int     `json:"keys"`
 	Topics       int     `json:"topics"`
@@ -84,6 +85,12 @@ type Phase struct {
 	// PGCPUMsPer1k is the CPU time of the variant's own Postgres
 	// backends per 1000 rows (when Postgres runs on this machine).
 	PGCPUMsPer1k float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
+	// WriterPGCPUMsPer1k is the CPU time of the writers' Postgres
+	// backends per 1000 rows they inserted, and PGCPUVsWriters the
+	// variant's per delivered row over it: what delivery costs the
+	// database against what writing the rows costs it.
+	WriterPGCPUMsPer1k float64 `json:"writer_pg_cpu_ms_per_1k_rows,omitempty"`
+	PGCPUVsWriters     float64 `json:"pg_cpu_vs_writers,omitempty"`
 	// BrokerCPUMsPer1k is the CPU time of the broker's process per 1000
 	// rows, when the bench runs the broker (not during an outage phase,
 	// whose broker is restarted).
@@ -162,6 +169,8 @@ type Summary struct {
 	MaxMs           float64 `json:"max_ms,omitempty"`
 	CPUMsPer1k      float64 `json:"cpu_ms_per_1k_rows,omitempty"`
 	PGCPUMsPer1k    float64 `json:"pg_cpu_ms_per_1k_rows,omitempty"`
+	WriterPGCPUMs1k float64 `json:"writer_pg_cpu_ms_per_1k_rows,omitempty"`
+	PGCPUVsWriters  float64 `json:"pg_cpu_vs_writers,omitempty"`
 	BrokerCPUMs1k   float64 `json:"broker_cpu_ms_per_1k_rows,omitempty"`
 	PeakRSSMiB      float64 `json:"peak_rss_mib,omitempty"`
 	Duplicates      int     `json:"duplicates"`
@@ -181,6 +190,9 @@ func (p Phase) summary() string {
 	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s", p.Rows, p.Seconds, p.RowsPerSec)
 	if p.CPUSeconds > 0 || p.PeakRSSMiB > 0 { // not measured for external relays
 		s += fmt.Sprintf(", cpu %6.0f ms/1k rows (postgres %4.0f, broker %4.1f), peak rss %5.0f MiB", p.CPUMsPer1k, p.PGCPUMsPer1k, p.BrokerCPUMsPer1k, p.PeakRSSMiB)
+	}
+	if p.WriterPGCPUMsPer1k > 0 {
+		s += fmt.Sprintf(", writers' postgres %4.0f ms/1k rows (ratio %.2f)", p.WriterPGCPUMsPer1k, p.PGCPUVsWriters)
 	}
 	if p.OutageRSSMiB > 0 {
 		s += fmt.Sprintf(" (%.0f MiB during the outage)", p.OutageRSSMiB)
@@ -212,14 +224,15 @@ func newReport(cfg Config, runID string, variants []*variant) *Report {
 		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
 		BrokerLatencyMs: float64(cfg.BrokerLatency) / float64(time.Millisecond), ExternalSchema: cfg.ExternalSchema, TopicPrefix: runID + "-",
 	}}
-	if cfg.Rate > 0 {
+	if cfg.Rate > 0 || cfg.InsertStorm {
 		r.Scenario.DurationSec = cfg.Duration.Seconds()
 	}
+	r.Scenario.InsertStorm = cfg.InsertStorm
 	var base, one *VariantReport
 	for _, v := range variants {
 		vr := &VariantReport{Name: v.name, Instances: v.instances, Phases: v.phases, Median: medians(v.phases)}
 		r.Variants = append(r.Variants, vr)
-		if v.baseline {
+		if v.reference {
 			base = vr
 		} else if v.instances == 1 {
 			one = vr
@@ -262,16 +275,18 @@ func medians(ps []Phase) Summary {
 		}
 	}
 	s := Summary{
-		RowsPerSec:    pick(func(p Phase) float64 { return p.RowsPerSec }),
-		InsertRate:    pick(func(p Phase) float64 { return p.InsertRate }),
-		P50Ms:         pick(lat(func(l *Latency) float64 { return l.P50Ms })),
-		P90Ms:         pick(lat(func(l *Latency) float64 { return l.P90Ms })),
-		P99Ms:         pick(lat(func(l *Latency) float64 { return l.P99Ms })),
-		MaxMs:         pick(lat(func(l *Latency) float64 { return l.MaxMs })),
-		CPUMsPer1k:    pick(func(p Phase) float64 { return p.CPUMsPer1k }),
-		PGCPUMsPer1k:  pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
-		BrokerCPUMs1k: pick(func(p Phase) float64 { return p.BrokerCPUMsPer1k }),
-		PeakRSSMiB:    pick(func(p Phase) float64 { return p.PeakRSSMiB }),
+		RowsPerSec:      pick(func(p Phase) float64 { return p.RowsPerSec }),
+		InsertRate:      pick(func(p Phase) float64 { return p.InsertRate }),
+		P50Ms:           pick(lat(func(l *Latency) float64 { return l.P50Ms })),
+		P90Ms:           pick(lat(func(l *Latency) float64 { return l.P90Ms })),
+		P99Ms:           pick(lat(func(l *Latency) float64 { return l.P99Ms })),
+		MaxMs:           pick(lat(func(l *Latency) float64 { return l.MaxMs })),
+		CPUMsPer1k:      pick(func(p Phase) float64 { return p.CPUMsPer1k }),
+		PGCPUMsPer1k:    pick(func(p Phase) float64 { return p.PGCPUMsPer1k }),
+		WriterPGCPUMs1k: pick(func(p Phase) float64 { return p.WriterPGCPUMsPer1k }),
+		PGCPUVsWriters:  pick(func(p Phase) float64 { return p.PGCPUVsWriters }),
+		BrokerCPUMs1k:   pick(func(p Phase) float64 { return p.BrokerCPUMsPer1k }),
+		PeakRSSMiB:      pick(func(p Phase) float64 { return p.PeakRSSMiB }),
 	}
 	var takeovers, shares []float64
 	for _, p := range ps {
@@ -302,16 +317,18 @@ func ratios(a, b Summary) Summary {
 		return x / y
 	}
 	return Summary{
-		RowsPerSec:    div(a.RowsPerSec, b.RowsPerSec),
-		InsertRate:    div(a.InsertRate, b.InsertRate),
-		P50Ms:         div(a.P50Ms, b.P50Ms),
-		P90Ms:         div(a.P90Ms, b.P90Ms),
-		P99Ms:         div(a.P99Ms, b.P99Ms),
-		MaxMs:         div(a.MaxMs, b.MaxMs),
-		CPUMsPer1k:    div(a.CPUMsPer1k, b.CPUMsPer1k),
-		PGCPUMsPer1k:  div(a.PGCPUMsPer1k, b.PGCPUMsPer1k),
-		BrokerCPUMs1k: div(a.BrokerCPUMs1k, b.BrokerCPUMs1k),
-		PeakRSSMiB:    div(a.PeakRSSMiB, b.PeakRSSMiB),
+		RowsPerSec:      div(a.RowsPerSec, b.RowsPerSec),
+		InsertRate:      div(a.InsertRate, b.InsertRate),
+		P50Ms:           div(a.P50Ms, b.P50Ms),
+		P90Ms:           div(a.P90Ms, b.P90Ms),
+		P99Ms:           div(a.P99Ms, b.P99Ms),
+		MaxMs:           div(a.MaxMs, b.MaxMs),
+		CPUMsPer1k:      div(a.CPUMsPer1k, b.CPUMsPer1k),
+		PGCPUMsPer1k:    div(a.PGCPUMsPer1k, b.PGCPUMsPer1k),
+		WriterPGCPUMs1k: div(a.WriterPGCPUMs1k, b.WriterPGCPUMs1k),
+		PGCPUVsWriters:  div(a.PGCPUVsWriters, b.PGCPUVsWriters),
+		BrokerCPUMs1k:   div(a.BrokerCPUMs1k, b.BrokerCPUMs1k),
+		PeakRSSMiB:      div(a.PeakRSSMiB, b.PeakRSSMiB),
 	}
 }
 
@@ -337,7 +354,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 		r.writeHeader(w)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\tbroker cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
+	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\twriters' pg cpu ms/1k\tpg cpu vs writers\tbroker cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
 		if x == 0 || math.IsNaN(x) {
 			return "-"
@@ -346,19 +363,19 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	for _, v := range r.Variants {
 		m := v.Median
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
 			num(m.RowsPerSec, 0), num(m.InsertRate, 0), num(m.P50Ms, 1), num(m.P90Ms, 1), num(m.P99Ms, 1), num(m.MaxMs, 1),
-			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.BrokerCPUMs1k, 1), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
+			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.WriterPGCPUMs1k, 0), num(m.PGCPUVsWriters, 2), num(m.BrokerCPUMs1k, 1), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
 		if q := v.Ratio; q != nil {
-			fmt.Fprintf(tw, "  ratio vs baseline\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n",
+			fmt.Fprintf(tw, "  ratio vs %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n", r.Variants[0].Name,
 				num(q.RowsPerSec, 2), num(q.InsertRate, 2), num(q.P50Ms, 3), num(q.P90Ms, 3), num(q.P99Ms, 3), num(q.MaxMs, 3),
-				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.BrokerCPUMs1k, 2), num(q.PeakRSSMiB, 2))
+				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.WriterPGCPUMs1k, 2), num(q.PGCPUVsWriters, 2), num(q.BrokerCPUMs1k, 2), num(q.PeakRSSMiB, 2))
 		}
 		if v.RoundRatio > 0 {
-			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
+			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
 		}
 		if v.VsOneRelay > 0 {
-			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
+			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -384,11 +401,19 @@ func (r *Report) WriteTable(w io.Writer) error {
 // writeHeader describes a run of the bench's own relays.
 func (r *Report) writeHeader(w io.Writer) {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\npreload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds",
-		sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
+	stream := fmt.Sprintf("stream %d rows/s", sc.Rate)
+	if sc.InsertStorm {
+		stream = "insert storm (as fast as the writers can)"
+	}
+	fmt.Fprintf(w, "\npreload %d rows, %s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds",
+		sc.Preload, stream, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
 		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
 	if sc.BrokerLatencyMs > 0 {
 		fmt.Fprintf(w, "; the broker answers each produce request %gms late", sc.BrokerLatencyMs)
+	}
+	fmt.Fprint(w, "\npg cpu: the variant's Postgres backends per 1k rows delivered; writers' pg cpu: the writers' backends per 1k rows inserted; pg cpu vs writers: the first over the second")
+	if sc.InsertStorm {
+		fmt.Fprint(w, "\nno wake-up: the relay with its wake-up off and the wake-up trigger disabled, the reference of the insert rate")
 	}
 	fmt.Fprint(w, "\n\n")
 }
