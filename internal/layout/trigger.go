@@ -16,12 +16,11 @@ import (
 // The limits the copy keeps a row within, so that the INSERT into
 // messages cannot fail whatever the application wrote: a topic longer
 // than Kafka's 249 characters is cut to its first 60 characters and its length (it is invalid anyway, and the relay
-// escalates it with the cut name as its reason), and a key that, with its
-// topic, would overflow a btree entry of messages' key index (2,704
-// bytes) is dropped and the row marked for escalation.
+// escalates it with the cut name as its reason). Keys are copied whole:
+// messages indexes them by hash (migration 00003), so no key is too long
+// for it, and a key the broker refuses is escalated alone by the relay.
 const (
 	maxTopicBytes     = 249
-	maxTopicKeyBytes  = 2000
 	topicMarkerPrefix = 60 // bytes of an over-long topic kept in its marker
 )
 
@@ -236,8 +235,6 @@ func compile(m Mapping, cols map[string]column, messages string) (compiled, erro
 	fmt.Fprintf(&b, "    IF v_topic = '' THEN\n        v_topic := %s;\n    END IF;\n", literal("(empty topic from "+m.Topic.Text+")"))
 	fmt.Fprintf(&b, "    IF octet_length(v_topic) > %d THEN\n        v_topic := left(v_topic, %d) || %s || octet_length(v_topic) || %s;\n    END IF;\n",
 		maxTopicBytes, topicMarkerPrefix, literal("… ("), literal(" bytes; Kafka allows 249)"))
-	fmt.Fprintf(&b, "    IF octet_length(v_key) + octet_length(v_topic) > %d THEN\n        v_topic := v_topic || %s || octet_length(v_key) || %s;\n        v_key := NULL;\n    END IF;\n",
-		maxTopicKeyBytes, literal(" (key of "), literal(" bytes dropped: with its topic the outbox takes at most 2000)"))
 	target := "topic, key, payload, headers"
 	values := fmt.Sprintf("v_topic, v_key, %s, jsonb_strip_nulls(jsonb_build_object(%s))", payload, strings.Join(headers, ", "))
 	if uuid != "" {
