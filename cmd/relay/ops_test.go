@@ -46,7 +46,9 @@ func TestMigrateDownRefusesWhileRowsAreUndelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range files[1 : len(files)-1] {
+	between := files[1 : len(files)-1]
+	for i := len(between) - 1; i >= 0; i-- { // newest first, as they roll back
+		f := between[i]
 		stdout, _, err = runCLI(t, env, "migrate", "down", "--yes")
 		if err != nil || !strings.Contains(stdout, "rolled back migration") || !strings.Contains(stdout, f) {
 			t.Fatalf("migrate down --yes of %s: %v\n%s", f, err, stdout)
