@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -248,4 +249,85 @@ func TestDelayProduce(t *testing.T) {
 			t.Errorf("produce %d acknowledged after %v, want at least %v", i, took, latency)
 		}
 	}
+}
+
+// TestBenchOutput runs a tiny bench twice through run(...) and checks what
+// it prints: the settings on stderr before the first phase, plain progress
+// lines for a phase longer than the progress interval (stderr is not a
+// terminal here), a table whose lines fit 100 columns, and the details
+// columns with --details only.
+func TestBenchOutput(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	brokers := relaytest.NewCluster(t, 4).ListenAddrs()
+	bench := func(name string, extra ...string) (string, string) {
+		t.Helper()
+		schema := "bench_test_output_" + name
+		args := append([]string{"bench",
+			"--database-url", relaytest.DatabaseURL(), "--brokers", strings.Join(brokers, ","),
+			"--schema", schema, "--preload", "1000", "--rate", "1000", "--duration", "300ms", "--warmup", "50ms",
+			"--keys", "100", "--partitions", "4", "--batch-size", "200", "--poll-interval", "100ms",
+			"--relays", "1,2", "--rounds", "1", "--progress-interval", "20ms"}, extra...)
+		stdout, stderr, err := runCLI(t, nil, args...)
+		if err != nil {
+			t.Fatalf("relay bench %s: %v\n%s", name, err, stderr)
+		}
+		return stdout, stderr
+	}
+	plain, stderr := bench("plain")
+
+	settings := strings.Index(stderr, "settings:\n  preload 1000 rows per phase\n  stream 1000 rows/s for 0.3s")
+	firstPhase := strings.Index(stderr, "round 1 ")
+	if settings < 0 || firstPhase < 0 || settings > firstPhase {
+		t.Errorf("settings (at %d) do not come before the first phase line (at %d):\n%s", settings, firstPhase, stderr)
+	}
+	for _, want := range []string{"batch 200", "in-flight default", "poll 100ms", "broker latency 0ms"} {
+		if !strings.Contains(stderr[:max(firstPhase, 0)], want) {
+			t.Errorf("settings lack %q:\n%s", want, stderr)
+		}
+	}
+	// The 300 ms stream alone outlasts many 20 ms intervals.
+	progress := 0
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.HasPrefix(l, "round 1 relay x1: delivering ") && strings.HasSuffix(l, "/300ms") {
+			progress++
+		}
+		if strings.ContainsAny(l, "\r\033") {
+			t.Errorf("terminal control characters on a non-terminal: %q", l)
+		}
+	}
+	if progress < 2 {
+		t.Errorf("%d progress lines for relay x1 delivering, want several:\n%s", progress, stderr)
+	}
+
+	checkWidth := func(name, out string) {
+		t.Helper()
+		for _, l := range strings.Split(out, "\n") {
+			if n := utf8.RuneCountInString(l); n > 100 {
+				t.Errorf("%s: line of %d columns: %q", name, n, l)
+			}
+		}
+	}
+	checkWidth("table", plain)
+	checkWidth("settings and progress", stderr)
+	for _, want := range []string{"variant", "rows/s", "p99 ms", "relay x2", "  vs baseline", "  vs relay x1"} {
+		if !strings.Contains(plain, want) {
+			t.Errorf("table lacks %q:\n%s", want, plain)
+		}
+	}
+	detailCols := []string{"p90 ms", "writers' pg cpu/1k", "pg cpu vs writers", "broker cpu/1k"}
+	for _, col := range detailCols {
+		if strings.Contains(plain, col) {
+			t.Errorf("table without --details has %q:\n%s", col, plain)
+		}
+	}
+	detailed, _ := bench("details", "--details")
+	for _, col := range detailCols {
+		if !strings.Contains(detailed, col) {
+			t.Errorf("table with --details lacks %q:\n%s", col, detailed)
+		}
+	}
+	t.Logf("table:\n%s\ndetails:\n%s", plain, detailed)
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/term"
 
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/bench"
@@ -104,6 +105,8 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.DurationVar(&cfg.KillOneAfter, "kill-one-after", 0, "kill one relay instance this long into each phase, as a crash would, and report how long the others take to deliver its rows (needs every --relays count >= 2); 0: no kill")
 			check := fs.Bool("check", true, "consume each phase's topics and check count, duplicates and per-key order")
 			asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
+			fs.BoolVar(&cfg.Details, "details", false, "add the p90 and the CPU of Postgres and the broker to the table and to each phase's line (wider than 100 columns); the JSON report always has them")
+			fs.DurationVar(&cfg.ProgressInterval, "progress-interval", 5*time.Second, "how often a phase reports its progress on stderr when stderr is not a terminal")
 			cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`; samples carry a variant label (pprof -tagfocus variant=...)")
 			verbose := fs.Bool("v", false, "log the relays' warnings and errors to stderr")
 			return noArgs("bench", func(ctx context.Context) error {
@@ -143,6 +146,9 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 					return usageErrorf("bench: --partitions, --topics, --writers, --rows-per-tx, --rounds and --batch-size must be at least 1")
 				}
 				cfg.Progress = env.stderr
+				if f, ok := env.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+					cfg.ProgressTerminal = true
+				}
 				if *verbose {
 					cfg.Logger = slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 				}
@@ -190,7 +196,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 					enc.SetIndent("", "  ")
 					return enc.Encode(report)
 				}
-				return report.WriteTable(env.stdout)
+				return report.WriteTable(env.stdout, cfg.Details)
 			})
 		},
 	}

@@ -179,8 +179,15 @@ type Config struct {
 
 	// Logger receives the relays' logs. Default: discarded.
 	Logger *slog.Logger
-	// Progress receives one line per phase. Default: discarded.
+	// Progress receives the settings before the first phase, reports on
+	// each phase while it runs (every ProgressInterval, default 5s; one
+	// line rewritten in place if ProgressTerminal) and one line per phase
+	// when it ends. Default: discarded.
 	Progress io.Writer
+	// Details makes each phase's line on Progress list every figure.
+	Details          bool
+	ProgressInterval time.Duration
+	ProgressTerminal bool
 }
 
 func (c Config) withDefaults() Config {
@@ -207,6 +214,7 @@ func (c Config) withDefaults() Config {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+	c.ProgressInterval = cmp.Or(c.ProgressInterval, 5*time.Second)
 	return c
 }
 
@@ -291,11 +299,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// The settings, before any work starts.
+	newReport(cfg, "", nil).writeSettings(cfg.Progress)
 	env, err := setup(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer env.close(context.WithoutCancel(ctx))
+	env.prog = &progress{w: cfg.Progress, every: cfg.ProgressInterval, tty: cfg.ProgressTerminal}
 
 	var variants []*variant
 	switch {
@@ -323,12 +334,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		for _, v := range order {
 			phaseNo++
 			last := round == cfg.Rounds-1 && v == order[len(order)-1]
+			env.prog.begin(fmt.Sprintf("round %d %s", round+1, v.name))
 			p, err := env.runPhase(ctx, v, round+1, phaseNo, last)
+			env.prog.end()
 			if err != nil {
 				return nil, fmt.Errorf("%s, round %d: %w", v.name, round+1, err)
 			}
 			v.phases = append(v.phases, p)
-			fmt.Fprintf(cfg.Progress, "round %d %-10s %s\n", round+1, v.name, p.summary())
+			fmt.Fprintf(cfg.Progress, "round %d %-10s %s\n", round+1, v.name, p.summary(cfg.Details))
 		}
 	}
 	return newReport(cfg, env.runID, variants), nil
@@ -338,6 +351,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // loading, streaming and watching) and an admin Kafka client.
 type env struct {
 	cfg   Config
+	prog  *progress // nil until the phases start
 	runID string
 	pool  *pgxpool.Pool
 	// writers is the writers' pool of the phase that runs, nil when the

@@ -139,7 +139,7 @@ func TestExternalReportTable(t *testing.T) {
 		Variants: []*bench.VariantReport{{Name: "external", Median: bench.Summary{RowsPerSec: 1234, P50Ms: 2, P90Ms: 3, P99Ms: 4, MaxMs: 5}}},
 	}
 	var out bytes.Buffer
-	if err := r.WriteTable(&out); err != nil {
+	if err := r.WriteTable(&out, true); err != nil {
 		t.Fatal(err)
 	}
 	s := out.String()

@@ -95,9 +95,11 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	if _, err := e.pool.Exec(ctx, `TRUNCATE messages, stuck_messages RESTART IDENTITY`); err != nil {
 		return Phase{}, fmt.Errorf("truncate: %w", err)
 	}
+	e.prog.setStage(fmt.Sprintf("preload %d rows", cfg.Preload), 0)
 	if err := e.preload(ctx, topics); err != nil {
 		return Phase{}, err
 	}
+	e.prog.setStage("delivering", e.streamDuration())
 	streamed := e.streamedRows()
 	total := cfg.Preload + streamed
 	tl := newTimeline(total)
@@ -248,6 +250,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 func (e *env) finishPhase(ctx context.Context, p Phase, tl *timeline, ins insertStats, until string, topics []string, total int, kw *killWatch) (Phase, error) {
 	p.Latency = tl.latency(ins.warmupEnd(e.cfg.Warmup), until)
 	if !e.cfg.SkipCheck {
+		e.prog.setStage(fmt.Sprintf("checking %d rows in Kafka", total), 0)
 		chk, err := e.check(ctx, topics, total, kw)
 		if err != nil {
 			return Phase{}, err
@@ -548,4 +551,13 @@ func (s insertStats) warmupEnd(w time.Duration) time.Duration {
 		return 0
 	}
 	return s.first + w
+}
+
+// streamDuration is how long the writers stream in a phase; 0 if they
+// do not.
+func (e *env) streamDuration() time.Duration {
+	if e.cfg.Rate > 0 || e.cfg.InsertStorm {
+		return e.cfg.Duration
+	}
+	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 )
 
 // Report is the outcome of a run: per variant, every phase, the medians
@@ -186,7 +187,12 @@ type Summary struct {
 	DuplicatesAfterKill int     `json:"duplicates_after_kill,omitempty"`
 }
 
-func (p Phase) summary() string {
+// summary is the phase's line on the progress output. Without details it
+// fits 100 columns next to its "round N variant" prefix.
+func (p Phase) summary(details bool) string {
+	if !details {
+		return p.shortSummary()
+	}
 	s := fmt.Sprintf("%8d rows in %6.2fs: %8.0f rows/s", p.Rows, p.Seconds, p.RowsPerSec)
 	if p.CPUSeconds > 0 || p.PeakRSSMiB > 0 { // not measured for external relays
 		s += fmt.Sprintf(", cpu %6.0f ms/1k rows (postgres %4.0f, broker %4.1f), peak rss %5.0f MiB", p.CPUMsPer1k, p.PGCPUMsPer1k, p.BrokerCPUMsPer1k, p.PeakRSSMiB)
@@ -211,6 +217,20 @@ func (p Phase) summary() string {
 		if p.Kill != nil {
 			s += fmt.Sprintf(", dup after kill %d", c.DuplicatesAfterKill)
 		}
+	}
+	return s
+}
+
+func (p Phase) shortSummary() string {
+	s := fmt.Sprintf("%7d rows in %6.2fs: %7.0f rows/s", p.Rows, p.Seconds, p.RowsPerSec)
+	if l := p.Latency; l != nil {
+		s += fmt.Sprintf(", p99 %.0fms", l.P99Ms)
+	}
+	if k := p.Kill; k != nil {
+		s += fmt.Sprintf(", %d rows taken over in %.0fms", k.RowsTakenOver, k.TakeoverMs)
+	}
+	if c := p.Check; c != nil {
+		s += fmt.Sprintf(", dup %d order %d missing %d", c.Duplicates, c.OrderViolations, c.Missing)
 	}
 	return s
 }
@@ -345,37 +365,89 @@ func median(xs []float64) float64 {
 }
 
 // WriteTable prints the medians, one line per variant, with the ratio of
-// medians against the baseline under each relay variant.
-func (r *Report) WriteTable(w io.Writer) error {
+// medians against the baseline under each relay variant. Its lines fit 100
+// columns; details adds the p90 and the CPU of Postgres and the broker,
+// which make them wider. The JSON report has every figure.
+func (r *Report) WriteTable(w io.Writer, details bool) error {
 	sc := r.Scenario
-	if sc.ExternalSchema != "" {
-		r.writeExternalHeader(w)
-	} else {
-		r.writeHeader(w)
-	}
+	fmt.Fprintln(w)
+	r.writeSettings(w)
+	r.writeLegend(w, details)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\trows/s\tinsert rows/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tcpu ms/1k rows\tpg cpu ms/1k\twriters' pg cpu ms/1k\tpg cpu vs writers\tbroker cpu ms/1k\tpeak rss MiB\tdup\torder viol.\tmissing\t")
 	num := func(x float64, prec int) string {
 		if x == 0 || math.IsNaN(x) {
 			return "-"
 		}
 		return fmt.Sprintf("%.*f", prec, x)
 	}
+	// cols: the header, then the median's and the ratio's cells.
+	type col struct {
+		head   string
+		median func(Summary) string
+		ratio  func(Summary) string
+	}
+	f := func(head string, get func(Summary) float64, prec, ratioPrec int) col {
+		return col{head, func(s Summary) string { return num(get(s), prec) }, func(s Summary) string { return num(get(s), ratioPrec) }}
+	}
+	cols := []col{
+		f("rows/s", func(s Summary) float64 { return s.RowsPerSec }, 0, 2),
+		f("insert/s", func(s Summary) float64 { return s.InsertRate }, 0, 2),
+		f("p50 ms", func(s Summary) float64 { return s.P50Ms }, 1, 3),
+	}
+	if details {
+		cols = append(cols, f("p90 ms", func(s Summary) float64 { return s.P90Ms }, 1, 3))
+	}
+	cols = append(cols,
+		f("p99 ms", func(s Summary) float64 { return s.P99Ms }, 1, 3),
+		f("max ms", func(s Summary) float64 { return s.MaxMs }, 1, 3),
+		f("cpu/1k", func(s Summary) float64 { return s.CPUMsPer1k }, 0, 2))
+	if details {
+		cols = append(cols,
+			f("pg cpu/1k", func(s Summary) float64 { return s.PGCPUMsPer1k }, 0, 2),
+			f("writers' pg cpu/1k", func(s Summary) float64 { return s.WriterPGCPUMs1k }, 0, 2),
+			f("pg cpu vs writers", func(s Summary) float64 { return s.PGCPUVsWriters }, 2, 2),
+			f("broker cpu/1k", func(s Summary) float64 { return s.BrokerCPUMs1k }, 1, 2))
+	}
+	cols = append(cols, f("rss MiB", func(s Summary) float64 { return s.PeakRSSMiB }, 0, 2))
+	counts := []col{
+		{"dup", func(s Summary) string { return fmt.Sprint(s.Duplicates) }, func(Summary) string { return "" }},
+		{"order", func(s Summary) string { return fmt.Sprint(s.OrderViolations) }, func(Summary) string { return "" }},
+		{"miss", func(s Summary) string { return fmt.Sprint(s.Missing) }, func(Summary) string { return "" }},
+	}
+	cols = append(cols, counts...)
+	// The names are padded to one width, so they read left-aligned.
+	width := len("variant")
 	for _, v := range r.Variants {
-		m := v.Median
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t\n", v.Name,
-			num(m.RowsPerSec, 0), num(m.InsertRate, 0), num(m.P50Ms, 1), num(m.P90Ms, 1), num(m.P99Ms, 1), num(m.MaxMs, 1),
-			num(m.CPUMsPer1k, 0), num(m.PGCPUMsPer1k, 0), num(m.WriterPGCPUMs1k, 0), num(m.PGCPUVsWriters, 2), num(m.BrokerCPUMs1k, 1), num(m.PeakRSSMiB, 0), m.Duplicates, m.OrderViolations, m.Missing)
+		width = max(width, utf8.RuneCountInString(v.Name), len("  per-round ratio"), utf8.RuneCountInString("  vs "+r.Variants[0].Name))
+	}
+	row := func(name string, cells func(col) string) {
+		fmt.Fprintf(tw, "%-*s\t", width, name)
+		for _, c := range cols {
+			fmt.Fprint(tw, cells(c), "\t")
+		}
+		fmt.Fprintln(tw)
+	}
+	row("variant", func(c col) string { return c.head })
+	for _, v := range r.Variants {
+		row(v.Name, func(c col) string { return c.median(v.Median) })
 		if q := v.Ratio; q != nil {
-			fmt.Fprintf(tw, "  ratio vs %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\n", r.Variants[0].Name,
-				num(q.RowsPerSec, 2), num(q.InsertRate, 2), num(q.P50Ms, 3), num(q.P90Ms, 3), num(q.P99Ms, 3), num(q.MaxMs, 3),
-				num(q.CPUMsPer1k, 2), num(q.PGCPUMsPer1k, 2), num(q.WriterPGCPUMs1k, 2), num(q.PGCPUVsWriters, 2), num(q.BrokerCPUMs1k, 2), num(q.PeakRSSMiB, 2))
+			row("  vs "+r.Variants[0].Name, func(c col) string { return c.ratio(*q) })
 		}
 		if v.RoundRatio > 0 {
-			fmt.Fprintf(tw, "  median of per-round ratios\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.RoundRatio, 2))
+			row("  per-round ratio", func(c col) string {
+				if c.head == "rows/s" {
+					return num(v.RoundRatio, 2)
+				}
+				return ""
+			})
 		}
 		if v.VsOneRelay > 0 {
-			fmt.Fprintf(tw, "  rows/s vs relay x1\t%s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", num(v.VsOneRelay, 2))
+			row("  vs relay x1", func(c col) string {
+				if c.head == "rows/s" {
+					return num(v.VsOneRelay, 2)
+				}
+				return ""
+			})
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -389,7 +461,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		rounds = append(rounds, fmt.Sprintf("%s: %s", v.Name, strings.Join(xs, " ")))
 	}
-	if _, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, "; ")); err != nil {
+	sep := "; "
+	if line := strings.Join(rounds, sep); utf8.RuneCountInString(line) > 100-len("rows/s per round: ") {
+		sep = "\n  " // one line per variant
+		rounds[0] = sep[1:] + rounds[0]
+	}
+	if _, err := fmt.Fprintf(w, "\nrows/s per round: %s\n", strings.Join(rounds, sep)); err != nil {
 		return err
 	}
 	if sc.KillOneAfterSec > 0 {
@@ -398,33 +475,54 @@ func (r *Report) WriteTable(w io.Writer) error {
 	return nil
 }
 
-// writeHeader describes a run of the bench's own relays.
-func (r *Report) writeHeader(w io.Writer) {
+// writeSettings describes the run: what the bench does in each phase and
+// with which settings. Its lines fit 100 columns.
+func (r *Report) writeSettings(w io.Writer) {
 	sc := r.Scenario
-	stream := fmt.Sprintf("stream %d rows/s", sc.Rate)
-	if sc.InsertStorm {
-		stream = "insert storm (as fast as the writers can)"
+	fmt.Fprintln(w, "settings:")
+	if sc.ExternalSchema != "" {
+		fmt.Fprintf(w, "  relays already running on schema %s (not started by the bench)\n", sc.ExternalSchema)
 	}
-	fmt.Fprintf(w, "\npreload %d rows, %s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; batch %d, in-flight %s, pool %s, delete-on-send %v, wake-up %v, vacuum every %gs (0: never); medians of %d rounds",
-		sc.Preload, stream, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions,
-		sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.DeleteOnSend, sc.Wakeup, sc.VacuumSec, sc.Rounds)
-	if sc.BrokerLatencyMs > 0 {
-		fmt.Fprintf(w, "; the broker answers each produce request %gms late", sc.BrokerLatencyMs)
+	fmt.Fprintf(w, "  preload %d rows per phase\n", sc.Preload)
+	switch {
+	case sc.InsertStorm:
+		fmt.Fprintf(w, "  insert storm for %gs: %d writers as fast as they can, %d-row transactions\n", sc.DurationSec, sc.Writers, sc.RowsPerTx)
+	case sc.Rate > 0:
+		fmt.Fprintf(w, "  stream %d rows/s for %gs: %d writers, %d-row transactions\n", sc.Rate, sc.DurationSec, sc.Writers, sc.RowsPerTx)
 	}
-	fmt.Fprint(w, "\npg cpu: the variant's Postgres backends per 1k rows delivered; writers' pg cpu: the writers' backends per 1k rows inserted; pg cpu vs writers: the first over the second")
-	if sc.InsertStorm {
-		fmt.Fprint(w, "\nno wake-up: the relay with its wake-up off and the wake-up trigger disabled, the reference of the insert rate")
+	fmt.Fprintf(w, "  payload %d B, %d keys, %d topic(s) × %d partitions; %d round(s), medians\n",
+		sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions, sc.Rounds)
+	if sc.ExternalSchema == "" {
+		fmt.Fprintf(w, "  relay: batch %d, in-flight %s, pool %s, poll %gms, wake-up %v, delete-on-send %v\n",
+			sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.PollMs, sc.Wakeup, sc.DeleteOnSend)
+		fmt.Fprintf(w, "  broker latency %gms; vacuum every %gs (0: never)", sc.BrokerLatencyMs, sc.VacuumSec)
+		if sc.KillOneAfterSec > 0 {
+			fmt.Fprintf(w, "; kill one instance %gs into each phase", sc.KillOneAfterSec)
+		}
+		fmt.Fprintln(w)
 	}
-	fmt.Fprint(w, "\n\n")
 }
 
-// writeExternalHeader describes a run against relays already running, and
-// what its figures mean there.
-func (r *Report) writeExternalHeader(w io.Writer) {
+// writeLegend says what the table's columns mean.
+func (r *Report) writeLegend(w io.Writer, details bool) {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\nrelays already running on schema %s (not started by the bench); preload %d rows, stream %d rows/s for %gs in %d-row transactions (%d writers); payload %d B, %d keys, %d topic(s) × %d partitions; medians of %d rounds\n",
-		sc.ExternalSchema, sc.Preload, sc.Rate, sc.DurationSec, sc.RowsPerTx, sc.Writers, sc.PayloadSize, sc.Keys, sc.Topics, sc.Partitions, sc.Rounds)
-	fmt.Fprintf(w, "rows/s: until the bench consumed every row from Kafka and none is pending; p50…max: commit→consumed, including the consumer's fetch delay; cpu and rss: the relays' are not the bench's to measure (-)\n\n")
+	if sc.ExternalSchema != "" {
+		fmt.Fprint(w, "rows/s: until the bench consumed every row from Kafka and none is pending;\n"+
+			"p50…max: commit→consumed, including the consumer's fetch delay;\n"+
+			"cpu and rss: the relays' are not the bench's to measure (-)\n\n")
+		return
+	}
+	fmt.Fprintln(w, "cpu/1k: this process's CPU ms per 1k rows; rss: its peak; --details for more")
+	if details {
+		fmt.Fprint(w, "pg cpu: the variant's Postgres backends per 1k rows delivered;\n"+
+			"writers' pg cpu: the writers' backends per 1k rows inserted;\n"+
+			"pg cpu vs writers: the first over the second\n")
+	}
+	if sc.InsertStorm {
+		fmt.Fprint(w, "no wake-up: the relay with its wake-up off and the wake-up trigger disabled,\n"+
+			"the reference of the insert rate\n")
+	}
+	fmt.Fprintln(w)
 }
 
 // writeKills prints the takeover of each relay variant against its target:
@@ -432,10 +530,11 @@ func (r *Report) writeExternalHeader(w io.Writer) {
 // intervals, in every round.
 func (r *Report) writeKills(w io.Writer) error {
 	sc := r.Scenario
-	fmt.Fprintf(w, "\nkill: one instance of each relay variant, %gs into each phase (once it has records in flight to Kafka); takeover target ≤ 2 poll intervals = %.0f ms\n\n",
+	fmt.Fprintf(w, "\nkill: one instance of each relay variant, %gs into each phase (once it has records\n"+
+		"in flight to Kafka); takeover target ≤ 2 poll intervals = %.0f ms\n\n",
 		sc.KillOneAfterSec, 2*sc.PollMs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\tkilled in rounds\trows taken over\ttakeover ms\tmax ms\tmax poll intervals\tdup after kill\tmet\t")
+	fmt.Fprintln(tw, "variant\tkilled in rounds\trows taken over\ttakeover ms\tmax ms\tmax polls\tdup after kill\tmet\t")
 	for _, v := range r.Variants {
 		m := v.Median
 		if v.Instances < 2 {
