@@ -28,6 +28,12 @@ type claimParams struct {
 	afterLock func()
 }
 
+// smallRow is the size up to which the claim queries return a row's
+// payload and headers with the lock: rows no larger cannot pass the byte
+// bound as a batch, whatever their order. Larger rows are read afterwards,
+// if they fit (see readLarge).
+func (q claimParams) smallRow() int64 { return q.maxBytes / int64(max(q.limit, 1)) }
+
 // addFlying records rows of one of this relay's batches in flight.
 func (q *claimParams) addFlying(rows []row) {
 	for _, x := range rows {
@@ -77,7 +83,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 	// the lock.
 	var b pgx.Batch
 	b.Queue(batchSettingsQuery, q.idleLimitMillis)
-	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now, q.maxBytes)
+	b.Queue(lockFirstQuery, q.limit, q.flyingTopics, q.flyingKeys, q.now, q.smallRow())
 	br := tx.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
@@ -90,11 +96,11 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 	}
 	type candidate struct {
 		row
-		due, fits bool
+		due bool
 	}
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
-		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due, &c.fits)
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due, &c.size)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
@@ -141,13 +147,13 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 		return nil, false, false, fmt.Errorf("claim: held rows: %w", err)
 	}
 
+	fit := fitting(locked, func(c candidate) int64 { return c.size }, q.maxBytes)
+	full = fit < len(locked)  // the rest is beyond the byte bound: not produced
 	waves := map[string]int{} // topic and key → rows kept; -1 once the chain ended
-	for _, c := range locked {
-		if !c.fits {
-			full = true // beyond the byte bound: not read, not produced
-		}
+	for i, c := range locked {
+		fits := i < fit
 		if c.Key == nil {
-			if c.due && c.fits {
+			if c.due && fits {
 				c.Wave = 1
 				kept = append(kept, c.row)
 			}
@@ -156,13 +162,16 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 		k := chainKey(c.row)
 		n := waves[k]
 		from, held := heldFrom[k]
-		if n < 0 || !c.due || !c.fits || (held && from < c.ID) || n >= maxWaves {
+		if n < 0 || !c.due || !fits || (held && from < c.ID) || n >= maxWaves {
 			waves[k] = -1
 			continue
 		}
 		waves[k] = n + 1
 		c.Wave = n + 1
 		kept = append(kept, c.row)
+	}
+	if err := readLarge(ctx, tx, kept, q.smallRow()); err != nil {
+		return nil, false, false, err
 	}
 	return kept, len(locked) == q.limit, full, nil
 }
@@ -173,26 +182,29 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 // that one (in flight elsewhere), and then this row must wait. A row dropped
 // here stays locked until the batch ends, untouched.
 func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, more, full bool, err error) {
-	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs, q.maxBytes)
+	rs, err := tx.Query(ctx, claimQuery, q.limit, q.now, q.stuckReleasesKey, q.window, maxWaves, q.flyingIDs, q.smallRow())
 	if err != nil {
 		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		var fits bool
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned, &fits)
-		if !fits {
-			full = true
-			x.Wave = -1 // beyond the byte bound: dropped with its chain
-		}
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned, &x.size)
 		return x, err
 	})
 	if err != nil {
 		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		return unbrokenChains(out), scanned == int64(q.window), full, nil
+		fit := fitting(out, func(x row) int64 { return x.size }, q.maxBytes)
+		for i := fit; i < len(out); i++ {
+			out[i].Wave = -1 // beyond the byte bound: dropped with its chain
+		}
+		kept = unbrokenChains(out)
+		if err := readLarge(ctx, tx, kept, q.smallRow()); err != nil {
+			return nil, false, false, err
+		}
+		return kept, scanned == int64(q.window), fit < len(out), nil
 	}
 	var windowFull bool
 	if err := tx.QueryRow(ctx, windowFullQuery, q.window).Scan(&windowFull); err != nil {
@@ -221,4 +233,59 @@ func unbrokenChains(rows []row) []row {
 		}
 	}
 	return kept
+}
+
+// fitting applies the batch's byte bound to rows in id order: it returns how
+// many of the first rows fit, that is the rows whose predecessors' sizes add
+// up to less than maxBytes. The first row always fits, however large, so a
+// row larger than the bound goes alone.
+func fitting[T any](rows []T, size func(T) int64, maxBytes int64) int {
+	var before int64
+	for i, x := range rows {
+		if i > 0 && before >= maxBytes {
+			return i
+		}
+		before += size(x)
+	}
+	return len(rows)
+}
+
+// readLarge reads the payload and headers of the rows larger than small,
+// which the claim queries leave out: only those of the rows the batch keeps
+// are ever read, so a batch holds at most its byte bound (plus one row). A
+// batch of small rows costs no second statement.
+func readLarge(ctx context.Context, tx pgx.Tx, rows []row, small int64) error {
+	at := map[int64]int{}
+	var ids []int64
+	for i, x := range rows {
+		if x.size > small {
+			at[x.ID] = i
+			ids = append(ids, x.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	rs, err := tx.Query(ctx, largeRowsQuery, ids)
+	if err != nil {
+		return fmt.Errorf("claim: large rows: %w", err)
+	}
+	var (
+		id               int64
+		payload, headers []byte
+	)
+	read := 0
+	_, err = pgx.ForEachRow(rs, []any{&id, &payload, &headers}, func() error {
+		x := &rows[at[id]]
+		x.Payload, x.Headers = payload, headers
+		read++
+		return nil
+	})
+	if err == nil && read != len(ids) {
+		err = fmt.Errorf("%d of %d locked rows not found", len(ids)-read, len(ids))
+	}
+	if err != nil {
+		return fmt.Errorf("claim: large rows: %w", err)
+	}
+	return nil
 }

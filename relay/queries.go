@@ -10,28 +10,34 @@ package relay
 // claimLockFirst). Rows it locks but the batch does not produce stay
 // untouched until the batch ends.
 //
-// A locked row's payload and headers come back only while the bytes of the
-// rows before it, in id order, are under $5 (the batch's byte bound; the
-// first row always fits): the rest stay locked, untouched, and their
-// payloads are not read (the work table holds TOAST pointers). The last
-// column tells whether the row fits.
+// The last column is each row's size: the bytes of its payload, key and
+// headers. The payload and headers come back only for rows of at most $5
+// bytes (the batch's byte bound over its row bound, 16 KiB by default: a
+// batch of such rows can never pass the byte bound); those of larger rows
+// are read afterwards, and only if they fit in the batch (see boundBytes).
+// The sizes cost no detoasting (octet_length reads the TOAST pointer), and
+// no window or sort over the locked rows: that running sum is the client's.
 const lockFirstQuery = `
-WITH locked AS MATERIALIZED (
-    SELECT id, topic, key, payload, headers, uuid, attempts, created_at,
-           next_attempt_at <= COALESCE($4::timestamptz, now()) AS due,
-           COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key), 0) + pg_column_size(headers) AS size
-    FROM messages
-    WHERE status = 'pending'
-      AND (key IS NULL OR (topic, key) NOT IN (
-            SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
-    ORDER BY id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, due, fits
-FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $5::bigint AS fits FROM locked) l
-ORDER BY id`
+SELECT id, topic, key,
+       CASE WHEN ` + rowSize + ` <= $5::bigint THEN payload END,
+       CASE WHEN ` + rowSize + ` <= $5::bigint THEN headers END,
+       uuid, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now()),
+       ` + rowSize + `
+FROM messages
+WHERE status = 'pending'
+  AND (key IS NULL OR (topic, key) NOT IN (
+        SELECT f.topic, f.key FROM unnest($2::text[], $3::bytea[]) AS f(topic, key)))
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+// rowSize is the size of a row of messages as the byte bound counts it
+// (unqualified: claimQuery joins messages with a list of ids).
+const rowSize = `(COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key), 0) + pg_column_size(headers))`
+
+// largeRowsQuery reads the payload and headers of claimed rows larger than
+// the claim returns them (see lockFirstQuery). The batch holds their locks.
+const largeRowsQuery = `SELECT id, payload, headers FROM messages WHERE id = ANY($1::bigint[])`
 
 // heldQuery lists what holds back rows that lockFirstQuery locked: every
 // pending row of their keys ($3, $4) below id $1 that is not one of them
@@ -84,10 +90,10 @@ GROUP BY s.topic, s.key`
 // caller's own batches in flight: they and the rows behind them are not
 // tried at all, so the next batch does not lock rows it would only drop.
 //
-// Like lockFirstQuery, it returns a locked row's payload and headers only
-// while the bytes of the rows before it are under $7 (the last column).
+// Like lockFirstQuery, it returns the payload and headers only of rows of
+// at most $7 bytes, and each row's size in the last column.
 //
-// The next to last column tells how many rows the window held: when it was full and
+// The column before the size tells how many rows the window held: when it was full and
 // too few rows qualified, the caller widens it (see claim), so a long run of
 // held rows can never starve rows of other keys behind it.
 //
@@ -107,25 +113,23 @@ WITH window_rows AS MATERIALIZED (
         FROM (SELECT *, id IN (SELECT unnest($6::bigint[])) AS flying FROM window_rows) f
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
-), locked AS MATERIALIZED (
-    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at, c.rank,
-           COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
-    FROM (SELECT id, rank FROM chosen ORDER BY id) c
-    JOIN messages m ON m.id = c.id
-    WHERE m.status = 'pending'
-      AND (m.key IS NULL OR $3::boolean
-           OR NOT EXISTS (SELECT 1 FROM stuck_messages)
-           OR NOT EXISTS (
-                SELECT 1 FROM stuck_messages s
-                WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
-    ORDER BY c.id
-    LIMIT $1
-    FOR UPDATE OF m SKIP LOCKED
 )
-SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, rank, (SELECT count(*) FROM window_rows), fits
-FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
-ORDER BY id`
+SELECT m.id, m.topic, m.key,
+       CASE WHEN ` + rowSize + ` <= $7::bigint THEN m.payload END,
+       CASE WHEN ` + rowSize + ` <= $7::bigint THEN m.headers END,
+       m.uuid, m.attempts, m.created_at, c.rank, (SELECT count(*) FROM window_rows),
+       ` + rowSize + `
+FROM (SELECT id, rank FROM chosen ORDER BY id) c
+JOIN messages m ON m.id = c.id
+WHERE m.status = 'pending'
+  AND (m.key IS NULL OR $3::boolean
+       OR NOT EXISTS (SELECT 1 FROM stuck_messages)
+       OR NOT EXISTS (
+            SELECT 1 FROM stuck_messages s
+            WHERE s.topic = m.topic AND s.key = m.key AND s.id < m.id))
+ORDER BY c.id
+LIMIT $1
+FOR UPDATE OF m SKIP LOCKED`
 
 // batchSettingsQuery sets up a batch's transaction (claimLockFirst sends it
 // with the lock).

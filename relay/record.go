@@ -41,6 +41,8 @@ type row struct {
 	Attempts  int
 	CreatedAt time.Time
 	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
+
+	size int64 // bytes of payload, key and headers, as the claim's byte bound counts them
 }
 
 // record turns a row into a Kafka record (see row.record) and reports an
