@@ -17,10 +17,11 @@ type Config struct {
 	// BatchSize is how many rows one claim takes. Default 1000.
 	BatchSize int
 	// BatchMaxBytes bounds the bytes of payload, key and headers one
-	// batch reads, as BatchSize bounds its rows: a claim takes rows in id
+	// batch keeps, as BatchSize bounds its rows: a claim takes rows in id
 	// order while the bytes before each are under it (a single row larger
-	// than it still goes, alone), and the payloads of the rows it locked
-	// beyond the bound are not read. With InFlightBatches batches in
+	// than it still goes, alone). Of the rows it locked beyond the bound,
+	// only those under BatchMaxBytes / BatchSize are read at all, and
+	// dropped at once. With InFlightBatches batches in
 	// flight, the relay holds at most about InFlightBatches × BatchMaxBytes
 	// of rows (plus one row each). Default 16 MiB.
 	BatchMaxBytes int64

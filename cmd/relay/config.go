@@ -165,7 +165,7 @@ type Config struct {
 	BatchSize int `env:"BATCH_SIZE" envDefault:"1000" desc:"Rows claimed per batch (1 to 100000)."`
 	// BatchMaxBytes bounds the bytes (payload, key and headers) of one
 	// batch. Default 16 MiB.
-	BatchMaxBytes int64 `env:"BATCH_MAX_BYTES" envDefault:"16777216" desc:"Bytes of payload, key and headers one batch reads at most (a larger row goes alone); with the batches in flight it bounds the rows the relay holds in memory."`
+	BatchMaxBytes int64 `env:"BATCH_MAX_BYTES" envDefault:"16777216" desc:"Bytes of payload, key and headers one batch keeps at most (a larger row goes alone); with the batches in flight it bounds the rows the relay holds in memory."`
 	// InFlightBatches is how many claimed batches may await Kafka at once,
 	// across the instances of one outbox (see relay/instances.go).
 	InFlightBatches int `env:"IN_FLIGHT_BATCHES" envDefault:"2" desc:"Claimed batches that may await Kafka at once (1 to 64), for all the instances on one outbox together: they split it, and an instance left without a share is a standby. Each batch holds a database connection. Raise it (3-4) when Kafka takes several milliseconds to acknowledge; 1 when the broker shares the database's machine (docs/performance.md)."`
