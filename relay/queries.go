@@ -18,7 +18,9 @@ package relay
 const lockFirstQuery = `
 WITH locked AS MATERIALIZED (
     SELECT id, topic, key, payload, headers, uuid, attempts, created_at,
-           next_attempt_at <= COALESCE($4::timestamptz, now()) AS due,
+           deliver_after, expires_at, partition, kafka_timestamp,
+           expires_at <= COALESCE($4::timestamptz, now()) AS expired,
+           ` + dueAt + ` <= COALESCE($4::timestamptz, now()) AS due,
            COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key), 0) + pg_column_size(headers) AS size
     FROM messages
     WHERE status = 'pending'
@@ -29,9 +31,16 @@ WITH locked AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, due, fits
+       uuid, attempts, created_at, deliver_after, expires_at, partition, kafka_timestamp, COALESCE(expired, false),
+       due, fits
 FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $5::bigint AS fits FROM locked) l
 ORDER BY id`
+
+// dueAt is when a pending row may be produced: at its next attempt, and
+// not before its deliver_after. A row whose expires_at comes before its
+// deliver_after can never be delivered: it is due at once, to be escalated
+// (see expiredError). A row not due holds back the later rows of its key.
+const dueAt = `GREATEST(next_attempt_at, CASE WHEN expires_at < deliver_after THEN NULL ELSE deliver_after END)`
 
 // heldQuery lists what holds back rows that lockFirstQuery locked: every
 // pending row of their keys ($3, $4) below id $1 that is not one of them
@@ -94,7 +103,7 @@ GROUP BY s.topic, s.key`
 // $2 is "now", NULL for the database clock; tests pass a fixed time.
 const claimQuery = `
 WITH window_rows AS MATERIALIZED (
-    SELECT id, topic, key, next_attempt_at FROM messages
+    SELECT id, topic, key, ` + dueAt + ` AS next_attempt_at FROM messages
     WHERE status = 'pending'
     ORDER BY id
     LIMIT $4
@@ -108,7 +117,8 @@ WITH window_rows AS MATERIALIZED (
         WINDOW w AS (PARTITION BY topic, key ORDER BY id ROWS UNBOUNDED PRECEDING)) r
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
 ), locked AS MATERIALIZED (
-    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at, c.rank,
+    SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at,
+           m.deliver_after, m.expires_at, m.partition, m.kafka_timestamp, c.rank,
            COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
     FROM (SELECT id, rank FROM chosen ORDER BY id) c
     JOIN messages m ON m.id = c.id
@@ -123,7 +133,9 @@ WITH window_rows AS MATERIALIZED (
     FOR UPDATE OF m SKIP LOCKED
 )
 SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, rank, (SELECT count(*) FROM window_rows), fits
+       uuid, attempts, created_at, deliver_after, expires_at, partition, kafka_timestamp,
+       COALESCE(expires_at <= COALESCE($2::timestamptz, now()), false),
+       rank, (SELECT count(*) FROM window_rows), fits
 FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
 ORDER BY id`
 
