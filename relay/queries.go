@@ -195,12 +195,15 @@ WITH moved AS (
     USING unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, last_error, error_kind)
     WHERE m.id = u.id
     RETURNING m.id, m.topic, m.key, m.payload, m.headers, m.created_at, m.attempts,
-              m.first_error, u.last_error, u.error_kind, m.uuid
+              m.first_error, u.last_error, u.error_kind, m.uuid,
+              m.deliver_after, m.expires_at, m.partition, m.kafka_timestamp
 )
 INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts,
-                            first_error, last_error, error_kind, escalated_at, uuid)
+                            first_error, last_error, error_kind, escalated_at, uuid,
+                            deliver_after, expires_at, partition, kafka_timestamp)
 SELECT id, topic, key, payload, headers, created_at, attempts + 1,
-       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid
+       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid,
+       deliver_after, expires_at, partition, kafka_timestamp
 FROM moved`
 
 // declareIdleQuery asks inserts to notify for the next $1 milliseconds of
@@ -232,6 +235,7 @@ const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 const stuckSelect = `
 SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
        s.first_error, s.last_error, s.error_kind, s.escalated_at, COALESCE(s.uuid::text, ''),
+       s.deliver_after, s.expires_at, s.partition, s.kafka_timestamp,
        (SELECT count(*) FROM messages m
         WHERE m.status = 'pending' AND m.key IS NOT NULL
           AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
@@ -251,15 +255,20 @@ WHERE s.id = $1`
 // requeueQuery moves stuck rows back to messages, keeping their ids and
 // uuids (a row stuck before migration 00002 has none and gets one). $1 ids
 // (NULL: any), $2 topic (NULL: any).
+//
+// The row keeps its delivery options but expires_at: requeueing is the
+// operator's decision to deliver the row, however late (an expiry kept
+// would only escalate an expired row again).
 const requeueQuery = `
 WITH moved AS (
     DELETE FROM stuck_messages
     WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2)
-    RETURNING id, topic, key, payload, headers, created_at, uuid
+    RETURNING id, topic, key, payload, headers, created_at, uuid, deliver_after, partition, kafka_timestamp
 )
-INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid)
+INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition, kafka_timestamp)
 OVERRIDING SYSTEM VALUE
-SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()) FROM moved ORDER BY id
+SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()), deliver_after, partition, kafka_timestamp
+FROM moved ORDER BY id
 RETURNING id`
 
 // discardQuery deletes stuck rows and keeps an audit copy. $2 operator name
@@ -267,11 +276,14 @@ RETURNING id`
 const discardQuery = `
 WITH gone AS (
     DELETE FROM stuck_messages WHERE id = ANY($1)
-    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid
+    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
+              deliver_after, expires_at, partition, kafka_timestamp
 )
 INSERT INTO discarded_messages (id, topic, key, payload, headers, created_at, attempts,
-                                last_error, escalated_at, uuid, discarded_by, reason)
+                                last_error, escalated_at, uuid, deliver_after, expires_at, partition, kafka_timestamp,
+                                discarded_by, reason)
 SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
+       deliver_after, expires_at, partition, kafka_timestamp,
        current_user || COALESCE(' (' || $2::text || ')', ''), $3::text
 FROM gone ORDER BY id
 RETURNING id`
