@@ -110,4 +110,3 @@ func (r *Relay) partitionRefused(ctx context.Context, topic string, p int32, err
 			"fix the row's partition (NULL partitions by key) or add partitions to the topic, then requeue it", p, topic, n, n-1)
 	}
 }
-
