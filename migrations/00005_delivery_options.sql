@@ -2,14 +2,18 @@
 -- that leave them NULL are delivered as before. Names are unqualified (see
 -- 00001).
 --
---   deliver_after    the row is not produced before then; like a row that
---                    waits for its retry, it holds back the later rows of
---                    its topic and key (per-key order is kept).
---   expires_at       a row not delivered by then is escalated to
---                    stuck_messages with error_kind 'expired' and never
---                    produced late.
---   partition        the Kafka partition, instead of the key's (murmur2).
---   kafka_timestamp  the record's timestamp, instead of created_at.
+--   deliver_after  the row is not produced before then; like a row that
+--                  waits for its retry, it holds back the later rows of
+--                  its topic and key (per-key order is kept).
+--   expires_at     a row not delivered by then is escalated to
+--                  stuck_messages with error_kind 'expired' and never
+--                  produced late.
+--   partition      the Kafka partition, instead of the key's (murmur2).
+--
+-- There is no record-timestamp option: franz-go measures its delivery
+-- timeout (kgo.RecordDeliveryTimeout) from Record.Timestamp, so a record
+-- stamped with a time older than the produce timeout is failed as timed out
+-- before it is sent. Records keep the time of the produce.
 --
 -- No constraint checks them: an application's INSERT must never fail
 -- because of the relay. A bad value (a negative or missing partition, an
@@ -26,36 +30,30 @@
 SET LOCAL lock_timeout = '5s';
 
 ALTER TABLE messages
-    ADD COLUMN deliver_after   timestamptz,
-    ADD COLUMN expires_at      timestamptz,
-    ADD COLUMN partition       integer,
-    ADD COLUMN kafka_timestamp timestamptz;
+    ADD COLUMN deliver_after timestamptz,
+    ADD COLUMN expires_at    timestamptz,
+    ADD COLUMN partition     integer;
 
 -- Kept when a row is escalated, requeued or discarded, so nothing the
 -- application wrote is lost.
 ALTER TABLE stuck_messages
-    ADD COLUMN deliver_after   timestamptz,
-    ADD COLUMN expires_at      timestamptz,
-    ADD COLUMN partition       integer,
-    ADD COLUMN kafka_timestamp timestamptz;
+    ADD COLUMN deliver_after timestamptz,
+    ADD COLUMN expires_at    timestamptz,
+    ADD COLUMN partition     integer;
 
 ALTER TABLE discarded_messages
-    ADD COLUMN deliver_after   timestamptz,
-    ADD COLUMN expires_at      timestamptz,
-    ADD COLUMN partition       integer,
-    ADD COLUMN kafka_timestamp timestamptz;
+    ADD COLUMN deliver_after timestamptz,
+    ADD COLUMN expires_at    timestamptz,
+    ADD COLUMN partition     integer;
 
 -- +goose Down
 SET LOCAL lock_timeout = '5s';
-ALTER TABLE discarded_messages DROP COLUMN kafka_timestamp;
 ALTER TABLE discarded_messages DROP COLUMN partition;
 ALTER TABLE discarded_messages DROP COLUMN expires_at;
 ALTER TABLE discarded_messages DROP COLUMN deliver_after;
-ALTER TABLE stuck_messages DROP COLUMN kafka_timestamp;
 ALTER TABLE stuck_messages DROP COLUMN partition;
 ALTER TABLE stuck_messages DROP COLUMN expires_at;
 ALTER TABLE stuck_messages DROP COLUMN deliver_after;
-ALTER TABLE messages DROP COLUMN kafka_timestamp;
 ALTER TABLE messages DROP COLUMN partition;
 ALTER TABLE messages DROP COLUMN expires_at;
 ALTER TABLE messages DROP COLUMN deliver_after;

@@ -95,7 +95,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
 		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt,
-			&c.DeliverAfter, &c.ExpiresAt, &c.Partition, &c.KafkaTimestamp, &c.Expired, &c.due, &c.fits)
+			&c.DeliverAfter, &c.ExpiresAt, &c.Partition, &c.Expired, &c.due, &c.fits)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
@@ -183,7 +183,7 @@ func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, mor
 		var x row
 		var fits bool
 		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt,
-			&x.DeliverAfter, &x.ExpiresAt, &x.Partition, &x.KafkaTimestamp, &x.Expired, &x.Wave, &scanned, &fits)
+			&x.DeliverAfter, &x.ExpiresAt, &x.Partition, &x.Expired, &x.Wave, &scanned, &fits)
 		if !fits {
 			full = true
 			x.Wave = -1 // beyond the byte bound: dropped with its chain

@@ -31,7 +31,7 @@ func TestApplicationRoleGrants(t *testing.T) {
 	schema := pgx.Identifier{db.Schema}.Sanitize()
 	role := createRole(t, db, "app",
 		"USAGE ON SCHEMA "+schema,
-		"INSERT (topic, key, payload, headers, deliver_after, expires_at, partition, kafka_timestamp) ON "+schema+".messages",
+		"INSERT (topic, key, payload, headers, deliver_after, expires_at, partition) ON "+schema+".messages",
 		"SELECT ON SEQUENCE "+schema+".relay_idle_until")
 
 	tx, err := db.Pool.Begin(ctx)
@@ -50,8 +50,8 @@ func TestApplicationRoleGrants(t *testing.T) {
 	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, headers) VALUES ('t', 'k', 'p', '{"type": "created"}')`); err != nil {
 		t.Fatalf("insert as the application role: %v", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, deliver_after, expires_at, partition, kafka_timestamp)
-		VALUES ('t', 'k', 'p', now(), now() + interval '1 hour', 0, now())`); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, deliver_after, expires_at, partition)
+		VALUES ('t', 'k', 'p', now(), now() + interval '1 hour', 0)`); err != nil {
 		t.Fatalf("insert with delivery options as the application role: %v", err)
 	}
 	refused := []struct{ what, sql string }{
@@ -107,7 +107,7 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	operatorRole := createRole(t, db, "operator",
 		"USAGE ON SCHEMA "+s,
 		"SELECT ON "+s+".messages",
-		"INSERT (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition, kafka_timestamp) ON "+s+".messages",
+		"INSERT (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition) ON "+s+".messages",
 		"UPDATE (status, attempts, next_attempt_at, first_error, last_error, sent_at, kafka_partition, kafka_offset, uuid, deliver_after, expires_at) ON "+s+".messages",
 		"SELECT ON SEQUENCE "+s+".relay_idle_until",
 		"SELECT, DELETE, UPDATE ON "+s+".stuck_messages",

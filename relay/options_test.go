@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/relay/relaytest"
@@ -16,8 +15,8 @@ import (
 
 // options are a row's delivery options (migration 00005); nil: not set.
 type options struct {
-	deliverAfter, expiresAt, kafkaTimestamp *time.Time
-	partition                               *int32
+	deliverAfter, expiresAt *time.Time
+	partition               *int32
 }
 
 // insertWith writes one row with delivery options, as an application
@@ -26,9 +25,9 @@ func insertWith(t *testing.T, db *relaytest.DB, m relaytest.Message, o options) 
 	t.Helper()
 	var id int64
 	err := db.Pool.QueryRow(context.Background(), `
-		INSERT INTO messages (topic, key, payload, deliver_after, expires_at, partition, kafka_timestamp)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-		m.Topic, m.Key, m.Payload, o.deliverAfter, o.expiresAt, o.partition, o.kafkaTimestamp).Scan(&id)
+		INSERT INTO messages (topic, key, payload, deliver_after, expires_at, partition)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		m.Topic, m.Key, m.Payload, o.deliverAfter, o.expiresAt, o.partition).Scan(&id)
 	if err != nil {
 		t.Fatalf("insert with options: %v", err)
 	}
@@ -273,88 +272,30 @@ func TestPartitionOverrideAfterTheTopicGrew(t *testing.T) {
 	}
 }
 
-// The record's timestamp is the row's created_at, or its kafka_timestamp
-// when it sets one.
-func TestRecordTimestamp(t *testing.T) {
+// The record's timestamp is the time of the produce, not the row's
+// created_at: franz-go measures its delivery timeout from the record's
+// timestamp, so a record stamped with the creation time of a row older than
+// the timeout would be failed as timed out before it is sent, and a delayed
+// row or a backlog would never drain.
+func TestRecordTimestampIsTheTimeOfTheProduce(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	brokers := relaytest.NewCluster(t, 1, "t").ListenAddrs()
 	ctx := context.Background()
-	given := time.Date(2021, 3, 4, 5, 6, 7, 8e6, time.UTC)
-
-	var created time.Time
-	plain := db.Insert(t, relaytest.Message{Topic: "t", Payload: []byte("plain")})[0]
-	if err := db.Pool.QueryRow(ctx, `SELECT created_at FROM messages WHERE id = $1`, plain).Scan(&created); err != nil {
+	var id int64
+	if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, payload, created_at) VALUES ('t', 'old', now() - interval '1 day') RETURNING id`).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
-	stamped := insertWith(t, db, relaytest.Message{Topic: "t", Payload: []byte("stamped")}, options{kafkaTimestamp: &given})
 	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
-	drainBatches(t, r)
-	want := map[int64]time.Time{plain: created.Truncate(time.Millisecond), stamped: given}
-	for _, rec := range relaytest.Consume(t, brokers, 2, 10*time.Second, "t") {
-		id := outboxID(t, rec)
-		if !rec.Timestamp.Equal(want[id]) {
-			t.Errorf("row %d has record timestamp %v, want %v", id, rec.Timestamp.UTC(), want[id].UTC())
-		}
-	}
-}
-
-// A topic that bounds record timestamps (message.timestamp.before.max.ms)
-// would refuse, with its whole record batch, a row older than the bound.
-// A row that leaves its timestamp to created_at is then stamped with the
-// time of the produce, and delivered; a row whose own kafka_timestamp is
-// out of bounds is escalated alone, with the bound.
-func TestRecordTimestampOutsideTheTopicsBounds(t *testing.T) {
-	t.Parallel()
-	db := relaytest.NewDB(t)
-	cluster := relaytest.NewCluster(t, 1, "t")
-	brokers := cluster.ListenAddrs()
-	ctx := context.Background()
-	// kfake does not know message.timestamp.before.max.ms: the broker
-	// answers DescribeConfigs as a Kafka broker with a one-hour bound would.
-	cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		req := kreq.(*kmsg.DescribeConfigsRequest)
-		resp := req.ResponseKind().(*kmsg.DescribeConfigsResponse)
-		for _, rr := range req.Resources {
-			res := kmsg.NewDescribeConfigsResponseResource()
-			res.ResourceType, res.ResourceName = rr.ResourceType, rr.ResourceName
-			for k, v := range map[string]string{"message.timestamp.type": "CreateTime", "message.timestamp.before.max.ms": "3600000",
-				"message.timestamp.after.max.ms": "9223372036854775807"} {
-				c := kmsg.NewDescribeConfigsResponseResourceConfig()
-				c.Name, c.Value = k, kmsg.StringPtr(v)
-				res.Configs = append(res.Configs, c)
-			}
-			resp.Resources = append(resp.Resources, res)
-		}
-		return resp, nil, true
-	})
-	old := time.Now().Add(-2 * time.Hour)
-	var backlog int64
-	if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, key, payload, created_at) VALUES ('t', 'a', 'old', $1) RETURNING id`, old).Scan(&backlog); err != nil {
-		t.Fatal(err)
-	}
-	refused := insertWith(t, db, relaytest.Message{Topic: "t", Key: []byte("b"), Payload: []byte("x")}, options{kafkaTimestamp: &old})
-	recent := time.Now().Add(-10 * time.Minute).Truncate(time.Millisecond)
-	taken := insertWith(t, db, relaytest.Message{Topic: "t", Key: []byte("c"), Payload: []byte("y")}, options{kafkaTimestamp: &recent})
-
-	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
 	before := time.Now().Truncate(time.Millisecond)
-	drainBatches(t, r)
-	if s := stuckRow(t, db, refused); s.kind != "row_fatal" || !strings.Contains(s.lastError, "outside what topic t accepts") ||
-		!strings.Contains(s.lastError, "before.max.ms 1h0m0s") {
-		t.Errorf("row with an out-of-bounds kafka_timestamp stuck as %q: %q", s.kind, s.lastError)
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
+		t.Fatalf("a row created a day ago: %d rows, %v; want it delivered", n, err)
 	}
-	for _, rec := range relaytest.Consume(t, brokers, 2, 10*time.Second, "t") {
-		switch outboxID(t, rec) {
-		case backlog:
-			if rec.Timestamp.Before(before) {
-				t.Errorf("a row older than the topic's bound was stamped %v, want the time of the produce (after %v)", rec.Timestamp, before)
-			}
-		case taken:
-			if !rec.Timestamp.Equal(recent) {
-				t.Errorf("a row's kafka_timestamp within bounds became %v, want %v", rec.Timestamp, recent)
-			}
-		}
+	if st := status(t, db, id); st != "sent" {
+		t.Fatalf("the row is %s, want sent", st)
+	}
+	rec := relaytest.Consume(t, brokers, 1, 10*time.Second, "t")[0]
+	if rec.Timestamp.Before(before) {
+		t.Errorf("record timestamp %v, want the time of the produce (after %v)", rec.Timestamp, before)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -57,32 +56,6 @@ type topicVerdict struct {
 	// records it took whole (see unknownLimitGroup); at most the client's
 	// default batch limit.
 	grown int32
-	// partitions is how many partitions the topic had; 0 when not known.
-	partitions int32
-	// stamps are the bounds the topic puts on record timestamps.
-	stamps timestampBounds
-}
-
-// timestampBounds are a topic's message.timestamp.* settings: a broker
-// refuses a record (INVALID_TIMESTAMP) whose timestamp lies more than
-// before in the past or after in the future. Zero: no bound, or not known.
-// A topic of LogAppendTime sets the timestamp itself and refuses none.
-type timestampBounds struct {
-	before, after time.Duration
-}
-
-// allows reports whether a topic with these bounds takes a record stamped
-// at ts, as the broker would judge it now.
-func (b timestampBounds) allows(ts, now time.Time) bool {
-	return (b.before <= 0 || !ts.Before(now.Add(-b.before))) && (b.after <= 0 || !ts.After(now.Add(b.after)))
-}
-
-// topicRead is what a check of a topic read.
-type topicRead struct {
-	problems   []string
-	maxBytes   int32
-	partitions int32
-	stamps     timestampBounds
 }
 
 // due reports whether the verdict should be read again.
@@ -213,17 +186,6 @@ func (r *Relay) topicTooLarge(topic string) {
 	}
 }
 
-// recheckTopic makes the next use of topic read its settings again (in
-// the background), as after INVALID_TIMESTAMP: its timestamp bounds may
-// have changed since they were read.
-func (r *Relay) recheckTopic(topic string) {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if e, ok := r.topics[topic]; ok {
-		e.verdict.checked = time.Time{}
-	}
-}
-
 // knownVerdict returns what the relay last read of topic's settings
 // (nothing, if it has not), without checking it: a retry alone holds every
 // other batch out of the client and must not wait for an admin request.
@@ -259,10 +221,8 @@ func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry)
 	if r.beforeTopicCheck != nil {
 		r.beforeTopicCheck(topic)
 	}
-	read, err := r.checkTopicWithin(ctx, topic, topicCheckTimeout)
-	problems, maxBytes := read.problems, read.maxBytes
-	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes,
-		partitions: read.partitions, stamps: read.stamps}
+	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, topicCheckTimeout)
+	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
 	r.topicsMu.Lock()
 	prev := e.verdict
 	e.verdict = v
@@ -298,25 +258,26 @@ func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry)
 // checkTopicWithin runs checkTopic but gives up after timeout or when ctx
 // ends: a broker that accepts connections and never answers can hold an
 // admin request past its context, and the batch must not wait for it.
-func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) (topicRead, error) {
+func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) ([]string, int32, error) {
 	// Cancelled when this returns, not when the check does: the check
 	// ending must not look like a timeout to the select below.
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	type result struct {
-		read topicRead
-		err  error
+		problems []string
+		maxBytes int32
+		err      error
 	}
 	done := make(chan result, 1)
 	go func() {
-		read, err := checkTopic(ctx, kadm.NewClient(r.kafka), topic)
-		done <- result{read, err}
+		p, m, err := checkTopic(ctx, kadm.NewClient(r.kafka), topic)
+		done <- result{p, m, err}
 	}()
 	select {
 	case res := <-done:
-		return res.read, res.err
+		return res.problems, res.maxBytes, res.err
 	case <-ctx.Done():
-		return topicRead{}, fmt.Errorf("topic %s: %w", topic, ctx.Err())
+		return nil, 0, fmt.Errorf("topic %s: %w", topic, ctx.Err())
 	}
 }
 
@@ -346,21 +307,17 @@ func (r *Relay) partitionCount(ctx context.Context, topic string) (int32, error)
 	return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
 }
 
-// checkTopic reads a topic's partitions, replication factor,
-// min.insync.replicas, unclean.leader.election.enable, max.message.bytes and
-// timestamp bounds.
-func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (read topicRead, err error) {
+// checkTopic reads a topic's replication factor, min.insync.replicas,
+// unclean.leader.election.enable and max.message.bytes.
+func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (problems []string, maxBytes int32, err error) {
 	details, err := adm.ListTopics(ctx, topic)
 	if err != nil {
-		return topicRead{}, err
+		return nil, 0, err
 	}
 	d, ok := details[topic]
 	if !ok || d.Err != nil {
-		return topicRead{}, fmt.Errorf("topic %s: %w", topic, d.Err)
+		return nil, 0, fmt.Errorf("topic %s: %w", topic, d.Err)
 	}
-	read.partitions = int32(len(d.Partitions))
-	var problems []string
-	var maxBytes int32
 	rf := -1
 	for _, p := range d.Partitions {
 		if rf < 0 || len(p.Replicas) < rf {
@@ -372,15 +329,11 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (read topic
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
-		return topicRead{}, err
+		return nil, 0, err
 	}
 	rc, err := configs.On(topic, nil)
 	if err != nil || rc.Err != nil {
-		return topicRead{}, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
-	}
-	var stamps struct {
-		logAppend                 bool
-		before, after, difference time.Duration
+		return nil, 0, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
 	}
 	for _, c := range rc.Configs {
 		if c.Value == nil {
@@ -399,39 +352,7 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (read topic
 			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n > 0 {
 				maxBytes = int32(n)
 			}
-		case "message.timestamp.type":
-			stamps.logAppend = *c.Value == "LogAppendTime"
-		case "message.timestamp.before.max.ms":
-			stamps.before = boundMillis(*c.Value)
-		case "message.timestamp.after.max.ms":
-			stamps.after = boundMillis(*c.Value)
-		case "message.timestamp.difference.max.ms":
-			stamps.difference = boundMillis(*c.Value)
 		}
 	}
-	if !stamps.logAppend {
-		// The older setting bounds both ways; brokers that know the
-		// newer ones apply the tighter of each.
-		read.stamps = timestampBounds{before: tighter(stamps.before, stamps.difference), after: tighter(stamps.after, stamps.difference)}
-	}
-	read.problems, read.maxBytes = problems, maxBytes
-	return read, nil
-}
-
-// boundMillis reads a message.timestamp.*.ms value; 0 for no bound
-// (Kafka's default is Long.MAX_VALUE).
-func boundMillis(v string) time.Duration {
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n <= 0 || n >= int64(math.MaxInt64/time.Millisecond) {
-		return 0
-	}
-	return time.Duration(n) * time.Millisecond
-}
-
-// tighter is the smaller of two bounds, 0 meaning none.
-func tighter(a, b time.Duration) time.Duration {
-	if a == 0 || (b != 0 && b < a) {
-		return b
-	}
-	return a
+	return problems, maxBytes, nil
 }

@@ -71,9 +71,6 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 		if err == nil {
 			err = r.checkTopicSettings(rec, verdicts[rec.Topic])
 		}
-		if err == nil {
-			err = r.checkTimestamp(rec, x.KafkaTimestamp != nil, verdicts[rec.Topic])
-		}
 		if err != nil {
 			out.failed = append(out.failed, failure{x, err, retry.Classify(err), -1})
 			continue
@@ -146,9 +143,6 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			if a.err != nil {
 				failedInGroup[x.Topic] = true
 				err := r.explain(topicMissing(verdicts[x.Topic], x.Topic, r.gaveUp(ctx, records, a.err)))
-				if errors.Is(a.err, kerr.InvalidTimestamp) {
-					r.recheckTopic(x.Topic)
-				}
 				if p, ok := chosenPartition(recs[a.i]); ok && partitionChoiceRefused(a.err) {
 					err = r.partitionRefused(ctx, x.Topic, p, a.err)
 				}
@@ -292,9 +286,6 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 	for _, f := range rejected {
 		// Its replaced headers were counted the first time it was made.
 		rec, _, err := f.row.record()
-		if err == nil {
-			err = r.checkTimestamp(rec, f.row.KafkaTimestamp != nil, r.knownVerdict(f.row.Topic))
-		}
 		if err != nil { // it made one before
 			out.failed = append(out.failed, failure{f.row, err, retry.Classify(err), -1})
 			continue
@@ -356,14 +347,11 @@ func (r *Relay) refusedAlone(rec *kgo.Record, err error) error {
 	return refusedAloneError{fmt.Errorf("%s%s (%w)", what, hint, err)}
 }
 
-// errClockSkew explains INVALID_TIMESTAMP. The relay checks each record's
-// timestamp against the topic's bounds before producing it (see
-// checkTimestamp), so the broker finding it out of range means the clocks
-// disagree, or the relay could not read the topic's bounds (or they
-// changed since it did: it reads them again).
+// errClockSkew explains INVALID_TIMESTAMP. The relay leaves each record's
+// timestamp to the client (the time of the produce), so the broker finding
+// it out of range means the clocks disagree.
 var errClockSkew = errors.New("Kafka refused the record's timestamp: the relay host's clock is probably skewed against the broker's " +
-	"(the topic's message.timestamp.*.ms bounds), or the relay could not read those bounds to stamp old rows with the time of the produce: " +
-	"fix the clock, or let the relay describe the topic's configs; the rows wait, no attempt is spent")
+	"(the topic's message.timestamp.*.ms bounds): fix the clock; the rows wait, no attempt is spent")
 
 // explain adds what a human needs to act on err: the cause of a clock
 // skew, and the last connection failure the client retried silently.
@@ -465,47 +453,6 @@ func (r *Relay) checkTopicSettings(rec *kgo.Record, v topicVerdict) error {
 		return badRow("topic %s is not durable (%s); strict durability refuses to produce to it", rec.Topic, strings.Join(v.problems, "; "))
 	}
 	return nil
-}
-
-// stampMargin is how close to a topic's timestamp bounds a record may be
-// before the relay treats it as outside them: the broker judges it a
-// little later, by its own clock.
-const stampMargin = time.Minute
-
-// checkTimestamp handles a record whose timestamp its topic would refuse
-// (INVALID_TIMESTAMP, which the broker answers for the record's whole
-// batch). A row's own kafka_timestamp is refused here, alone, with the
-// reason. The default, created_at, is replaced with the time of the
-// produce (as the relay stamped every record before rows carried a
-// timestamp): a row that waited in the outbox longer than the topic's
-// message.timestamp.before.max.ms, through an outage say, is still
-// delivered.
-func (r *Relay) checkTimestamp(rec *kgo.Record, own bool, v topicVerdict) error {
-	b := v.stamps
-	if b.before > 0 {
-		b.before = max(b.before-stampMargin, time.Millisecond)
-	}
-	if b.after > 0 {
-		b.after = max(b.after-stampMargin, time.Millisecond)
-	}
-	if b.allows(rec.Timestamp, time.Now()) {
-		return nil
-	}
-	if !own {
-		rec.Timestamp = time.Time{} // the client stamps it with the time of the produce
-		return nil
-	}
-	return badRow("kafka_timestamp %s is outside what topic %s accepts (message.timestamp.before.max.ms %s, after.max.ms %s, the tighter of each with difference.max.ms): "+
-		"fix the row's kafka_timestamp (NULL: the record takes created_at) or the topic's settings, then requeue it",
-		rec.Timestamp.UTC().Format(time.RFC3339Nano), rec.Topic, boundText(v.stamps.before), boundText(v.stamps.after))
-}
-
-// boundText shows a timestamp bound; 0 is none.
-func boundText(d time.Duration) string {
-	if d <= 0 {
-		return "none"
-	}
-	return d.String()
 }
 
 // outage reports whether the batch failed as a whole for reasons that are not

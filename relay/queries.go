@@ -18,7 +18,7 @@ package relay
 const lockFirstQuery = `
 WITH locked AS MATERIALIZED (
     SELECT id, topic, key, payload, headers, uuid, attempts, created_at,
-           deliver_after, expires_at, partition, kafka_timestamp,
+           deliver_after, expires_at, partition,
            expires_at <= COALESCE($4::timestamptz, now()) AS expired,
            ` + dueAt + ` <= COALESCE($4::timestamptz, now()) AS due,
            COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key), 0) + pg_column_size(headers) AS size
@@ -31,7 +31,7 @@ WITH locked AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 )
 SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, deliver_after, expires_at, partition, kafka_timestamp, COALESCE(expired, false),
+       uuid, attempts, created_at, deliver_after, expires_at, partition, COALESCE(expired, false),
        due, fits
 FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $5::bigint AS fits FROM locked) l
 ORDER BY id`
@@ -118,7 +118,7 @@ WITH window_rows AS MATERIALIZED (
     WHERE due_at <= COALESCE($2::timestamptz, now()) AND rank <= $5 AND NOT behind_flying
 ), locked AS MATERIALIZED (
     SELECT m.id, m.topic, m.key, m.payload, m.headers, m.uuid, m.attempts, m.created_at,
-           m.deliver_after, m.expires_at, m.partition, m.kafka_timestamp, c.rank,
+           m.deliver_after, m.expires_at, m.partition, c.rank,
            COALESCE(octet_length(m.payload), 0) + COALESCE(octet_length(m.key), 0) + pg_column_size(m.headers) AS size
     FROM (SELECT id, rank FROM chosen ORDER BY id) c
     JOIN messages m ON m.id = c.id
@@ -133,7 +133,7 @@ WITH window_rows AS MATERIALIZED (
     FOR UPDATE OF m SKIP LOCKED
 )
 SELECT id, topic, key, CASE WHEN fits THEN payload END, CASE WHEN fits THEN headers END,
-       uuid, attempts, created_at, deliver_after, expires_at, partition, kafka_timestamp,
+       uuid, attempts, created_at, deliver_after, expires_at, partition,
        COALESCE(expires_at <= COALESCE($2::timestamptz, now()), false),
        rank, (SELECT count(*) FROM window_rows), fits
 FROM (SELECT *, sum(size) OVER (ORDER BY id) - size < $7::bigint AS fits FROM locked) l
@@ -196,14 +196,14 @@ WITH moved AS (
     WHERE m.id = u.id
     RETURNING m.id, m.topic, m.key, m.payload, m.headers, m.created_at, m.attempts,
               m.first_error, u.last_error, u.error_kind, m.uuid,
-              m.deliver_after, m.expires_at, m.partition, m.kafka_timestamp
+              m.deliver_after, m.expires_at, m.partition
 )
 INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts,
                             first_error, last_error, error_kind, escalated_at, uuid,
-                            deliver_after, expires_at, partition, kafka_timestamp)
+                            deliver_after, expires_at, partition)
 SELECT id, topic, key, payload, headers, created_at, attempts + 1,
        COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid,
-       deliver_after, expires_at, partition, kafka_timestamp
+       deliver_after, expires_at, partition
 FROM moved`
 
 // declareIdleQuery asks inserts to notify for the next $1 milliseconds of
@@ -235,7 +235,7 @@ const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 const stuckSelect = `
 SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
        s.first_error, s.last_error, s.error_kind, s.escalated_at, COALESCE(s.uuid::text, ''),
-       s.deliver_after, s.expires_at, s.partition, s.kafka_timestamp,
+       s.deliver_after, s.expires_at, s.partition,
        (SELECT count(*) FROM messages m
         WHERE m.status = 'pending' AND m.key IS NOT NULL
           AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
@@ -263,11 +263,11 @@ const requeueQuery = `
 WITH moved AS (
     DELETE FROM stuck_messages
     WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2)
-    RETURNING id, topic, key, payload, headers, created_at, uuid, deliver_after, partition, kafka_timestamp
+    RETURNING id, topic, key, payload, headers, created_at, uuid, deliver_after, partition
 )
-INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition, kafka_timestamp)
+INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition)
 OVERRIDING SYSTEM VALUE
-SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()), deliver_after, partition, kafka_timestamp
+SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()), deliver_after, partition
 FROM moved ORDER BY id
 RETURNING id`
 
@@ -277,13 +277,13 @@ const discardQuery = `
 WITH gone AS (
     DELETE FROM stuck_messages WHERE id = ANY($1)
     RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
-              deliver_after, expires_at, partition, kafka_timestamp
+              deliver_after, expires_at, partition
 )
 INSERT INTO discarded_messages (id, topic, key, payload, headers, created_at, attempts,
-                                last_error, escalated_at, uuid, deliver_after, expires_at, partition, kafka_timestamp,
+                                last_error, escalated_at, uuid, deliver_after, expires_at, partition,
                                 discarded_by, reason)
 SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
-       deliver_after, expires_at, partition, kafka_timestamp,
+       deliver_after, expires_at, partition,
        current_user || COALESCE(' (' || $2::text || ')', ''), $3::text
 FROM gone ORDER BY id
 RETURNING id`

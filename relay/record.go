@@ -44,10 +44,9 @@ type row struct {
 	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
 
 	// The row's delivery options; nil when it does not set them.
-	DeliverAfter   *time.Time
-	ExpiresAt      *time.Time
-	Partition      *int32
-	KafkaTimestamp *time.Time
+	DeliverAfter *time.Time
+	ExpiresAt    *time.Time
+	Partition    *int32
 	// Expired is true when the claim found expires_at passed.
 	Expired bool
 }
@@ -79,11 +78,10 @@ func (r row) record() (*kgo.Record, []string, error) {
 		return nil, nil, err
 	}
 	rec := &kgo.Record{
-		Topic:     r.Topic,
-		Key:       r.Key,
-		Value:     r.Payload,
-		Headers:   make([]kgo.RecordHeader, 0, len(headers)+2),
-		Timestamp: r.timestamp(),
+		Topic:   r.Topic,
+		Key:     r.Key,
+		Value:   r.Payload,
+		Headers: make([]kgo.RecordHeader, 0, len(headers)+2),
 	}
 	if r.Partition != nil {
 		if *r.Partition < 0 {
@@ -97,17 +95,6 @@ func (r row) record() (*kgo.Record, []string, error) {
 	}
 	rec.Headers = append(rec.Headers, headers...)
 	return rec, replaced, nil
-}
-
-// timestamp is the record's timestamp: the row's kafka_timestamp, or else
-// the time the row was written (created_at), so a record tells when its
-// event happened however long it waited in the outbox. See
-// Relay.checkTimestamp for topics that would refuse it.
-func (r row) timestamp() time.Time {
-	if r.KafkaTimestamp != nil {
-		return *r.KafkaTimestamp
-	}
-	return r.CreatedAt
 }
 
 // ErrorKindExpired is the error_kind of a row escalated because it was not

@@ -84,7 +84,7 @@ ORDER BY id`
 // resendQuery clears the position with the status: the row is pending
 // again, as if never delivered (messages_sent_has_position allows it). A
 // resend goes now: deliver_after and expires_at are cleared; the row keeps
-// its partition and kafka_timestamp, so the copy lands beside the first.
+// its partition, so the copy lands beside the first.
 const resendQuery = `
 UPDATE messages
 SET status = 'pending', attempts = 0, next_attempt_at = now(), first_error = NULL, last_error = NULL,

@@ -37,11 +37,10 @@ type StuckRow struct {
 	// row stuck before migration 00002 (a requeue gives it one).
 	UUID string
 	// The row's delivery options (see migration 00005); nil when unset.
-	DeliverAfter   *time.Time
-	ExpiresAt      *time.Time
-	Partition      *int32
-	KafkaTimestamp *time.Time
-	Blocking       int // pending rows of the same topic and key waiting behind it
+	DeliverAfter *time.Time
+	ExpiresAt    *time.Time
+	Partition    *int32
+	Blocking     int // pending rows of the same topic and key waiting behind it
 }
 
 // StuckFilter selects stuck rows. Zero fields match everything.
@@ -115,7 +114,7 @@ func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
 	var first *string
 	err := r.Scan(&s.ID, &s.Topic, &s.Key, &s.Payload, &s.Headers, &s.CreatedAt, &s.Attempts,
 		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.UUID,
-		&s.DeliverAfter, &s.ExpiresAt, &s.Partition, &s.KafkaTimestamp, &s.Blocking)
+		&s.DeliverAfter, &s.ExpiresAt, &s.Partition, &s.Blocking)
 	if first != nil {
 		s.FirstError = *first
 	}
@@ -126,9 +125,9 @@ func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
 // attempts reset, so they are delivered again — before the rows of their key
 // that they were holding back, since those have later ids. It selects rows
 // by ids, or by topic; with neither it requeues everything. It returns the
-// ids it moved, in order. A requeued row keeps its deliver_after, partition
-// and kafka_timestamp, and loses its expires_at: requeueing decides to
-// deliver it however late.
+// ids it moved, in order. A requeued row keeps its deliver_after and
+// partition, and loses its expires_at: requeueing decides to deliver it
+// however late.
 func Requeue(ctx context.Context, q Querier, ids []int64, topic string) ([]int64, error) {
 	var topicArg *string
 	if topic != "" {

@@ -39,9 +39,9 @@ delivered as they are, or that failed RELAY_MAX_ATTEMPTS times.
            back into messages with the original id and attempts reset; delivered
            before the rows of its key that it was holding back. Warns about rows
            that failed for good (row_fatal): they fail again unless their cause
-           was fixed on the Kafka side. A requeued row keeps its deliver_after,
-           partition and kafka_timestamp; its expires_at is cleared, so an expired
-           row is delivered however late
+           was fixed on the Kafka side. A requeued row keeps its deliver_after and
+           partition; its expires_at is cleared, so an expired row is delivered
+           however late
   discard  ID... | FILTER | --all  --yes [--operator NAME] [--reason TEXT]
            delete for good; an audit copy stays in discarded_messages
 
@@ -520,10 +520,9 @@ type stuckJSON struct {
 	LastError   string          `json:"last_error"`
 	Blocking    int             `json:"blocking"`
 	// The row's delivery options, when it set them.
-	DeliverAfter   *time.Time `json:"deliver_after,omitempty"`
-	ExpiresAt      *time.Time `json:"expires_at,omitempty"`
-	Partition      *int32     `json:"partition,omitempty"`
-	KafkaTimestamp *time.Time `json:"kafka_timestamp,omitempty"`
+	DeliverAfter *time.Time `json:"deliver_after,omitempty"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	Partition    *int32     `json:"partition,omitempty"`
 }
 
 func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
@@ -532,7 +531,7 @@ func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
 		PayloadSize: len(r.Payload), Tombstone: r.Payload == nil,
 		CreatedAt: r.CreatedAt.UTC(), EscalatedAt: r.EscalatedAt.UTC(), Attempts: r.Attempts,
 		ErrorKind: r.ErrorKind, FirstError: r.FirstError, LastError: r.LastError, Blocking: r.Blocking,
-		DeliverAfter: r.DeliverAfter, ExpiresAt: r.ExpiresAt, Partition: r.Partition, KafkaTimestamp: r.KafkaTimestamp,
+		DeliverAfter: r.DeliverAfter, ExpiresAt: r.ExpiresAt, Partition: r.Partition,
 	}
 	if r.Key != nil && utf8.Valid(r.Key) {
 		k := string(r.Key)
@@ -563,7 +562,6 @@ func rowOptions(r relay.StuckRow) []option {
 	if r.Partition != nil {
 		out = append(out, option{"partition", fmt.Sprint(*r.Partition)})
 	}
-	at("kafka timestamp", r.KafkaTimestamp)
 	return out
 }
 
