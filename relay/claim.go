@@ -100,7 +100,8 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 	}
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
-		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt, &c.due, &c.size)
+		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt,
+			&c.DeliverAfter, &c.ExpiresAt, &c.Partition, &c.Expired, &c.due, &c.size)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
@@ -189,7 +190,8 @@ func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, mor
 	var scanned int64
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
-		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt, &x.Wave, &scanned, &x.size)
+		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt,
+			&x.DeliverAfter, &x.ExpiresAt, &x.Partition, &x.Expired, &x.Wave, &scanned, &x.size)
 		return x, err
 	})
 	if err != nil {

@@ -19,7 +19,8 @@ import (
 
 // The grants docs/operations.md gives an application role are enough to
 // enqueue, wake-up trigger included, and no more than that: the INSERT grant
-// covers the columns an application writes (topic, key, payload, headers),
+// covers the columns an application writes (topic, key, payload, headers
+// and the delivery options),
 // so the role cannot write delivery state (a row inserted as sent would
 // never be delivered; a next_attempt_at of infinity would block its key for
 // ever), choose ids or uuids, nor read the outbox.
@@ -30,7 +31,7 @@ func TestApplicationRoleGrants(t *testing.T) {
 	schema := pgx.Identifier{db.Schema}.Sanitize()
 	role := createRole(t, db, "app",
 		"USAGE ON SCHEMA "+schema,
-		"INSERT (topic, key, payload, headers) ON "+schema+".messages",
+		"INSERT (topic, key, payload, headers, deliver_after, expires_at, partition) ON "+schema+".messages",
 		"SELECT ON SEQUENCE "+schema+".relay_idle_until")
 
 	tx, err := db.Pool.Begin(ctx)
@@ -48,6 +49,10 @@ func TestApplicationRoleGrants(t *testing.T) {
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, headers) VALUES ('t', 'k', 'p', '{"type": "created"}')`); err != nil {
 		t.Fatalf("insert as the application role: %v", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO messages (topic, key, payload, deliver_after, expires_at, partition)
+		VALUES ('t', 'k', 'p', now(), now() + interval '1 hour', 0)`); err != nil {
+		t.Fatalf("insert with delivery options as the application role: %v", err)
 	}
 	refused := []struct{ what, sql string }{
 		{"insert a row marked sent", `INSERT INTO messages (topic, payload, status, sent_at, kafka_partition, kafka_offset) VALUES ('t', 'p', 'sent', now(), 0, 0)`},
@@ -79,8 +84,8 @@ func TestApplicationRoleGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending' AND attempts = 0 AND uuid IS NOT NULL AND next_attempt_at <= now()`).Scan(&n); err != nil || n != 1 {
-		t.Errorf("%d due pending rows with a uuid after the application's insert (%v), want 1", n, err)
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM messages WHERE status = 'pending' AND attempts = 0 AND uuid IS NOT NULL AND next_attempt_at <= now()`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("%d due pending rows with a uuid after the application's inserts (%v), want 2", n, err)
 	}
 }
 
@@ -102,8 +107,8 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	operatorRole := createRole(t, db, "operator",
 		"USAGE ON SCHEMA "+s,
 		"SELECT ON "+s+".messages",
-		"INSERT (id, topic, key, payload, headers, created_at, uuid) ON "+s+".messages",
-		"UPDATE (status, attempts, next_attempt_at, first_error, last_error, sent_at, kafka_partition, kafka_offset, uuid) ON "+s+".messages",
+		"INSERT (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition) ON "+s+".messages",
+		"UPDATE (status, attempts, next_attempt_at, first_error, last_error, sent_at, kafka_partition, kafka_offset, uuid, deliver_after, expires_at) ON "+s+".messages",
 		"SELECT ON SEQUENCE "+s+".relay_idle_until",
 		"SELECT, DELETE, UPDATE ON "+s+".stuck_messages",
 		"SELECT, INSERT ON "+s+".discarded_messages",

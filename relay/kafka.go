@@ -37,7 +37,9 @@ const DefaultProduceTimeout = 30 * time.Second
 //     order still holds). The cost is a possible duplicate of a record
 //     given up on, which at-least-once delivery allows.
 //   - the Java client's partitioner (murmur2 on the key, sticky for rows
-//     without a key), so a key lands where an in-app Java producer put it.
+//     without a key), so a key lands where an in-app Java producer put it;
+//     a row that sets its partition column goes there instead
+//     (rowPartitioner).
 //
 // Lingering is off by default: the relay hands Kafka a whole batch at once,
 // so waiting for more records would only add latency.
@@ -52,7 +54,7 @@ func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordRetries(math.MaxInt),
 		kgo.AllowIdempotentProduceCancellation(),
-		kgo.RecordPartitioner(kgo.UniformBytesPartitioner(64<<10, true, true, nil)),
+		kgo.RecordPartitioner(rowPartitioner{kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

@@ -8,13 +8,15 @@ import (
 	"github.com/outboxrelay/relay/alert"
 )
 
-// backlogQuery reads the age of the oldest pending row (lowest id first),
+// backlogQuery reads the age of the oldest pending row (lowest id first;
+// a delayed row's age counts from its deliver_after),
 // the number of pending rows, of stuck rows, and of pending rows behind a
 // stuck row of their key. The first two go through the pending index: cheap
 // however much sent history is kept; the last starts from the stuck keys, so
 // it costs nothing while stuck_messages is empty.
 const backlogQuery = `
-SELECT COALESCE((SELECT now() - created_at FROM messages WHERE status = 'pending' ORDER BY id LIMIT 1), interval '0'),
+SELECT COALESCE((SELECT GREATEST(now() - GREATEST(created_at, deliver_after), interval '0')
+                  FROM messages WHERE status = 'pending' ORDER BY id LIMIT 1), interval '0'),
        (SELECT count(*) FROM messages WHERE status = 'pending'),
        (SELECT count(*) FROM stuck_messages),
        (SELECT COALESCE(sum(c.n), 0)::bigint

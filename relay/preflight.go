@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/alert"
 )
@@ -277,6 +279,32 @@ func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time
 	case <-ctx.Done():
 		return nil, 0, fmt.Errorf("topic %s: %w", topic, ctx.Err())
 	}
+}
+
+// partitionCount reads how many partitions topic has now, from the
+// cluster: a Metadata request of its own, since kadm answers from the
+// client's cached metadata (kgo.Client.RequestCachedMetadata), which may
+// predate partitions added to the topic.
+func (r *Relay) partitionCount(ctx context.Context, topic string) (int32, error) {
+	ctx, cancel := context.WithTimeout(ctx, topicCheckTimeout)
+	defer cancel()
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, r.kafka)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range resp.Topics {
+		if t.Topic != nil && *t.Topic == topic {
+			if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+				return 0, fmt.Errorf("topic %s: %w", topic, err)
+			}
+			return int32(len(t.Partitions)), nil
+		}
+	}
+	return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
 }
 
 // checkTopic reads a topic's replication factor, min.insync.replicas,

@@ -63,7 +63,11 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 	verdicts := r.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
-		rec, err := r.record(x)
+		err := x.expiry()
+		var rec *kgo.Record
+		if err == nil {
+			rec, err = r.record(x)
+		}
 		if err == nil {
 			err = r.checkTopicSettings(rec, verdicts[rec.Topic])
 		}
@@ -139,6 +143,9 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 			if a.err != nil {
 				failedInGroup[x.Topic] = true
 				err := r.explain(topicMissing(verdicts[x.Topic], x.Topic, r.gaveUp(ctx, records, a.err)))
+				if p, ok := chosenPartition(recs[a.i]); ok && partitionChoiceRefused(a.err) {
+					err = r.partitionRefused(ctx, x.Topic, p, a.err)
+				}
 				f := failure{x, err, retry.Classify(err), a.rec.Partition}
 				if retry.RejectsBatch(err) {
 					out.rejected = append(out.rejected, f)
@@ -553,7 +560,7 @@ func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Ti
 		for i, f := range escalate {
 			ids[i] = f.row.ID
 			errs[i] = f.err.Error()
-			kinds[i] = f.kind.String()
+			kinds[i] = f.errorKind()
 		}
 		if _, err := tx.Exec(ctx, escalateQuery, ids, errs, kinds, now); err != nil {
 			return nil, fmt.Errorf("escalate: %w", err)

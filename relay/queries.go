@@ -21,7 +21,9 @@ const lockFirstQuery = `
 SELECT id, topic, key,
        CASE WHEN ` + rowSize + ` <= $5::bigint THEN payload END,
        CASE WHEN ` + rowSize + ` <= $5::bigint THEN headers END,
-       uuid, attempts, created_at, next_attempt_at <= COALESCE($4::timestamptz, now()),
+       uuid, attempts, created_at, deliver_after, expires_at, partition,
+       COALESCE(expires_at <= COALESCE($4::timestamptz, now()), false),
+       ` + dueAt + ` <= COALESCE($4::timestamptz, now()),
        ` + rowSize + `
 FROM messages
 WHERE status = 'pending'
@@ -38,6 +40,12 @@ const rowSize = `(COALESCE(octet_length(payload), 0) + COALESCE(octet_length(key
 // largeRowsQuery reads the payload and headers of claimed rows larger than
 // the claim returns them (see lockFirstQuery). The batch holds their locks.
 const largeRowsQuery = `SELECT id, payload, headers FROM messages WHERE id = ANY($1::bigint[])`
+
+// dueAt is when a pending row may be produced: at its next attempt, and
+// not before its deliver_after. A row whose expires_at comes before its
+// deliver_after can never be delivered: it is due at once, to be escalated
+// (see expiredError). A row not due holds back the later rows of its key.
+const dueAt = `GREATEST(next_attempt_at, CASE WHEN expires_at < deliver_after THEN NULL ELSE deliver_after END)`
 
 // heldQuery lists what holds back rows that lockFirstQuery locked: every
 // pending row of their keys ($3, $4) below id $1 that is not one of them
@@ -100,7 +108,7 @@ GROUP BY s.topic, s.key`
 // $2 is "now", NULL for the database clock; tests pass a fixed time.
 const claimQuery = `
 WITH window_rows AS MATERIALIZED (
-    SELECT id, topic, key, next_attempt_at FROM messages
+    SELECT id, topic, key, ` + dueAt + ` AS next_attempt_at FROM messages
     WHERE status = 'pending'
     ORDER BY id
     LIMIT $4
@@ -117,7 +125,9 @@ WITH window_rows AS MATERIALIZED (
 SELECT m.id, m.topic, m.key,
        CASE WHEN ` + rowSize + ` <= $7::bigint THEN m.payload END,
        CASE WHEN ` + rowSize + ` <= $7::bigint THEN m.headers END,
-       m.uuid, m.attempts, m.created_at, c.rank, (SELECT count(*) FROM window_rows),
+       m.uuid, m.attempts, m.created_at, m.deliver_after, m.expires_at, m.partition,
+       COALESCE(m.expires_at <= COALESCE($2::timestamptz, now()), false),
+       c.rank, (SELECT count(*) FROM window_rows),
        ` + rowSize + `
 FROM (SELECT id, rank FROM chosen ORDER BY id) c
 JOIN messages m ON m.id = c.id
@@ -187,12 +197,15 @@ WITH moved AS (
     USING unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, last_error, error_kind)
     WHERE m.id = u.id
     RETURNING m.id, m.topic, m.key, m.payload, m.headers, m.created_at, m.attempts,
-              m.first_error, u.last_error, u.error_kind, m.uuid
+              m.first_error, u.last_error, u.error_kind, m.uuid,
+              m.deliver_after, m.expires_at, m.partition
 )
 INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts,
-                            first_error, last_error, error_kind, escalated_at, uuid)
+                            first_error, last_error, error_kind, escalated_at, uuid,
+                            deliver_after, expires_at, partition)
 SELECT id, topic, key, payload, headers, created_at, attempts + 1,
-       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid
+       COALESCE(first_error, last_error), last_error, error_kind, COALESCE($4::timestamptz, now()), uuid,
+       deliver_after, expires_at, partition
 FROM moved`
 
 // declareIdleQuery asks inserts to notify for the next $1 milliseconds of
@@ -224,6 +237,7 @@ const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 const stuckSelect = `
 SELECT s.id, s.topic, s.key, s.payload, s.headers, s.created_at, s.attempts,
        s.first_error, s.last_error, s.error_kind, s.escalated_at, COALESCE(s.uuid::text, ''),
+       s.deliver_after, s.expires_at, s.partition,
        (SELECT count(*) FROM messages m
         WHERE m.status = 'pending' AND m.key IS NOT NULL
           AND m.topic = s.topic AND m.key = s.key AND m.id > s.id)::int
@@ -243,15 +257,20 @@ WHERE s.id = $1`
 // requeueQuery moves stuck rows back to messages, keeping their ids and
 // uuids (a row stuck before migration 00002 has none and gets one). $1 ids
 // (NULL: any), $2 topic (NULL: any).
+//
+// The row keeps its delivery options but expires_at: requeueing is the
+// operator's decision to deliver the row, however late (an expiry kept
+// would only escalate an expired row again).
 const requeueQuery = `
 WITH moved AS (
     DELETE FROM stuck_messages
     WHERE ($1::bigint[] IS NULL OR id = ANY($1)) AND ($2::text IS NULL OR topic = $2)
-    RETURNING id, topic, key, payload, headers, created_at, uuid
+    RETURNING id, topic, key, payload, headers, created_at, uuid, deliver_after, partition
 )
-INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid)
+INSERT INTO messages (id, topic, key, payload, headers, created_at, uuid, deliver_after, partition)
 OVERRIDING SYSTEM VALUE
-SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()) FROM moved ORDER BY id
+SELECT id, topic, key, payload, headers, created_at, COALESCE(uuid, gen_random_uuid()), deliver_after, partition
+FROM moved ORDER BY id
 RETURNING id`
 
 // discardQuery deletes stuck rows and keeps an audit copy. $2 operator name
@@ -259,11 +278,14 @@ RETURNING id`
 const discardQuery = `
 WITH gone AS (
     DELETE FROM stuck_messages WHERE id = ANY($1)
-    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid
+    RETURNING id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
+              deliver_after, expires_at, partition
 )
 INSERT INTO discarded_messages (id, topic, key, payload, headers, created_at, attempts,
-                                last_error, escalated_at, uuid, discarded_by, reason)
+                                last_error, escalated_at, uuid, deliver_after, expires_at, partition,
+                                discarded_by, reason)
 SELECT id, topic, key, payload, headers, created_at, attempts, last_error, escalated_at, uuid,
+       deliver_after, expires_at, partition,
        current_user || COALESCE(' (' || $2::text || ')', ''), $3::text
 FROM gone ORDER BY id
 RETURNING id`

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -44,6 +45,13 @@ type row struct {
 	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
 
 	size int64 // bytes of payload, key and headers, as the claim's byte bound counts them
+
+	// The row's delivery options; nil when it does not set them.
+	DeliverAfter *time.Time
+	ExpiresAt    *time.Time
+	Partition    *int32
+	// Expired is true when the claim found expires_at passed.
+	Expired bool
 }
 
 // record turns a row into a Kafka record (see row.record) and reports an
@@ -79,6 +87,12 @@ func (r row) record() (*kgo.Record, []string, error) {
 	if len(headers) > 0 {
 		rec.Headers = make([]kgo.RecordHeader, 0, len(headers)+2)
 	}
+	if r.Partition != nil {
+		if *r.Partition < 0 {
+			return nil, nil, badRow("partition %d is negative: Kafka numbers partitions from 0; fix the row's partition (or set it NULL to partition by key) and requeue it", *r.Partition)
+		}
+		rec.Context = withPartition(*r.Partition)
+	}
 	id := strconv.AppendInt(b.values[:0], r.ID, 10)
 	rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderOutboxID, Value: id[:len(id):len(id)]})
 	if r.UUID.Valid {
@@ -107,6 +121,44 @@ func appendUUID(dst []byte, u [16]byte) []byte {
 		dst = hex.AppendEncode(dst, part)
 	}
 	return dst
+}
+
+// ErrorKindExpired is the error_kind of a row escalated because it was not
+// delivered by its expires_at, or because its expires_at comes before its
+// deliver_after. The other kinds are retry.Kind's.
+const ErrorKindExpired = "expired"
+
+// ErrorKinds lists the error_kind values of stuck_messages, for filters.
+var ErrorKinds = []string{"row_fatal", "row_retriable", ErrorKindExpired}
+
+// expiredError is a row that must not be produced: its expires_at has
+// passed, or comes before its deliver_after. It is escalated at once, with
+// error_kind ErrorKindExpired.
+type expiredError struct{ reason string }
+
+func (e expiredError) Error() string  { return e.reason }
+func (e expiredError) RowFatal() bool { return true }
+
+// expiry returns an expiredError when the row must not be produced.
+func (r row) expiry() error {
+	const at = "2006-01-02T15:04:05.000Z07:00"
+	switch {
+	case r.ExpiresAt != nil && r.DeliverAfter != nil && r.ExpiresAt.Before(*r.DeliverAfter):
+		return expiredError{fmt.Sprintf("expired: expires_at %s is before deliver_after %s, so the row could never be delivered in time; "+
+			"requeue it (requeue clears expires_at) or discard it", r.ExpiresAt.UTC().Format(at), r.DeliverAfter.UTC().Format(at))}
+	case r.Expired:
+		return expiredError{fmt.Sprintf("expired: not delivered by its expires_at %s, and never produced late; "+
+			"requeue it to deliver it anyway (requeue clears expires_at) or discard it", r.ExpiresAt.UTC().Format(at))}
+	}
+	return nil
+}
+
+// errorKind is what stuck_messages.error_kind says of f.
+func (f failure) errorKind() string {
+	if _, ok := errors.AsType[expiredError](f.err); ok {
+		return ErrorKindExpired
+	}
+	return f.kind.String()
 }
 
 // badRowError is a row that can never be produced as it is. It implements

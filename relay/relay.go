@@ -547,7 +547,7 @@ func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 	var topics []string
 	for _, f := range escalated {
 		r.logger.Error("row_escalated", "outbox_id", f.row.ID, "topic", f.row.Topic,
-			"attempt", f.row.Attempts+1, "error_kind", f.kind.String(), "error", f.err)
+			"attempt", f.row.Attempts+1, "error_kind", f.errorKind(), "error", f.err)
 		a := byTopic[f.row.Topic]
 		if a == nil {
 			a = &topicAlert{reason: f.err.Error()}

@@ -82,10 +82,13 @@ WHERE status = 'sent'
 ORDER BY id`
 
 // resendQuery clears the position with the status: the row is pending
-// again, as if never delivered (messages_sent_has_position allows it).
+// again, as if never delivered (messages_sent_has_position allows it). A
+// resend goes now: deliver_after and expires_at are cleared; the row keeps
+// its partition, so the copy lands beside the first.
 const resendQuery = `
 UPDATE messages
 SET status = 'pending', attempts = 0, next_attempt_at = now(), first_error = NULL, last_error = NULL,
+    deliver_after = NULL, expires_at = NULL,
     sent_at = NULL, kafka_partition = NULL, kafka_offset = NULL,
     uuid = COALESCE(uuid, gen_random_uuid()) -- a row sent before migration 00002 has none
 WHERE id = ANY($1) AND status = 'sent'

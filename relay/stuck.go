@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,8 +35,12 @@ type StuckRow struct {
 	EscalatedAt time.Time
 	// UUID is the row's uuid, its records' outbox-uuid header; "" for a
 	// row stuck before migration 00002 (a requeue gives it one).
-	UUID     string
-	Blocking int // pending rows of the same topic and key waiting behind it
+	UUID string
+	// The row's delivery options (see migration 00005); nil when unset.
+	DeliverAfter *time.Time
+	ExpiresAt    *time.Time
+	Partition    *int32
+	Blocking     int // pending rows of the same topic and key waiting behind it
 }
 
 // StuckFilter selects stuck rows. Zero fields match everything.
@@ -43,7 +48,7 @@ type StuckFilter struct {
 	Topic     string
 	Key       []byte    // nil: any key
 	Since     time.Time // escalated at or after
-	ErrorKind string    // row_fatal or row_retriable; empty: either
+	ErrorKind string    // one of ErrorKinds; empty: any
 	Limit     int       // 0: 100 (ListStuck only)
 }
 
@@ -63,6 +68,9 @@ func (f StuckFilter) args() []any {
 	}
 	return []any{topic, f.Key, since, kind}
 }
+
+// ValidErrorKind reports whether kind is one of ErrorKinds.
+func ValidErrorKind(kind string) bool { return slices.Contains(ErrorKinds, kind) }
 
 // ErrNotFound is returned for an id that is not in stuck_messages.
 var ErrNotFound = errors.New("not found")
@@ -105,7 +113,8 @@ func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
 	var s StuckRow
 	var first *string
 	err := r.Scan(&s.ID, &s.Topic, &s.Key, &s.Payload, &s.Headers, &s.CreatedAt, &s.Attempts,
-		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.UUID, &s.Blocking)
+		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.UUID,
+		&s.DeliverAfter, &s.ExpiresAt, &s.Partition, &s.Blocking)
 	if first != nil {
 		s.FirstError = *first
 	}
@@ -116,7 +125,9 @@ func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
 // attempts reset, so they are delivered again — before the rows of their key
 // that they were holding back, since those have later ids. It selects rows
 // by ids, or by topic; with neither it requeues everything. It returns the
-// ids it moved, in order.
+// ids it moved, in order. A requeued row keeps its deliver_after and
+// partition, and loses its expires_at: requeueing decides to deliver it
+// however late.
 func Requeue(ctx context.Context, q Querier, ids []int64, topic string) ([]int64, error) {
 	var topicArg *string
 	if topic != "" {

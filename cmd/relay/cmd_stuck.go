@@ -39,11 +39,13 @@ delivered as they are, or that failed RELAY_MAX_ATTEMPTS times.
            back into messages with the original id and attempts reset; delivered
            before the rows of its key that it was holding back. Warns about rows
            that failed for good (row_fatal): they fail again unless their cause
-           was fixed on the Kafka side
+           was fixed on the Kafka side. A requeued row keeps its deliver_after and
+           partition; its expires_at is cleared, so an expired row is delivered
+           however late
   discard  ID... | FILTER | --all  --yes [--operator NAME] [--reason TEXT]
            delete for good; an audit copy stays in discarded_messages
 
-FILTER is any of --topic T, --key K, --error-kind row_fatal|row_retriable and
+FILTER is any of --topic T, --key K, --error-kind row_fatal|row_retriable|expired and
 --since 2h. A requeue by filter or --all, and every discard, must be confirmed:
 on a terminal the command asks, otherwise it wants --yes. Each requeue and
 discard is written to audit_log with --operator (default $USER).
@@ -155,7 +157,7 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 	topic := fs.String("topic", "", "only rows of this topic")
 	key := fs.String("key", "", "only rows with this key (as text)")
 	since := fs.String("since", "", "only rows escalated since then: a duration back from now (2h) or a time")
-	kind := fs.String("error-kind", "", "only rows of this error kind: row_fatal or row_retriable")
+	kind := fs.String("error-kind", "", "only rows of this error kind: "+kindList)
 	limit := fs.Int("limit", 100, "at most this many rows; 0: all")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	rest, done, err := parseAction(fs, env, "relay stuck list [--topic T] [--key K] [--error-kind K] [--since 2h] [--limit N] [--json]", args)
@@ -169,8 +171,8 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return usageErrorf("stuck list: --since: %v", err)
 	}
-	if *kind != "" && *kind != "row_fatal" && *kind != "row_retriable" {
-		return usageErrorf("stuck list: --error-kind %q: use row_fatal or row_retriable", *kind)
+	if *kind != "" && !relay.ValidErrorKind(*kind) {
+		return usageErrorf("stuck list: --error-kind %q: use %s", *kind, kindList)
 	}
 	if *limit < 0 {
 		return usageErrorf("stuck list: --limit %d: must not be negative", *limit)
@@ -265,6 +267,9 @@ func stuckShow(ctx context.Context, env *environment, args []string) error {
 	fmt.Fprintf(w, "error kind\t%s\n", r.ErrorKind)
 	fmt.Fprintf(w, "first error\t%s\n", oneLine(r.FirstError, 500))
 	fmt.Fprintf(w, "last error\t%s\n", oneLine(r.LastError, 500))
+	for _, o := range rowOptions(r) {
+		fmt.Fprintf(w, "%s\t%s\n", o.name, o.value)
+	}
 	fmt.Fprintf(w, "blocking\t%d pending row(s) of its key\n", r.Blocking)
 	return w.Flush()
 }
@@ -279,7 +284,7 @@ func addSelectionFlags(fs *flag.FlagSet, verb string) selectionFlags {
 	return selectionFlags{
 		topic: fs.String("topic", "", verb+" the stuck rows of this topic"),
 		key:   fs.String("key", "", verb+" the stuck rows with this key (as text)"),
-		kind:  fs.String("error-kind", "", verb+" the stuck rows of this error kind: row_fatal or row_retriable"),
+		kind:  fs.String("error-kind", "", verb+" the stuck rows of this error kind: "+kindList),
 		since: fs.String("since", "", verb+" the rows escalated since then: a duration back from now (2h) or a time"),
 		all:   fs.Bool("all", false, verb+" every stuck row"),
 	}
@@ -291,8 +296,8 @@ func (s selectionFlags) filter(command string) (relay.StuckFilter, bool, error) 
 	if err != nil {
 		return relay.StuckFilter{}, false, usageErrorf("%s: --since: %v", command, err)
 	}
-	if k := *s.kind; k != "" && k != "row_fatal" && k != "row_retriable" {
-		return relay.StuckFilter{}, false, usageErrorf("%s: --error-kind %q: use row_fatal or row_retriable", command, k)
+	if k := *s.kind; k != "" && !relay.ValidErrorKind(k) {
+		return relay.StuckFilter{}, false, usageErrorf("%s: --error-kind %q: use %s", command, k, kindList)
 	}
 	f := relay.StuckFilter{Topic: *s.topic, Since: from, ErrorKind: *s.kind}
 	if *s.key != "" {
@@ -514,6 +519,10 @@ type stuckJSON struct {
 	FirstError  string          `json:"first_error"`
 	LastError   string          `json:"last_error"`
 	Blocking    int             `json:"blocking"`
+	// The row's delivery options, when it set them.
+	DeliverAfter *time.Time `json:"deliver_after,omitempty"`
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	Partition    *int32     `json:"partition,omitempty"`
 }
 
 func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
@@ -522,6 +531,7 @@ func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
 		PayloadSize: len(r.Payload), Tombstone: r.Payload == nil,
 		CreatedAt: r.CreatedAt.UTC(), EscalatedAt: r.EscalatedAt.UTC(), Attempts: r.Attempts,
 		ErrorKind: r.ErrorKind, FirstError: r.FirstError, LastError: r.LastError, Blocking: r.Blocking,
+		DeliverAfter: r.DeliverAfter, ExpiresAt: r.ExpiresAt, Partition: r.Partition,
 	}
 	if r.Key != nil && utf8.Valid(r.Key) {
 		k := string(r.Key)
@@ -531,6 +541,28 @@ func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
 		j.Payload = r.Payload
 	}
 	return j
+}
+
+// kindList names the error kinds for flag help and errors.
+var kindList = strings.Join(relay.ErrorKinds, ", ")
+
+// option is one delivery option a stuck row set, for show.
+type option struct{ name, value string }
+
+// rowOptions lists the delivery options r set, in the columns' order.
+func rowOptions(r relay.StuckRow) []option {
+	var out []option
+	at := func(name string, t *time.Time) {
+		if t != nil {
+			out = append(out, option{name, t.UTC().Format(time.RFC3339Nano)})
+		}
+	}
+	at("deliver after", r.DeliverAfter)
+	at("expires at", r.ExpiresAt)
+	if r.Partition != nil {
+		out = append(out, option{"partition", fmt.Sprint(*r.Partition)})
+	}
+	return out
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -29,19 +29,20 @@ func TestMigrateDownRefusesWhileRowsAreUndelivered(t *testing.T) {
 	env := map[string]string{"RELAY_DATABASE_URL": db.URL, "RELAY_SCHEMA": db.Schema}
 	db.Insert(t, relaytest.Message{Topic: "orders", Payload: []byte("p")})
 
-	// The newest migration is the audit log: rolling it back says so.
+	// The newest migration adds the delivery options: rolling it back
+	// names the columns it drops.
 	stdout, _, err := runCLI(t, env, "migrate", "down")
 	if exitCode(err) != 2 || !strings.Contains(err.Error(), "1 pending and 0 stuck row(s)") || !strings.Contains(err.Error(), "--yes") {
 		t.Fatalf("migrate down with a pending row: %v (exit %d); want a refusal naming the rows and --yes", err, exitCode(err))
 	}
-	if !strings.Contains(stdout, "drops: table audit_log") {
+	if !strings.Contains(stdout, "column messages.deliver_after") || !strings.Contains(stdout, "column stuck_messages.expires_at") {
 		t.Errorf("migrate down does not say what it drops:\n%s", stdout)
 	}
-	if stdout, _, err = runCLI(t, env, "migrate", "down", "--yes"); err != nil || !strings.Contains(stdout, "rolled back migration 4") {
+	if stdout, _, err = runCLI(t, env, "migrate", "down", "--yes"); err != nil || !strings.Contains(stdout, "rolled back migration 5") {
 		t.Fatalf("migrate down --yes: %v\n%s", err, stdout)
 	}
-	// The migrations between the outbox and the audit log; 00002 drops the
-	// uuid column, and says so.
+	// The migrations between the outbox and the delivery options, the
+	// audit log among them; 00002 drops the uuid column, and says so.
 	files, err := fs.Glob(migrations.FS, "*.sql")
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +53,9 @@ func TestMigrateDownRefusesWhileRowsAreUndelivered(t *testing.T) {
 		stdout, _, err = runCLI(t, env, "migrate", "down", "--yes")
 		if err != nil || !strings.Contains(stdout, "rolled back migration") || !strings.Contains(stdout, f) {
 			t.Fatalf("migrate down --yes of %s: %v\n%s", f, err, stdout)
+		}
+		if strings.HasPrefix(f, "00004") && !strings.Contains(stdout, "drops: table audit_log") {
+			t.Errorf("migrate down of %s does not say it drops audit_log:\n%s", f, stdout)
 		}
 		if strings.HasPrefix(f, "00002") && !strings.Contains(stdout, "column messages.uuid") {
 			t.Errorf("migrate down of %s does not say it drops messages.uuid:\n%s", f, stdout)

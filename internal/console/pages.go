@@ -131,7 +131,7 @@ func filterOf(get func(string) string) (relay.StuckFilter, error) {
 	if k := get("key"); k != "" {
 		f.Key = []byte(k)
 	}
-	if f.ErrorKind != "" && f.ErrorKind != "row_fatal" && f.ErrorKind != "row_retriable" {
+	if f.ErrorKind != "" && !relay.ValidErrorKind(f.ErrorKind) {
 		return f, fmt.Errorf("unknown error kind %q", f.ErrorKind)
 	}
 	return f, nil

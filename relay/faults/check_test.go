@@ -26,6 +26,9 @@ type outcome struct {
 	// badRows are ids the scenario made undeliverable on purpose: only
 	// they may be escalated. Nil under pure infrastructure faults.
 	badRows map[int64]bool
+	// expired are rows written past their expires_at: they must be
+	// escalated as expired. mayExpire may be sent or escalated as expired.
+	expired, mayExpire map[int64]bool
 	// drainTimeout bounds the wait for every row to leave pending.
 	drainTimeout time.Duration
 }
@@ -123,6 +126,11 @@ func checkInvariants(t *testing.T, o outcome) (duplicates int) {
 			} else if got, err := relaytest.OutboxID(r); err != nil || got != id {
 				fail("row %d is marked sent at %s/%d@%d, but the record there is outbox-id %d (%v)", id, p.Topic, p.Partition, p.Offset, got, err)
 			}
+		case isStuck && (o.expired[id] || o.mayExpire[id]):
+			escalated++
+			if s.kind != "expired" {
+				fail("expiring row %d was escalated as %s (%s), want expired", id, s.kind, s.reason)
+			}
 		case isStuck:
 			escalated++
 			if s.reason == "" {
@@ -138,8 +146,8 @@ func checkInvariants(t *testing.T, o outcome) (duplicates int) {
 		default:
 			fail("row %d is neither sent nor in stuck_messages", id)
 		}
-		if o.badRows[id] && !isStuck {
-			fail("bad row %d was not escalated (sent: %v)", id, isSent)
+		if (o.badRows[id] || o.expired[id]) && !isStuck {
+			fail("bad or expired row %d was not escalated (sent: %v)", id, isSent)
 		}
 		if d.Deliveries[id] == 0 && !isStuck {
 			lost++

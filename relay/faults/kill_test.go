@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -62,4 +63,43 @@ func TestTwoRelaysOneKilledRepeatedly(t *testing.T) {
 	checkInvariants(t, o)
 	steady.stop()
 	victim.stop()
+}
+
+// Scenario 9: rows with delivery options while the relay is killed with
+// SIGKILL at random moments: some rows are delayed (deliver_after up to
+// 1.5s ahead, holding back the later rows of their key), some expire far
+// ahead, some expire within 300ms or had expired already. None is lost,
+// per-key order holds across the delays and the kills, a row past its
+// expires_at is escalated as expired (never produced), and no row is
+// marked sent before its deliver_after.
+func TestDelayedAndExpiringRowsAcrossKills(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	topics := []string{"orders", "payments"}
+	cluster := relaytest.NewCluster(t, 3, topics...)
+	brokers := cluster.ListenAddrs()
+	env := relayEnv(db, relayDatabaseURL(t, db, ""), brokers)
+
+	p := startRelay(t, "relay-0", env)
+	l := startMixedLoad(t, db, topics, 4, mix{options: true})
+	kills := runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
+		pause(jitter(800 * time.Millisecond))
+		p.kill9()
+		p = startRelay(t, fmt.Sprintf("relay-%d", i+1), env)
+	})
+	o := l.stop()
+	o.db, o.brokers, o.topics = db, brokers, topics
+	o.faults, o.kinds = kills, "SIGKILL and restart, rows delayed and expiring"
+	checkInvariants(t, o)
+	var early, delayed int
+	if err := db.Pool.QueryRow(context.Background(),
+		`SELECT count(*) FILTER (WHERE sent_at < deliver_after), count(*) FROM messages WHERE status = 'sent' AND deliver_after IS NOT NULL`).
+		Scan(&early, &delayed); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d delayed rows sent, %d expired rows escalated as they must be", delayed, len(o.expired))
+	if early > 0 || delayed == 0 {
+		t.Errorf("%d of %d delayed rows were marked sent before their deliver_after, want none of some", early, delayed)
+	}
+	p.stop()
 }

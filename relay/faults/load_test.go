@@ -54,6 +54,10 @@ type load struct {
 	// bad are the ids of rows written with a malformed header: the relay
 	// must escalate them (row_fatal), and only them.
 	bad map[int64]bool
+	// expired are the ids of rows written already past their expires_at:
+	// the relay must escalate them as expired. mayExpire are rows whose
+	// expires_at is near: they are sent, or escalated as expired.
+	expired, mayExpire map[int64]bool
 
 	committed  atomic.Int64
 	rolledBack atomic.Int64
@@ -72,21 +76,47 @@ func startLoad(t *testing.T, db *relaytest.DB, topics []string, writers int) *lo
 // has a key of its own, so it holds back no good row.
 func startLoadWithBadRows(t *testing.T, db *relaytest.DB, topics []string, writers int, withBad bool) *load {
 	t.Helper()
+	return startMixedLoad(t, db, topics, writers, mix{bad: withBad})
+}
+
+// mix says what else than plain rows a load writes.
+type mix struct {
+	// bad: see startLoadWithBadRows.
+	bad bool
+	// options: about one row in six is delayed (deliver_after up to 1.5s
+	// ahead, on the writer's own keys, so it holds back the later rows of
+	// its key), one in twelve expires far ahead (it must be sent), and
+	// about one transaction in forty also writes a row on a key of its
+	// own that expires within 300ms (sent or escalated as expired) or had
+	// expired already (escalated as expired).
+	options bool
+}
+
+// startMixedLoad is startLoad with the extra rows of m.
+func startMixedLoad(t *testing.T, db *relaytest.DB, topics []string, writers int, m mix) *load {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{t: t, cancel: cancel, rows: map[int64]relaytest.Message{}, bad: map[int64]bool{}}
+	l := &load{t: t, cancel: cancel, rows: map[int64]relaytest.Message{}, bad: map[int64]bool{},
+		expired: map[int64]bool{}, mayExpire: map[int64]bool{}}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("load seed %d", seed)
 	for w := range writers {
 		l.g.Go(func() error {
-			return l.write(ctx, db.Pool, topics, w, withBad, rand.New(rand.NewPCG(seed, uint64(w))))
+			return l.write(ctx, db.Pool, topics, w, m, rand.New(rand.NewPCG(seed, uint64(w))))
 		})
 	}
 	t.Cleanup(cancel)
 	return l
 }
 
+// rowOptions are the delivery options a load row sets; nil: none.
+type rowOptions struct {
+	deliverAfter, expiresAt *time.Time
+}
+
 // write is one writer: a transaction of 1 to 8 rows every few milliseconds.
-func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w int, withBad bool, rng *rand.Rand) error {
+func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w int, m mix, rng *rand.Rand) error {
+	withBad := m.bad
 	pace := time.NewTicker(20 * time.Millisecond)
 	defer pace.Stop()
 	for seq := 0; ; {
@@ -97,7 +127,16 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 		}
 		n := 1 + rng.IntN(8)
 		msgs := make([]relaytest.Message, n)
+		opts := make([]rowOptions, n)
 		for i := range msgs {
+			if m.options {
+				switch now := time.Now(); rng.IntN(12) {
+				case 0, 1:
+					opts[i].deliverAfter = ptr(now.Add(time.Duration(rng.IntN(1500)) * time.Millisecond))
+				case 2:
+					opts[i].expiresAt = ptr(now.Add(time.Hour))
+				}
+			}
 			seq++
 			m := relaytest.Message{
 				Topic:   topics[rng.IntN(len(topics))],
@@ -115,6 +154,18 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 			}
 			msgs[i] = m
 		}
+		var expiring int // 1: expires soon; 2: expired already
+		if m.options && rng.IntN(40) == 0 {
+			seq++
+			expiring = 1 + rng.IntN(2)
+			at := time.Now().Add(300 * time.Millisecond)
+			if expiring == 2 {
+				at = time.Now().Add(-time.Second)
+			}
+			msgs = append(msgs, relaytest.Message{Topic: topics[rng.IntN(len(topics))], Key: fmt.Appendf(nil, "exp-w%d-%d", w, seq),
+				Payload: fmt.Appendf(nil, `{"writer":%d,"seq":%d}`, w, seq), Headers: map[string]string{}})
+			opts = append(opts, rowOptions{expiresAt: &at})
+		}
 		rollback := rng.IntN(15) == 0
 		bad := withBad && !rollback && rng.IntN(50) == 0
 		var badMsg relaytest.Message
@@ -128,7 +179,7 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 		}
 		// The transaction itself ignores ctx: stopping the load must not
 		// leave a commit whose outcome is unknown.
-		ids, badID, err := insertTx(pool, msgs, bad, badMsg, rollback)
+		ids, badID, err := insertTx(pool, msgs, opts, bad, badMsg, rollback)
 		if err != nil {
 			return fmt.Errorf("writer %d: %w", w, err)
 		}
@@ -141,6 +192,12 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 		for i, id := range ids {
 			l.rows[id] = msgs[i]
 		}
+		switch expiring {
+		case 1:
+			l.mayExpire[ids[len(ids)-1]] = true
+		case 2:
+			l.expired[ids[len(ids)-1]] = true
+		}
 		if bad {
 			l.rows[badID] = badMsg
 			l.bad[badID] = true
@@ -152,7 +209,7 @@ func (l *load) write(ctx context.Context, pool *pgxpool.Pool, topics []string, w
 // insertTx inserts msgs, and with bad also badMsg with a malformed header
 // (badID is its id), in one transaction, in one round trip, and commits it,
 // or rolls it back when rollback is set.
-func insertTx(pool *pgxpool.Pool, msgs []relaytest.Message, bad bool, badMsg relaytest.Message, rollback bool) (ids []int64, badID int64, err error) {
+func insertTx(pool *pgxpool.Pool, msgs []relaytest.Message, opts []rowOptions, bad bool, badMsg relaytest.Message, rollback bool) (ids []int64, badID int64, err error) {
 	ctx := context.Background()
 	tx, err := pool.Begin(ctx)
 	if err != nil {
@@ -162,8 +219,8 @@ func insertTx(pool *pgxpool.Pool, msgs []relaytest.Message, bad bool, badMsg rel
 	var b pgx.Batch
 	ids = make([]int64, len(msgs))
 	for i, m := range msgs {
-		b.Queue(`INSERT INTO messages (topic, key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id`,
-			m.Topic, m.Key, m.Payload, m.Headers).QueryRow(func(r pgx.Row) error { return r.Scan(&ids[i]) })
+		b.Queue(`INSERT INTO messages (topic, key, payload, headers, deliver_after, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+			m.Topic, m.Key, m.Payload, m.Headers, opts[i].deliverAfter, opts[i].expiresAt).QueryRow(func(r pgx.Row) error { return r.Scan(&ids[i]) })
 	}
 	if bad {
 		b.Queue(`INSERT INTO messages (topic, key, payload, headers) VALUES ($1, $2, $3, '{"bad": 1}') RETURNING id`,
@@ -196,8 +253,10 @@ func (l *load) stop() outcome {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return outcome{rows: l.rows, badRows: l.bad, rolledBack: l.rolledBack.Load()}
+	return outcome{rows: l.rows, badRows: l.bad, expired: l.expired, mayExpire: l.mayExpire, rolledBack: l.rolledBack.Load()}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // runFor runs fault, a function that injects one fault and returns, over
 // and over for d while the load runs, and returns how many times it ran.
