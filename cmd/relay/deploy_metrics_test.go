@@ -31,7 +31,7 @@ const (
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	met := newMetrics()
-	om := met.forOutbox("outbox")
+	om := met.forOutbox("")
 	// Neither connects until used: the pool is lazy, the client dials on
 	// its first request.
 	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+closedPort(t)+"/none?connect_timeout=1")

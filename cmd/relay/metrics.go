@@ -23,9 +23,10 @@ type metrics struct {
 
 // outboxMetrics are one outbox's metrics: the relay's own, its Kafka
 // client's (kprom), its pool's, its alerts by kind, its periodic verify's
-// and its readiness. Each series carries the label outbox="<schema>", added
-// by the registerer (prometheus.WrapRegistererWith), so that the same names
-// serve one outbox or several.
+// and its readiness. In a process with several outboxes each series
+// carries the label outbox="<schema>", added by the registerer
+// (prometheus.WrapRegistererWith), so that the same names serve one outbox
+// or several.
 type outboxMetrics struct {
 	reg    prometheus.Registerer
 	relay  *relay.Metrics
@@ -55,9 +56,14 @@ func newMetrics() *metrics {
 	return &metrics{reg: reg}
 }
 
-// forOutbox registers the metrics of the outbox in schema, labelled with it.
-func (m *metrics) forOutbox(schema string) *outboxMetrics {
-	reg := prometheus.WrapRegistererWith(prometheus.Labels{"outbox": schema}, m.reg)
+// forOutbox registers the metrics of an outbox, labelled outbox=label; an
+// empty label (a process with one outbox) adds no label, so that its series
+// are what they always were.
+func (m *metrics) forOutbox(label string) *outboxMetrics {
+	var reg prometheus.Registerer = m.reg
+	if label != "" {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"outbox": label}, m.reg)
+	}
 	om := &outboxMetrics{
 		reg:   reg,
 		relay: relay.NewMetrics(reg),

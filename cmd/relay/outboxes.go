@@ -98,7 +98,11 @@ func (c Config) multi() bool { return len(c.Schemas) > 1 }
 // /readyz says of it. Each outbox gets its own relay and Kafka client (see
 // docs/architecture.md, "Several outboxes in one process").
 type outbox struct {
-	schema  string
+	schema string
+	// label is the schema when the process serves several outboxes, and
+	// empty when it serves one: the outbox label of its metrics, log lines
+	// and alerts.
+	label   string
 	cfg     Config
 	log     *slog.Logger
 	met     *outboxMetrics
@@ -139,7 +143,14 @@ func (d *daemon) newOutbox(schema string, met *metrics) (*outbox, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database pool: %w", err)
 	}
-	o := &outbox{schema: schema, cfg: cfg, log: d.logger.With("outbox", schema), met: met.forOutbox(schema), poolCfg: poolCfg, pool: pool}
+	// With one outbox, logs, metrics and alerts stay as they always were;
+	// with several, each names its outbox.
+	o := &outbox{schema: schema, cfg: cfg, log: d.logger, poolCfg: poolCfg, pool: pool}
+	if d.cfg.multi() {
+		o.label = schema
+		o.log = o.log.With("outbox", schema)
+	}
+	o.met = met.forOutbox(o.label)
 	o.met.watchPool(pool)
 	o.setStarting("connecting to the database")
 	return o, nil
@@ -150,11 +161,12 @@ func (o *outbox) setStarting(reason string) { o.state.Store(&outboxState{startin
 func (o *outbox) setRunning(ready *readiness) { o.state.Store(&outboxState{ready: ready}) }
 
 // alerter is the alert sink of o's relay: the process's pipeline, with
-// each alert naming o, and o's count of alerts by kind.
+// each alert naming o (when there are several), and o's count of alerts by
+// kind.
 func (o *outbox) alerter(pipeline alert.Alerter) alert.Alerter {
 	return alert.Fanout{
 		alert.Func(func(ctx context.Context, a alert.Alert) {
-			a.Outbox = o.schema
+			a.Outbox = o.label
 			pipeline.Raise(ctx, a)
 		}),
 		o.met.countAlerts(),
