@@ -44,6 +44,11 @@ the batch in flight within RELAY_SHUTDOWN_TIMEOUT and exits 0. A second signal
 exits at once with status 1; the rows of the batch in flight stay pending and
 are produced again later (a duplicate, never a loss).
 
+With several schemas in RELAY_SCHEMA (tenant_a,tenant_b) it runs one relay per
+schema side by side; one that cannot start is logged (outbox_unavailable),
+alerted and retried while the others deliver, and /readyz has a line per
+outbox (200 while one is ready).
+
 Configuration is read from RELAY_* environment variables: see
 'relay help config'.`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
@@ -152,6 +157,9 @@ func (d *daemon) serve(ctx context.Context) error {
 		var err error
 		ln, err = net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
+			for _, o := range outboxes {
+				o.pool.Close()
+			}
 			return fmt.Errorf("http server: %w", err)
 		}
 		httpAddr = ln.Addr().String()
@@ -181,6 +189,9 @@ func (d *daemon) serve(ctx context.Context) error {
 		})
 	}
 	if err := d.start(gctx, g, outboxes, httpAddr, stopHTTP); err != nil {
+		for _, o := range outboxes {
+			o.pool.Close()
+		}
 		stopHTTP()
 		if werr := g.Wait(); werr != nil {
 			return werr // the HTTP server's failure cut the start short
@@ -227,6 +238,12 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group, outboxes []*outbo
 	}
 	startAlerts(ctx, g)
 	g.Go(func() error {
+		defer func() {
+			// Last: the console reads the pools until it stops.
+			for _, o := range outboxes {
+				o.pool.Close()
+			}
+		}()
 		defer stopHTTP()
 		defer stopConsole()
 		defer flushTracing()
@@ -309,7 +326,7 @@ const maxOutboxRetryPause = time.Minute
 // openOutbox waits for the database, migrates the outbox unless told not
 // to, checks its schema (with several outboxes) and wires its Kafka client,
 // relay and periodic verify. run then delivers until ctx ends and closes
-// the client and the pool.
+// the client (start closes the pools once every outbox has returned).
 func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter, tp trace.TracerProvider) (run func(context.Context) error, err error) {
 	cfg, log := o.cfg, o.log
 	if err := d.waitForDatabase(ctx, o); err != nil {
@@ -357,7 +374,6 @@ func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter
 	o.met.ready.Store(ready)
 	o.setRunning(ready)
 	return func(ctx context.Context) error {
-		defer o.pool.Close()
 		defer client.Close()
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return r.Run(gctx) })
