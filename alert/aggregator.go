@@ -38,7 +38,7 @@ type AggregatorConfig struct {
 }
 
 // Aggregator is an Alerter that turns bursts into few messages. It groups
-// alerts by kind and topic:
+// alerts by kind, outbox and topic:
 //
 //   - The first alert of a quiet group is forwarded at once, because the
 //     first sign of an outage or a poison row is what an operator needs soon.
@@ -100,6 +100,7 @@ func NewAggregator(cfg AggregatorConfig, sinks ...Alerter) *Aggregator {
 
 type groupKey struct {
 	kind     Kind
+	outbox   string
 	topic    string
 	overflow bool // alerts of kind on topics past MaxTopics
 }
@@ -138,10 +139,10 @@ func (ag *Aggregator) Raise(ctx context.Context, a Alert) {
 	immediate := false
 
 	ag.mu.Lock()
-	k := groupKey{kind: a.Kind, topic: a.Topic}
+	k := groupKey{kind: a.Kind, outbox: a.Outbox, topic: a.Topic}
 	g := ag.current(k, now, &out)
 	if g == nil && a.Topic != "" && ag.topics[a.Kind] >= ag.maxTopics {
-		k = groupKey{kind: a.Kind, overflow: true}
+		k = groupKey{kind: a.Kind, outbox: a.Outbox, overflow: true}
 		g = ag.current(k, now, &out)
 	}
 	if g == nil {
@@ -268,6 +269,9 @@ func (ag *Aggregator) sortedKeys() []groupKey {
 		if c := cmp.Compare(a.kind, b.kind); c != 0 {
 			return c
 		}
+		if c := cmp.Compare(a.outbox, b.outbox); c != 0 {
+			return c
+		}
 		if a.overflow != b.overflow {
 			if a.overflow {
 				return 1
@@ -343,7 +347,7 @@ func (g *group) summary(k groupKey, now time.Time) Alert {
 		fmt.Fprintf(&b, " (topic %s)", g.first.Topic)
 	}
 	fmt.Fprintf(&b, ": %s", g.first.Message)
-	return Alert{Kind: k.kind, Topic: k.topic, Message: b.String(), Count: n, At: now}
+	return Alert{Kind: k.kind, Outbox: k.outbox, Topic: k.topic, Message: b.String(), Count: n, At: now}
 }
 
 func plural(n int, one, many string) string {

@@ -315,3 +315,32 @@ func TestSpan(t *testing.T) {
 		}
 	}
 }
+
+// Two outboxes of one process escalating on the same topic are two groups:
+// each summary names its outbox and counts its rows only.
+func TestAggregatorGroupsByOutbox(t *testing.T) {
+	t.Parallel()
+	b := setupAggregator(t, AggregatorConfig{})
+	ctx := t.Context()
+	for i := range 3 {
+		for _, outbox := range []string{"tenant_a", "tenant_b"} {
+			a := escalated("orders", i)
+			a.Outbox = outbox
+			b.agg.Raise(ctx, a)
+		}
+	}
+	first := b.out.all()
+	requireAlerts(t, first, 2) // the first of each outbox's group, at once
+	if first[0].Outbox != "tenant_a" || first[1].Outbox != "tenant_b" {
+		t.Errorf("first alerts name outboxes %q and %q, want tenant_a and tenant_b", first[0].Outbox, first[1].Outbox)
+	}
+	b.clock.Advance(time.Minute)
+	b.agg.flushDue(ctx)
+	got := b.out.all()[2:]
+	requireAlerts(t, got, 2)
+	for i, outbox := range []string{"tenant_a", "tenant_b"} {
+		if got[i].Outbox != outbox || got[i].Count != 3 || got[i].Topic != "orders" {
+			t.Errorf("summary %d = %+v, want outbox %s, 3 rows on orders", i, got[i], outbox)
+		}
+	}
+}

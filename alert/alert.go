@@ -23,11 +23,18 @@ const (
 	// records Kafka no longer holds (missing) or holds differently
 	// (mismatched): loss after the acknowledgement.
 	KindVerifyFailed Kind = "verify_failed"
+	// KindOutboxUnavailable: one of several outboxes of a process cannot
+	// start (its schema missing or not migrated, its role lacking
+	// grants); the others keep delivering and it is retried.
+	KindOutboxUnavailable Kind = "outbox_unavailable"
 )
 
 // Alert is one thing a human should know about.
 type Alert struct {
-	Kind    Kind
+	Kind Kind
+	// Outbox is the schema of the outbox the alert is about, so a process
+	// that serves several names the one at fault; empty when unknown.
+	Outbox  string
 	Topic   string // empty when the alert is not about one topic
 	Message string // one line a human can act on
 	// Count is how many rows it covers (rows escalated); 0 when it is one
@@ -77,9 +84,14 @@ type Log struct {
 var _ Alerter = Log{}
 
 // Raise logs the alert. Kinds that count nothing (an outage, a lag) log no
-// count, rather than a misleading 0.
+// count, rather than a misleading 0. An alert about an outbox names it
+// (outbox).
 func (l Log) Raise(ctx context.Context, a Alert) {
-	attrs := []slog.Attr{slog.String("alert_kind", string(a.Kind)), slog.String("topic", a.Topic)}
+	attrs := []slog.Attr{slog.String("alert_kind", string(a.Kind))}
+	if a.Outbox != "" {
+		attrs = append(attrs, slog.String("outbox", a.Outbox))
+	}
+	attrs = append(attrs, slog.String("topic", a.Topic))
 	if a.Count > 0 {
 		attrs = append(attrs, slog.Int("count", a.Count))
 	}

@@ -83,6 +83,9 @@ type WebhookConfig struct {
 //	 "kind": "rows_escalated", "topic": "X", "count": 37,
 //	 "at": "2025-01-02T15:04:05Z"}
 //
+// An alert about an outbox adds "outbox": "tenant_a" and says it in the
+// text: "[outbox-relay] rows_escalated in outbox tenant_a: …".
+//
 // "text" makes it a valid Slack (and Mattermost, Rocket.Chat, …) incoming
 // webhook message; the other fields are for receivers that route alerts.
 //
@@ -369,20 +372,26 @@ func retryAfter(v string) time.Duration {
 }
 
 type webhookPayload struct {
-	Text  string `json:"text"`
-	Kind  Kind   `json:"kind"`
-	Topic string `json:"topic"`
-	Count int    `json:"count"`
-	At    string `json:"at"`
+	Text   string `json:"text"`
+	Kind   Kind   `json:"kind"`
+	Outbox string `json:"outbox,omitempty"`
+	Topic  string `json:"topic"`
+	Count  int    `json:"count"`
+	At     string `json:"at"`
 }
 
 func (w *Webhook) payload(a Alert) webhookPayload {
+	kind := string(a.Kind)
+	if a.Outbox != "" {
+		kind += " in outbox " + a.Outbox
+	}
 	return webhookPayload{
-		Text:  slackText(fmt.Sprintf("[%s] %s: %s", w.name, a.Kind, a.Message)),
-		Kind:  a.Kind,
-		Topic: a.Topic,
-		Count: a.Count,
-		At:    a.At.UTC().Format(time.RFC3339),
+		Text:   slackText(fmt.Sprintf("[%s] %s: %s", w.name, kind, a.Message)),
+		Kind:   a.Kind,
+		Outbox: a.Outbox,
+		Topic:  a.Topic,
+		Count:  a.Count,
+		At:     a.At.UTC().Format(time.RFC3339),
 	}
 }
 

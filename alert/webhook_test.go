@@ -128,6 +128,19 @@ func (a *attempts) get(topic string) int {
 	return a.n[topic]
 }
 
+// An alert about an outbox names it, in the text and in a field of its own.
+func TestWebhookPayloadNamesTheOutbox(t *testing.T) {
+	t.Parallel()
+	got := make(chan map[string]any, 1)
+	b := startWebhook(t, func(w http.ResponseWriter, r *http.Request) { got <- decode(t, r) }, WebhookConfig{})
+	b.wh.Raise(t.Context(), Alert{Kind: KindOutboxUnavailable, Outbox: "tenant_b", Message: "outbox tenant_b cannot start"})
+	body := <-got
+	if body["outbox"] != "tenant_b" || body["text"] != "[outbox-relay] outbox_unavailable in outbox tenant_b: outbox tenant_b cannot start" {
+		t.Errorf("payload %v", body)
+	}
+	b.stop()
+}
+
 func TestWebhookPayload(t *testing.T) {
 	t.Parallel()
 	type request struct {

@@ -105,7 +105,7 @@ func printDevBanner(w io.Writer, kafkaAddr, httpAddr string, cfg Config) {
  Insert a row (in your application, inside the transaction of the change):
    INSERT INTO %[4]s.messages (topic, key, payload, headers)
    VALUES ('orders', 'order-1', '{"status":"created"}', '{"type":"order_created"}');
-`, line, kafkaAddr, redactedDatabase(cfg.DatabaseURL), cfg.Schema)
+`, line, kafkaAddr, redactedDatabase(cfg.DatabaseURL), cfg.schema())
 	if httpAddr != "" {
 		httpAddr = dialable(httpAddr)
 		fmt.Fprintf(w, "\n Health:        http://%s/livez  http://%s/readyz\n", httpAddr, httpAddr)

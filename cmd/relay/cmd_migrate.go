@@ -17,9 +17,11 @@ func migrateCommand() *command {
 	return &command{
 		name:    "migrate",
 		summary: "apply, roll back or list the outbox schema migrations",
-		args:    "[up|down|status] [--yes]",
+		args:    "[up|down|status] [--outbox SCHEMA] [--yes]",
 		about: `Manages the outbox tables in RELAY_SCHEMA of RELAY_DATABASE_URL. Several relays
-may migrate at once: a Postgres advisory lock serialises them.
+may migrate at once: a Postgres advisory lock serialises them. When
+RELAY_SCHEMA lists several outboxes, up migrates each in turn (or only
+--outbox SCHEMA), and status and down want --outbox.
 
   up      apply every pending migration (the default); creates the schema
           if needed
@@ -30,6 +32,7 @@ may migrate at once: a Postgres advisory lock serialises them.
           only: it creates nothing, not even the schema`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
 			yes := fs.Bool("yes", false, "migrate down: roll back even though rows are pending or stuck")
+			outbox := fs.String("outbox", "", "the outbox (a `schema` of RELAY_SCHEMA) to act on; needed by status and down when RELAY_SCHEMA lists several (up migrates them all unless given)")
 			return func(ctx context.Context, args []string) error {
 				// Flags may follow the action: relay migrate down --yes.
 				var positional []string
@@ -57,6 +60,20 @@ may migrate at once: a Postgres advisory lock serialises them.
 				if err != nil {
 					return err
 				}
+				if action == "up" && *outbox == "" {
+					// Every outbox of RELAY_SCHEMA, in order.
+					for _, schema := range cfg.Schemas {
+						one := cfg
+						one.Schemas = []string{schema}
+						if err := migrate(ctx, one, env); err != nil {
+							return fmt.Errorf("schema %s: %w", schema, err)
+						}
+					}
+					return nil
+				}
+				if cfg, err = cfg.forOutbox(*outbox); err != nil {
+					return err
+				}
 				switch action {
 				case "status":
 					return migrateStatus(ctx, cfg, env)
@@ -71,11 +88,11 @@ may migrate at once: a Postgres advisory lock serialises them.
 
 // migrate applies the pending migrations.
 func migrate(ctx context.Context, cfg Config, env *environment) error {
-	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.schema())
 	if err != nil {
 		return err
 	}
-	m, err := relay.NewMigrator(ctx, poolCfg, cfg.Schema)
+	m, err := relay.NewMigrator(ctx, poolCfg, cfg.schema())
 	if err != nil {
 		return err
 	}
@@ -84,7 +101,7 @@ func migrate(ctx context.Context, cfg Config, env *environment) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "schema %s: applied %d migration(s)\n", cfg.Schema, n)
+	fmt.Fprintf(env.stdout, "schema %s: applied %d migration(s)\n", cfg.schema(), n)
 	if mappings, _ := cfg.mappings(); len(mappings) > 0 {
 		// The copy triggers of RELAY_DEBEZIUM_TABLE and RELAY_LAYOUT_TABLE,
 		// owned by this role (for deployments whose relay role may not
@@ -126,7 +143,7 @@ func migrateStatus(ctx context.Context, cfg Config, env *environment) error {
 		return err
 	}
 	if !schemaExists {
-		fmt.Fprintf(env.stderr, "schema %s does not exist in this database: check RELAY_SCHEMA, or create it with 'relay migrate up'\n", cfg.Schema)
+		fmt.Fprintf(env.stderr, "schema %s does not exist in this database: check RELAY_SCHEMA, or create it with 'relay migrate up'\n", cfg.schema())
 	}
 	return nil
 }
@@ -150,7 +167,7 @@ func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) er
 		}
 	}
 	if newest == nil {
-		return usageErrorf("migrate down: schema %s has no applied migration to roll back", cfg.Schema)
+		return usageErrorf("migrate down: schema %s has no applied migration to roll back", cfg.schema())
 	}
 	file, drops, err := relay.MigrationDrops(newest.Version)
 	if err != nil {
@@ -160,22 +177,22 @@ func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) er
 	if len(drops) > 0 {
 		what = strings.Join(drops, ", ")
 	}
-	fmt.Fprintf(env.stdout, "schema %s: rolling back migration %d (%s) drops: %s\n", cfg.Schema, newest.Version, file, what)
+	fmt.Fprintf(env.stdout, "schema %s: rolling back migration %d (%s) drops: %s\n", cfg.schema(), newest.Version, file, what)
 	pending, stuck, err := undeliveredRows(ctx, pool)
 	if err != nil {
 		return err
 	}
 	if (pending > 0 || stuck > 0) && !yes {
 		return usageErrorf("migrate down: schema %s holds %d pending and %d stuck row(s) not yet delivered; "+
-			"refusing to roll back (add --yes to do it anyway)", cfg.Schema, pending, stuck)
+			"refusing to roll back (add --yes to do it anyway)", cfg.schema(), pending, stuck)
 	}
 	pool.Close()
 
-	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.schema())
 	if err != nil {
 		return err
 	}
-	m, err := relay.NewMigrator(ctx, poolCfg, cfg.Schema)
+	m, err := relay.NewMigrator(ctx, poolCfg, cfg.schema())
 	if err != nil {
 		return err
 	}
@@ -183,7 +200,7 @@ func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) er
 	if err := m.Down(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "schema %s: rolled back migration %d\n", cfg.Schema, newest.Version)
+	fmt.Fprintf(env.stdout, "schema %s: rolled back migration %d\n", cfg.schema(), newest.Version)
 	return nil
 }
 

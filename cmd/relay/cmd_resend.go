@@ -53,6 +53,7 @@ and wants --yes otherwise; each resend is written to audit_log.`,
 			fromVerify := fs.String("from-verify", "", "resend the missing and mismatched rows of this 'relay verify --json' report")
 			topic := fs.String("topic", "", "resend the sent rows of this topic")
 			since := fs.String("since", "", "resend the rows sent since then: a duration back from now (2h) or a time")
+			outbox := outboxFlag(fs)
 			yes := fs.Bool("yes", false, "confirm (asked on a terminal)")
 			operator := fs.String("operator", env.getenv("USER"), "your name, recorded in audit_log")
 			return noArgs("resend", func(ctx context.Context) error {
@@ -85,7 +86,7 @@ and wants --yes otherwise; each resend is written to audit_log.`,
 				default:
 					detail = strings.TrimSpace(fmt.Sprintf("--topic %q --since %q", *topic, *since))
 				}
-				cfg, err := env.config()
+				cfg, err := env.outboxConfig(*outbox)
 				if err != nil {
 					return err
 				}
@@ -135,7 +136,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 	defer func() { _ = tx.Rollback(ctx) }()
 	rows, err := relay.SentRows(ctx, tx, f)
 	if err != nil {
-		return schemaHint(err, cfg.Schema)
+		return schemaHint(err, cfg.schema())
 	}
 	ids := make([]int64, len(rows))
 	topics := map[string]int{}
@@ -166,7 +167,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 	}
 	audit.IDs = done
 	if err := relay.Audit(ctx, tx, audit); err != nil {
-		return schemaHint(err, cfg.Schema)
+		return schemaHint(err, cfg.schema())
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("resend: %w", err)

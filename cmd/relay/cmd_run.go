@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/outboxrelay/relay/alert"
@@ -41,6 +43,11 @@ SIGINT or SIGTERM stops it gracefully: it stops claiming, finishes or releases
 the batch in flight within RELAY_SHUTDOWN_TIMEOUT and exits 0. A second signal
 exits at once with status 1; the rows of the batch in flight stay pending and
 are produced again later (a duplicate, never a loss).
+
+With several schemas in RELAY_SCHEMA (tenant_a,tenant_b) it runs one relay per
+schema side by side; one that cannot start is logged (outbox_unavailable),
+alerted and retried while the others deliver, and /readyz has a line per
+outbox (200 while one is ready).
 
 Configuration is read from RELAY_* environment variables: see
 'relay help config'.`,
@@ -89,7 +96,7 @@ func (d *daemon) run(ctx context.Context) error {
 		"mode", d.mode,
 		"version", versionString(),
 		"database", redactedDatabase(cfg.DatabaseURL),
-		"schema", cfg.Schema,
+		"schema", strings.Join(cfg.Schemas, ","),
 		"kafka_brokers", d.brokers,
 		"kafka_tls", cfg.KafkaTLS,
 		"kafka_sasl_mechanism", cfg.KafkaSASLMechanism,
@@ -126,34 +133,38 @@ func (d *daemon) run(ctx context.Context) error {
 
 func (d *daemon) serve(ctx context.Context) error {
 	cfg, log := d.cfg, d.logger
-	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
-	if err != nil {
-		return err
-	}
-	relay.BoundSockets(poolCfg, cfg.relayConfig())
 	// The instance's name, chosen here when not configured, also names
 	// its Postgres sessions (application_name).
 	d.cfg.Instance = cmp.Or(cfg.Instance, relay.RandomInstanceName())
-	relay.NameSessions(poolCfg, d.cfg.Instance)
 	met := newMetrics()
+	outboxes := make([]*outbox, len(cfg.Schemas))
+	for i, schema := range cfg.Schemas {
+		o, err := d.newOutbox(schema, met)
+		if err != nil {
+			return err
+		}
+		outboxes[i] = o
+	}
 
 	// The HTTP server starts first, so that /livez answers and /readyz
-	// says what the relay waits for while the database is unreachable.
-	probes := &probeHandler{}
-	probes.starting("connecting to the database", met.handler())
+	// says what each outbox waits for while the database is unreachable.
 	var srv *http.Server
 	var ln net.Listener
 	httpAddr := ""
 	if cfg.HTTPAddr != "off" {
 		// Listen before anything runs, so a taken port fails the start
 		// rather than leaving a relay without health checks.
+		var err error
 		ln, err = net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
+			for _, o := range outboxes {
+				o.pool.Close()
+			}
 			return fmt.Errorf("http server: %w", err)
 		}
 		httpAddr = ln.Addr().String()
 		srv = &http.Server{
-			Handler:           probes,
+			Handler:           healthHandler(outboxReadiness(outboxes), met.handler()),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
@@ -177,7 +188,10 @@ func (d *daemon) serve(ctx context.Context) error {
 			return nil
 		})
 	}
-	if err := d.start(gctx, g, poolCfg, met, probes, httpAddr, stopHTTP); err != nil {
+	if err := d.start(gctx, g, outboxes, httpAddr, stopHTTP); err != nil {
+		for _, o := range outboxes {
+			o.pool.Close()
+		}
 		stopHTTP()
 		if werr := g.Wait(); werr != nil {
 			return werr // the HTTP server's failure cut the start short
@@ -187,144 +201,205 @@ func (d *daemon) serve(ctx context.Context) error {
 	return g.Wait()
 }
 
-// start waits for the database, migrates it unless told not to, wires the
-// relay and runs it in g. httpAddr is where the probes listen ("" when off). The health endpoints stay up until the relay has
-// stopped (stopHTTP), so an orchestrator sees a live process while it
-// drains.
-func (d *daemon) start(ctx context.Context, g *errgroup.Group, poolCfg *pgxpool.Config, met *metrics, probes *probeHandler, httpAddr string, stopHTTP func()) error {
+// start wires what the outboxes share (alerts, tracing, the console) and
+// runs each outbox in g: its start (database, migrations), then its relay.
+// The health endpoints stay up until every relay has stopped (stopHTTP), so
+// an orchestrator sees a live process while it drains.
+func (d *daemon) start(ctx context.Context, g *errgroup.Group, outboxes []*outbox, httpAddr string, stopHTTP func()) error {
 	cfg, log := d.cfg, d.logger
-	if err := d.waitForDatabase(ctx, poolCfg, probes, met.handler()); err != nil {
+	if _, err := kafkaSecurityOpts(cfg, d.getenv); err != nil {
 		return err
 	}
-	// Each batch in flight holds a connection; the lag watch, retention
-	// and health checks need a few more.
-	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.InFlightBatches)+3)
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return fmt.Errorf("database pool: %w", err)
-	}
-
-	met.watchPool(pool)
-	if err := installLayouts(ctx, pool, cfg, log); err != nil {
-		pool.Close()
-		return err
-	}
-	compression, _ := cfg.compression() // validated
-	opts := []kgo.Opt{
-		compression,
-		kgo.ClientID(cfg.ClientID),
-		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
-		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
-		kgo.WithHooks(met.kafka),
-	}
-	secOpts, err := kafkaSecurityOpts(cfg, d.getenv)
-	if err != nil {
-		pool.Close()
-		return err
-	}
-	opts = append(opts, secOpts...)
 	logKafkaSecurityWarnings(log, cfg)
-	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
-	if err != nil {
-		pool.Close()
-		return err
-	}
-	closeAll := func() {
-		client.Close()
-		pool.Close()
-	}
-
 	alerts, startAlerts, err := alerting(cfg, log)
 	if err != nil {
-		closeAll()
 		return err
 	}
-	relayCfg := cfg.relayConfig()
 	tp, traceEndpoint, stopTracing, err := tracing(ctx, d.getenv)
 	if err != nil {
-		closeAll()
 		return err
 	}
+	flushTracing := func() {}
 	if tp != nil {
-		relayCfg.TracerProvider = tp
 		log.Info("tracing_enabled", "otlp_endpoint", traceEndpoint)
-		closeClients := closeAll
-		closeAll = func() {
+		flushTracing = func() {
 			// Flush the last batches' spans, within a bound.
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpShutdownTimeout)
 			defer cancel()
 			if err := stopTracing(sctx); err != nil {
 				log.Warn("tracing_flush_failed", "error", err)
 			}
-			closeClients()
 		}
 	}
-	relayCfg.Alerter = alert.Fanout{alerts, met.countAlerts()}
-	relayCfg.Metrics = met.relay
-	r := relay.New(relayCfg, pool, client, log)
-	var pv *periodicVerify
-	if cfg.VerifyInterval > 0 {
-		pv = &periodicVerify{
-			pool: pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
-			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: met.verify,
-		}
-	}
-	stopConsole, err := d.startConsole(ctx, g, pool, pv)
+	stopConsole, err := d.startConsole(ctx, g, outboxes)
 	if err != nil {
-		closeAll()
+		flushTracing()
 		return err
 	}
-	ready := newReadiness(pool, client, r.KafkaHealthy, log.With("component", "health"))
-	met.ready.Store(ready)
-	probes.ready(healthHandler(ready, met.handler()))
-	if httpAddr != "" {
-		// Logged once the probes answer for the running relay: before,
-		// the server already listened, but only to say it was starting.
-		log.Info("http_listening", "addr", httpAddr)
-	}
-
-	// The pool and the client close once everything in g that uses them
-	// has returned.
-	var users sync.WaitGroup
 	startAlerts(ctx, g)
-	users.Add(1)
 	g.Go(func() error {
-		defer users.Done()
+		defer func() {
+			// Last: the console reads the pools until it stops.
+			for _, o := range outboxes {
+				o.pool.Close()
+			}
+		}()
 		defer stopHTTP()
 		defer stopConsole()
-		return r.Run(ctx)
-	})
-	if pv != nil {
-		users.Add(1)
-		g.Go(func() error {
-			defer users.Done()
-			pv.run(ctx)
-			return nil
-		})
-	}
-	g.Go(func() error {
-		users.Wait()
-		closeAll()
-		return nil
+		defer flushTracing()
+		og, octx := errgroup.WithContext(ctx)
+		var tried sync.WaitGroup // each outbox's first start
+		var running atomic.Int32
+		for _, o := range outboxes {
+			tried.Add(1)
+			og.Go(func() error {
+				return d.runOutbox(octx, o, alerts, tp, func(ok bool) {
+					if ok {
+						running.Add(1)
+					}
+					tried.Done()
+				})
+			})
+		}
+		if httpAddr != "" {
+			og.Go(func() error {
+				// Logged once the probes answer for running relays:
+				// before, the server already listened, but only to say
+				// they were starting.
+				tried.Wait()
+				if running.Load() > 0 && octx.Err() == nil {
+					log.Info("http_listening", "addr", httpAddr)
+				}
+				return nil
+			})
+		}
+		return og.Wait()
 	})
 	return nil
 }
 
+// runOutbox starts the outbox o and runs its relay until ctx ends. With one
+// outbox, a start that fails for another reason than an unreachable
+// database ends the process, as it always has. With several, one broken
+// outbox (its schema missing or not migrated, its role without grants) must
+// not stop the others: its failure is logged (outbox_unavailable), alerted,
+// shown by /readyz and outbox_relay_ready, and the start is tried again
+// with a growing pause, so that it delivers once fixed, without a restart.
+//
+// tried is called once, when the first start succeeded (ok) or failed.
+func (d *daemon) runOutbox(ctx context.Context, o *outbox, alerts alert.Alerter, tp trace.TracerProvider, tried func(ok bool)) error {
+	pause := time.Second
+	for attempt := 1; ; attempt++ {
+		run, err := d.openOutbox(ctx, o, alerts, tp)
+		if attempt == 1 {
+			tried(err == nil)
+		}
+		if err == nil {
+			return run(ctx)
+		}
+		if ctx.Err() != nil || !d.cfg.multi() {
+			return err
+		}
+		if _, ok := errors.AsType[*usageError](err); ok {
+			return err // the configuration, which no retry mends
+		}
+		msg := redactSecret(err.Error(), d.cfg.DatabaseURL)
+		o.setStarting(startFailure(err))
+		o.log.Error("outbox_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String())
+		o.alerter(alerts).Raise(ctx, alert.Alert{Kind: alert.KindOutboxUnavailable,
+			Message: fmt.Sprintf("outbox %s cannot start, the others keep delivering; retried every %s at most: %s", o.schema, maxOutboxRetryPause, msg)})
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, maxOutboxRetryPause)
+	}
+}
+
+// maxOutboxRetryPause bounds the pause between two starts of an outbox
+// that failed to start.
+const maxOutboxRetryPause = time.Minute
+
+// openOutbox waits for the database, migrates the outbox unless told not
+// to, checks its schema (with several outboxes) and wires its Kafka client,
+// relay and periodic verify. run then delivers until ctx ends and closes
+// the client (start closes the pools once every outbox has returned).
+func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter, tp trace.TracerProvider) (run func(context.Context) error, err error) {
+	cfg, log := o.cfg, o.log
+	if err := d.waitForDatabase(ctx, o); err != nil {
+		return nil, err
+	}
+	if d.cfg.multi() {
+		// Fail here, where it is retried, rather than in every batch.
+		if err := checkDatabase(ctx, o.pool); err != nil {
+			return nil, err
+		}
+	}
+	if err := installLayouts(ctx, o.pool, cfg, log); err != nil {
+		return nil, err
+	}
+	compression, _ := cfg.compression()            // validated
+	secOpts, _ := kafkaSecurityOpts(cfg, d.getenv) // checked by start
+	opts := []kgo.Opt{
+		compression,
+		kgo.ClientID(cfg.ClientID),
+		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
+		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithHooks(o.met.kafka),
+	}
+	opts = append(opts, secOpts...)
+	client, err := relay.NewKafkaClient(d.brokers, append(opts, d.kafkaOpts...)...)
+	if err != nil {
+		return nil, err
+	}
+	relayCfg := cfg.relayConfig()
+	if tp != nil {
+		relayCfg.TracerProvider = tp
+	}
+	relayCfg.Alerter = o.alerter(alerts)
+	relayCfg.Metrics = o.met.relay
+	r := relay.New(relayCfg, o.pool, client, log)
+	var pv *periodicVerify
+	if cfg.VerifyInterval > 0 {
+		pv = &periodicVerify{
+			pool: o.pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
+			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: o.met.verify,
+		}
+		o.pv.Store(pv)
+	}
+	ready := newReadiness(o.pool, client, r.KafkaHealthy, log.With("component", "health"))
+	o.met.ready.Store(ready)
+	o.setRunning(ready)
+	return func(ctx context.Context) error {
+		defer client.Close()
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return r.Run(gctx) })
+		if pv != nil {
+			g.Go(func() error { pv.run(gctx); return nil })
+		}
+		return g.Wait()
+	}, nil
+}
+
 // waitForDatabase connects to the database, and applies the pending
-// migrations unless RELAY_MIGRATE_ON_START=false, retrying with a growing
-// pause for as long as the database cannot be reached: a relay started
-// before its database waits for it, not ready, rather than exiting. Other
-// failures (a refused password, a migration that fails) end the start.
-func (d *daemon) waitForDatabase(ctx context.Context, poolCfg *pgxpool.Config, probes *probeHandler, metrics http.Handler) error {
-	cfg, log := d.cfg, d.logger
+// migrations to o's schema unless RELAY_MIGRATE_ON_START=false, retrying
+// with a growing pause for as long as the database cannot be reached: a
+// relay started before its database waits for it, not ready, rather than
+// exiting. Other failures (a refused password, a migration that fails) end
+// the wait.
+func (d *daemon) waitForDatabase(ctx context.Context, o *outbox) error {
+	cfg, log := o.cfg, o.log
 	begun := time.Now()
 	pause := time.Second / 2
 	for attempt := 1; ; attempt++ {
 		var err error
 		if cfg.MigrateOnStart {
-			err = migrateUp(ctx, poolCfg, cfg.Schema, log)
+			err = migrateUp(ctx, o.poolCfg, o.schema, log)
 		} else {
-			err = pingDatabase(ctx, poolCfg)
+			err = pingDatabase(ctx, o.poolCfg)
 		}
 		if err == nil {
 			if attempt > 1 {
@@ -336,7 +411,7 @@ func (d *daemon) waitForDatabase(ctx context.Context, poolCfg *pgxpool.Config, p
 			return err
 		}
 		msg := redactSecret(err.Error(), cfg.DatabaseURL)
-		probes.starting("waiting for the database: "+msg, metrics)
+		o.setStarting("waiting for the database: " + msg)
 		log.Warn("database_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String(),
 			"database", redactedDatabase(cfg.DatabaseURL))
 		t := time.NewTimer(pause)
@@ -408,7 +483,7 @@ func installLayouts(ctx context.Context, pool *pgxpool.Pool, cfg Config, log *sl
 		return fmt.Errorf("install the copy triggers: %w", err)
 	}
 	defer conn.Release()
-	installed, err := layout.Install(ctx, conn.Conn(), cfg.Schema, mappings)
+	installed, err := layout.Install(ctx, conn.Conn(), cfg.schema(), mappings)
 	if lerr, ok := errors.AsType[*layout.Error](err); ok {
 		return &usageError{lerr}
 	}

@@ -54,7 +54,8 @@ An id that is not in stuck_messages fails show, requeue and discard alike with
 exit code 2, and nothing is done. A schema without the outbox tables (a
 misspelled RELAY_SCHEMA, or not migrated) exits 2 with a hint.
 
-The database and schema come from RELAY_DATABASE_URL and RELAY_SCHEMA.
+The database and schema come from RELAY_DATABASE_URL and RELAY_SCHEMA; when
+RELAY_SCHEMA lists several outboxes, every action wants --outbox SCHEMA.
 Run 'relay stuck <action> --help' for an action's flags.`,
 		flags: func(fs *flag.FlagSet, env *environment) func(context.Context, []string) error {
 			return func(ctx context.Context, args []string) error {
@@ -85,6 +86,8 @@ var stuckActions = map[string]stuckAction{
 // positional ones. done is true when --help was asked and printed.
 func parseAction(fs *flag.FlagSet, env *environment, usage string, args []string) (positional []string, done bool, err error) {
 	fs.SetOutput(io.Discard)
+	outbox := outboxFlag(fs)
+	defer func() { env.outbox = *outbox }()
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
@@ -104,14 +107,15 @@ func parseAction(fs *flag.FlagSet, env *environment, usage string, args []string
 	}
 }
 
-// stuckPool connects to the configured outbox and returns its schema.
+// stuckPool connects to the outbox the command acts on (--outbox) and
+// returns its schema.
 func stuckPool(ctx context.Context, env *environment) (*pgxpool.Pool, string, error) {
-	cfg, err := env.config()
+	cfg, err := env.outboxConfig(env.outbox)
 	if err != nil {
 		return nil, "", err
 	}
 	pool, err := commandPool(ctx, cfg)
-	return pool, cfg.Schema, err
+	return pool, cfg.schema(), err
 }
 
 // schemaHint turns "relation does not exist" (42P01) into advice: the

@@ -59,6 +59,7 @@ The database, schema and brokers come from the RELAY_* variables.`,
 				}
 				return nil
 			})
+			outbox := outboxFlag(fs)
 			asJSON := fs.Bool("json", false, "print the report as JSON")
 			allowTruncated := fs.Bool("allow-truncated", false, "exit 0 even if rows were truncated by retention (missing and mismatched rows still fail)")
 			chunk := fs.Int("chunk-size", verify.DefaultChunkSize, "rows read from Postgres at once")
@@ -74,14 +75,14 @@ The database, schema and brokers come from the RELAY_* variables.`,
 				if *examples < 0 {
 					return usageErrorf("verify: --examples %d: must not be negative", *examples)
 				}
-				cfg, err := env.config()
+				cfg, err := env.outboxConfig(*outbox)
 				if err != nil {
 					return err
 				}
 				opts := verify.Options{Since: from, Topics: topics, ChunkSize: *chunk, MaxExamples: max(*examples, 1)}
 				rep, err := runVerify(ctx, cfg, env.getenv, opts)
 				if err != nil {
-					return schemaHint(err, cfg.Schema)
+					return schemaHint(err, cfg.schema())
 				}
 				if *examples == 0 {
 					rep.Examples = rep.Examples[:0]
@@ -133,7 +134,7 @@ func runVerify(ctx context.Context, cfg Config, getenv func(string) string, opts
 
 // commandPool is the small pool of a one-shot command (stuck, verify).
 func commandPool(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
-	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.Schema)
+	poolCfg, err := relay.PoolConfig(cfg.DatabaseURL, cfg.schema())
 	if err != nil {
 		return nil, err
 	}

@@ -86,9 +86,10 @@ type Config struct {
 	// KafkaCompression is the codec of produced record batches: none,
 	// gzip, snappy, lz4 or zstd. Default snappy (the Kafka client's).
 	KafkaCompression string `env:"KAFKA_COMPRESSION" envDefault:"snappy" desc:"Codec of produced record batches: none, gzip, snappy, lz4 or zstd. snappy and lz4 are cheap on CPU; zstd compresses best (Kafka 2.1 or later); gzip costs the most CPU; none for incompressible payloads. Consumers decompress on their own."`
-	// Schema is the Postgres schema holding the outbox tables. Default
-	// outbox.
-	Schema string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores."`
+	// Schemas are the Postgres schemas holding outbox tables, one outbox
+	// each (one per tenant, say): the daemon runs a relay for each, side
+	// by side. Default outbox.
+	Schemas []string `env:"SCHEMA" envDefault:"outbox" desc:"Postgres schema of the outbox tables: lower-case letters, digits, underscores. A comma-separated list runs one relay per schema in this process (one outbox per tenant, say); the commands that act on one outbox then want --outbox."`
 	// The Debezium outbox table to take over (docs/migrating-from-debezium.md)
 	// and its column names, as Debezium's outbox event router names them.
 	// Default: none.
@@ -357,6 +358,9 @@ func (c *Config) resolve(problems map[string]string) {
 	for i, b := range c.KafkaBrokers {
 		c.KafkaBrokers[i] = strings.TrimSpace(b)
 	}
+	for i, s := range c.Schemas {
+		c.Schemas[i] = strings.TrimSpace(s)
+	}
 	c.resolveKafkaSecurity(problems)
 }
 
@@ -393,9 +397,7 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 		}
 	}
 	c.validateKafkaSecurity(add, parsed, getenv)
-	if err := relay.ValidSchema(c.Schema); err != nil {
-		add("RELAY_SCHEMA", "%v", err)
-	}
+	c.validateSchemas(add)
 	if _, err := c.compression(); err != nil {
 		add("RELAY_KAFKA_COMPRESSION", "%v", err)
 	}
@@ -519,7 +521,7 @@ func parseLogLevel(s string) (slog.Level, error) {
 // relayConfig is the part of the configuration package relay takes.
 func (c Config) relayConfig() relay.Config {
 	return relay.Config{
-		Schema:          c.Schema,
+		Schema:          c.schema(),
 		BatchSize:       c.BatchSize,
 		BatchMaxBytes:   c.BatchMaxBytes,
 		InFlightBatches: c.InFlightBatches,

@@ -39,7 +39,7 @@ func TestConfigDefaults(t *testing.T) {
 	want := Config{
 		DatabaseURL:          "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
 		KafkaBrokers:         []string{"localhost:9092"},
-		Schema:               "outbox",
+		Schemas:              []string{"outbox"},
 		HTTPAddr:             ":8080",
 		MaxAttempts:          10,
 		SentRetention:        24 * time.Hour,

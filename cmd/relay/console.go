@@ -9,34 +9,51 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/outboxrelay/relay/internal/console"
 )
 
 // startConsole serves the web console on RELAY_CONSOLE_ADDR, if set, in g.
-// stop shuts it down. pv, if not nil, is the periodic verify whose latest
-// result the console shows.
-func (d *daemon) startConsole(ctx context.Context, g *errgroup.Group, pool *pgxpool.Pool, pv *periodicVerify) (stop func(), err error) {
+// stop shuts it down. With one outbox the console is at the root; with
+// several, each outbox's is under /<schema>/, with a selector in the
+// header, and / leads to the first.
+func (d *daemon) startConsole(ctx context.Context, g *errgroup.Group, outboxes []*outbox) (stop func(), err error) {
 	if d.cfg.ConsoleAddr == "" {
 		return func() {}, nil
 	}
 	log := d.logger.With("component", "console")
-	cfg := console.Config{Pool: pool, AdminToken: d.cfg.AdminToken, Logger: log}
-	if pv != nil {
-		cfg.LastVerify = pv.lastResult
+	var links []console.Outbox
+	if len(outboxes) > 1 {
+		for _, o := range outboxes {
+			links = append(links, console.Outbox{Name: o.schema, Base: "/" + o.schema})
+		}
 	}
-	c, err := console.New(cfg)
-	if err != nil {
-		return nil, err
+	mux := http.NewServeMux()
+	for _, o := range outboxes {
+		cfg := console.Config{Pool: o.pool, AdminToken: d.cfg.AdminToken, Logger: log.With("outbox", o.schema), LastVerify: o.lastVerify}
+		if len(outboxes) > 1 {
+			cfg.Base, cfg.Outbox, cfg.Outboxes = "/"+o.schema, o.schema, links
+		}
+		c, err := console.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Base == "" {
+			mux.Handle("/", c.Handler())
+			continue
+		}
+		mux.Handle(cfg.Base+"/", http.StripPrefix(cfg.Base, c.Handler()))
+	}
+	if len(outboxes) > 1 {
+		mux.Handle("GET /{$}", http.RedirectHandler(links[0].Base+"/", http.StatusSeeOther))
 	}
 	ln, err := net.Listen("tcp", d.cfg.ConsoleAddr)
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           c.Handler(),
+		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

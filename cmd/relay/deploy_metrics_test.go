@@ -31,6 +31,7 @@ const (
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	met := newMetrics()
+	om := met.forOutbox("")
 	// Neither connects until used: the pool is lazy, the client dials on
 	// its first request.
 	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+closedPort(t)+"/none?connect_timeout=1")
@@ -38,8 +39,8 @@ func exportedMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	met.watchPool(pool)
-	client, err := kgo.NewClient(kgo.SeedBrokers(closedPort(t)), kgo.WithHooks(met.kafka))
+	om.watchPool(pool)
+	client, err := kgo.NewClient(kgo.SeedBrokers(closedPort(t)), kgo.WithHooks(om.kafka))
 	if err != nil {
 		t.Fatal(err)
 	}

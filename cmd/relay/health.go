@@ -40,7 +40,9 @@ const readyFresh = time.Second
 //     hosts, roles and tables): the details go to the log when the
 //     answer changes.
 //   - /metrics serves Prometheus metrics.
-func healthHandler(ready *readiness, metrics http.Handler) http.Handler {
+//
+// With several outboxes, /readyz reports each (see outboxReadiness).
+func healthHandler(ready http.Handler, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) {

@@ -94,6 +94,9 @@ type environment struct {
 	// unknown are the RELAY_* variables set that the relay does not read
 	// (misspellings, usually), each with the closest name it does read.
 	unknown []unknownVar
+	// outbox is the --outbox of a stuck action, set once its flags are
+	// parsed.
+	outbox string
 }
 
 // config loads the configuration for a one-shot command, after warning on

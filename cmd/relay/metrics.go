@@ -15,11 +15,20 @@ import (
 	"github.com/outboxrelay/relay/relay"
 )
 
-// metrics is the process's Prometheus registry with everything on it: the
-// relay's own metrics, the Kafka client's (kprom), the pool's, alerts by
-// kind, and the Go runtime and process collectors.
+// metrics is the process's Prometheus registry: the Go runtime and process
+// collectors and the build info, and each outbox's metrics (forOutbox).
 type metrics struct {
-	reg    *prometheus.Registry
+	reg *prometheus.Registry
+}
+
+// outboxMetrics are one outbox's metrics: the relay's own, its Kafka
+// client's (kprom), its pool's, its alerts by kind, its periodic verify's
+// and its readiness. In a process with several outboxes each series
+// carries the label outbox="<schema>", added by the registerer
+// (prometheus.WrapRegistererWith), so that the same names serve one outbox
+// or several.
+type outboxMetrics struct {
+	reg    prometheus.Registerer
 	relay  *relay.Metrics
 	kafka  *kprom.Metrics
 	alerts *prometheus.CounterVec
@@ -43,8 +52,19 @@ type verifyMetrics struct {
 
 func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := &metrics{
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	return &metrics{reg: reg}
+}
+
+// forOutbox registers the metrics of an outbox, labelled outbox=label; an
+// empty label (a process with one outbox) adds no label, so that its series
+// are what they always were.
+func (m *metrics) forOutbox(label string) *outboxMetrics {
+	var reg prometheus.Registerer = m.reg
+	if label != "" {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"outbox": label}, m.reg)
+	}
+	om := &outboxMetrics{
 		reg:   reg,
 		relay: relay.NewMetrics(reg),
 		kafka: kprom.NewMetrics("outbox_relay_kafka", kprom.Registerer(reg)),
@@ -52,7 +72,7 @@ func newMetrics() *metrics {
 			Name: "outbox_relay_alerts_total", Help: "Alerts raised, by kind, before aggregation.",
 		}, []string{"kind"}),
 	}
-	m.verify = verifyMetrics{
+	om.verify = verifyMetrics{
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outbox_relay_verify_runs_total", Help: "Periodic verify runs, by result: ok, problems (rows missing, truncated or mismatched) or error (could not check).",
 		}, []string{"result"}),
@@ -66,18 +86,18 @@ func newMetrics() *metrics {
 			Name: "outbox_relay_verify_last_success_timestamp_seconds", Help: "When the last periodic verify run that could check its rows finished (Unix time).",
 		}),
 	}
-	reg.MustRegister(m.alerts, m.verify.runs, m.verify.checked, m.verify.problems, m.verify.lastSuccess, buildInfo())
-	m.watchReadiness()
-	return m
+	reg.MustRegister(om.alerts, om.verify.runs, om.verify.checked, om.verify.problems, om.verify.lastSuccess)
+	om.watchReadiness()
+	return om
 }
 
 // countAlerts is an alert sink that counts alerts by kind.
-func (m *metrics) countAlerts() alert.Alerter {
+func (m *outboxMetrics) countAlerts() alert.Alerter {
 	return alert.Func(func(_ context.Context, a alert.Alert) { m.alerts.WithLabelValues(string(a.Kind)).Inc() })
 }
 
 // watchPool exports the pool's connection statistics.
-func (m *metrics) watchPool(pool *pgxpool.Pool) {
+func (m *outboxMetrics) watchPool(pool *pgxpool.Pool) {
 	gauge := func(name, help string, f func(*pgxpool.Stat) float64) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outbox_relay_db_pool_" + name, Help: help},
 			func() float64 { return f(pool.Stat()) }))
@@ -91,11 +111,11 @@ func (m *metrics) watchPool(pool *pgxpool.Pool) {
 
 // watchReadiness exports outbox_relay_ready: the answer of /readyz's
 // checks (reused for readyFresh, like the probes', so scrapes add no load),
-// 0 until the relay has started. An alert on readiness then needs no probe
-// of its own.
-func (m *metrics) watchReadiness() {
+// 0 until the outbox's relay has started (and while an outbox that cannot
+// start is retried). An alert on readiness then needs no probe of its own.
+func (m *outboxMetrics) watchReadiness() {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "outbox_relay_ready",
-		Help: "1 when the checks of /readyz pass (database and migrations, Kafka, delivery), else 0, and 0 while the relay starts."},
+		Help: "1 when the outbox's checks of /readyz pass (database and migrations, Kafka, delivery), else 0, and 0 while its relay starts or cannot start."},
 		func() float64 {
 			rd := m.ready.Load()
 			if rd == nil {

@@ -130,7 +130,7 @@ func TestPeriodicVerifyOnce(t *testing.T) {
 	brokers := cluster.ListenAddrs()
 	deliverRows(t, db, brokers, 6, "orders", "users")
 	cl := relaytest.NewProducer(t, brokers)
-	met := newMetrics()
+	met := newMetrics().forOutbox("")
 	var mu sync.Mutex
 	var alerts []alert.Alert
 	pv := &periodicVerify{

@@ -51,6 +51,22 @@ type Config struct {
 	// LastVerify, if set, returns the daemon's latest verify result.
 	LastVerify func() (VerifyResult, bool)
 	Logger     *slog.Logger
+	// Base is the path the console is served under, without a trailing
+	// slash (the caller strips it from requests, e.g. with
+	// http.StripPrefix); empty: the root. Every link and form starts with
+	// it.
+	Base string
+	// Outbox names the outbox this console shows, and Outboxes every
+	// outbox of the process, for the selector in the header; both empty
+	// when the process serves one.
+	Outbox   string
+	Outboxes []Outbox
+}
+
+// Outbox is an entry of the outbox selector: a schema and the Base of its
+// console.
+type Outbox struct {
+	Name, Base string
 }
 
 // VerifyResult is the outcome of the daemon's latest verify run.
@@ -220,12 +236,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode,
 		Secure: r.TLS != nil, MaxAge: int(sessionTTL / time.Second)})
 	c.log.Info("console_login", "operator", name, "remote", r.RemoteAddr)
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, c.cfg.Base+"/", http.StatusSeeOther)
 }
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, c.cfg.Base+"/", http.StatusSeeOther)
 }
 
 // page is what every template gets.
@@ -233,13 +249,18 @@ type page struct {
 	Session *session
 	Actions bool // an admin token is configured
 	Data    any
+	// Base, Outbox and Outboxes are Config's.
+	Base     string
+	Outbox   string
+	Outboxes []Outbox
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, data any) {
 	t := c.tmpl[name]
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	if err := t.Execute(w, page{Session: c.session(r), Actions: c.key != nil, Data: data}); err != nil {
+	p := page{Session: c.session(r), Actions: c.key != nil, Data: data, Base: c.cfg.Base, Outbox: c.cfg.Outbox, Outboxes: c.cfg.Outboxes}
+	if err := t.Execute(w, p); err != nil {
 		c.log.Warn("console_render", "page", name, "error", err)
 	}
 }

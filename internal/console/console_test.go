@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -325,5 +326,107 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	if err := db.Pool.QueryRow(ctx, `SELECT discarded_by FROM discarded_messages WHERE id = 201`).Scan(&by); err != nil || !strings.Contains(by, "(dana)") {
 		t.Errorf("discarded_messages.discarded_by = %q, %v; want dana", by, err)
+	}
+}
+
+// Two outboxes' consoles served under /<schema>/, as relay run does with
+// several schemas: every link and form keeps its outbox's prefix, the
+// header's selector switches outbox, one sign-in serves both, and an action
+// acts on the outbox whose page it came from.
+func TestConsoleOutboxSelectorInChromium(t *testing.T) {
+	dbA, dbB := relaytest.NewDB(t), relaytest.NewDB(t)
+	ctx := context.Background()
+	for _, s := range []struct {
+		db *relaytest.DB
+		id int
+	}{{dbA, 7}, {dbB, 9}} {
+		if _, err := s.db.Pool.Exec(ctx, `
+			INSERT INTO stuck_messages (id, topic, key, payload, headers, created_at, attempts, first_error, last_error, error_kind)
+			VALUES ($1, 'orders', 'k', 'p', '{}', now(), 10, 'NOT_ENOUGH_REPLICAS', 'NOT_ENOUGH_REPLICAS', 'row_retriable')`, s.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	links := []console.Outbox{{Name: dbA.Schema, Base: "/" + dbA.Schema}, {Name: dbB.Schema, Base: "/" + dbB.Schema}}
+	mux := http.NewServeMux()
+	for i, db := range []*relaytest.DB{dbA, dbB} {
+		c, err := console.New(console.Config{Pool: db.Pool, AdminToken: token, Base: links[i].Base, Outbox: db.Schema, Outboxes: links})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mux.Handle(links[i].Base+"/", http.StripPrefix(links[i].Base, c.Handler()))
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	b := browser(t)
+	text := func(sel string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(b, 10*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			html, _ := chromedp.Run(b, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
+			t.Fatalf("read %s: %v; the page:\n%s", sel, err, html)
+		}
+		return v
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(b, steps...); err != nil {
+			html, _ := chromedp.Run(b, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
+			t.Fatalf("%s: %v; the page:\n%s", what, err, html)
+		}
+	}
+	pathNow := func() string {
+		t.Helper()
+		p, err := chromedp.Run(b, chromedp.Evaluate[string](`location.pathname`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	do("open outbox A's stuck rows and one of them",
+		chromedp.Navigate(srv.URL+links[0].Base+"/stuck"),
+		chromedp.Click(chromedp.CSS(`#stuck-rows a[href="`+links[0].Base+`/stuck/7"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#payload`)),
+	)
+	if cur := text(`#outboxes a.current`); cur != dbA.Schema {
+		t.Errorf("selector marks %q as current on A's page, want %s", cur, dbA.Schema)
+	}
+	styled, err := chromedp.Run(b, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("header")).display`))
+	if err != nil || styled != "flex" {
+		t.Errorf("header display %q (%v): the stylesheet under the prefix did not load", styled, err)
+	}
+
+	do("switch to outbox B",
+		chromedp.Click(chromedp.CSS(`#outboxes a[href="`+links[1].Base+`/"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#stuck`)),
+	)
+	if p, cur, stuck := pathNow(), text(`#outboxes a.current`), text(`#stuck`); p != links[1].Base+"/" || cur != dbB.Schema || stuck != "1" {
+		t.Errorf("after switching: at %s, current %q, stuck tile %q; want %s/, %s, 1", p, cur, stuck, links[1].Base, dbB.Schema)
+	}
+
+	do("sign in on B",
+		chromedp.Click(chromedp.CSS(`#signin`)),
+		chromedp.SendKeys(chromedp.CSS(`#name`), "dana"),
+		chromedp.SendKeys(chromedp.CSS(`#token`), token),
+		chromedp.Click(chromedp.CSS(`#login`)),
+		chromedp.WaitVisible(chromedp.CSS(`#operator`)),
+	)
+	if p := pathNow(); p != links[1].Base+"/" {
+		t.Errorf("signed in at %s, want back on %s/", p, links[1].Base)
+	}
+	do("requeue A's row, signed in once",
+		chromedp.Navigate(srv.URL+links[0].Base+"/stuck/7"),
+		chromedp.Click(chromedp.CSS(`#requeue`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+		chromedp.Click(chromedp.CSS(`#confirm`)),
+		chromedp.WaitVisible(chromedp.CSS(`#result`)),
+	)
+	if result := text(`#result`); result != "Requeued 1 row(s)" {
+		t.Fatalf("requeue on A: %q", result)
+	}
+	if a, b := dbA.Count(t, "pending"), dbB.Count(t, "pending"); a != 1 || b != 0 {
+		t.Errorf("pending rows after the requeue on A: A %d, B %d; want 1 and 0", a, b)
 	}
 }
