@@ -86,8 +86,18 @@ func (e *env) brokerCPU() (time.Duration, bool) {
 	return procCPU(pid)
 }
 
-// procCPU reads the user and system CPU time of process pid from /proc.
+// procCPU reads the CPU time of process pid from /proc: the scheduler's
+// nanosecond count when the kernel keeps one, else user plus system time in
+// clock ticks. Ticks are 10 ms: a short phase's backends, each on CPU for a
+// few ms, would read as 0.
 func procCPU(pid int) (time.Duration, bool) {
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid)); err == nil {
+		if f := bytes.Fields(raw); len(f) > 0 {
+			if ns, err := strconv.ParseInt(string(f[0]), 10, 64); err == nil {
+				return time.Duration(ns), true
+			}
+		}
+	}
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, false
