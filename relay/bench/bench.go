@@ -353,6 +353,7 @@ type env struct {
 	cfg   Config
 	prog  *progress // nil until the phases start
 	runID string
+	tag   string // in the application_name of the run's sessions (see writerApp)
 	pool  *pgxpool.Pool
 	// writers is the writers' pool of the phase that runs, nil when the
 	// writers use pool (external relays).
@@ -384,7 +385,7 @@ func setup(ctx context.Context, cfg Config) (*env, error) {
 	}
 	_, err = m.Up(ctx)
 	_ = m.Close()
-	e := &env{cfg: cfg, runID: cfg.Schema}
+	e := &env{cfg: cfg, runID: cfg.Schema, tag: randomHex()}
 	if err == nil {
 		err = e.open(ctx, poolCfg)
 	}

@@ -37,7 +37,7 @@ func setupExternal(ctx context.Context, cfg Config) (*env, error) {
 	if !exists {
 		return nil, fmt.Errorf("external schema %s does not exist: it must be the outbox the running relays deliver", schema)
 	}
-	e := &env{cfg: cfg, runID: "bench-" + randomHex()}
+	e := &env{cfg: cfg, runID: "bench-" + randomHex(), tag: randomHex()}
 	if err := e.open(ctx, poolCfg); err != nil {
 		return nil, err
 	}

@@ -160,7 +160,7 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	}
 	cpu0 := cpuTime()
 	broker0, brokerKnown := e.brokerCPU()
-	writers0 := e.backendCPU(ctx, writerApp)
+	writers0 := e.backendCPU(ctx, e.writerApp())
 	tl.start = time.Now()
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -221,9 +221,9 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	}
 	cpu := cpuTime() - cpu0
 	peak := peakRSS()
-	pgCPU := e.backendCPU(ctx, appPrefix(v))
+	pgCPU := e.backendCPU(ctx, e.appPrefix(v))
 	broker1, brokerStill := e.brokerCPU()
-	writersCPU := e.backendCPU(ctx, writerApp) - writers0
+	writersCPU := e.backendCPU(ctx, e.writerApp()) - writers0
 	total = int(tl.want.Load())
 
 	p := newPhase(round, total, int(ins.rows), tl, *ins)
@@ -298,8 +298,10 @@ func (e *env) createPhaseTopics(ctx context.Context, phaseNo int) ([]string, err
 // for (16 bytes a row); the storm ends early if the writers reach it.
 const stormCap = 100_000
 
-// writerApp is the application_name of the writers' sessions.
-const writerApp = "relay-bench-writer"
+// writerApp is the application_name of the writers' sessions. It carries
+// the run's tag: benches running at once against one server (tests in
+// parallel) must not count, or kill, each other's backends.
+func (e *env) writerApp() string { return "relay-bench-writer " + e.tag }
 
 // openWriters opens the writers' pool of a phase that streams rows, with
 // every writer's connection made.
@@ -313,7 +315,7 @@ func (e *env) openWriters(ctx context.Context, streamed int) (*pgxpool.Pool, err
 	}
 	poolCfg.MaxConns = int32(e.cfg.Writers)
 	poolCfg.MinConns = int32(e.cfg.Writers)
-	poolCfg.ConnConfig.RuntimeParams["application_name"] = writerApp
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = e.writerApp()
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("writers' pool: %w", err)
@@ -460,8 +462,8 @@ func (in *instance) close() {
 
 // appPrefix starts the application_name of every instance of v, so that
 // the variant's backends can be found together and each one on its own.
-func appPrefix(v *variant) string {
-	return "relay-bench-" + v.name + " #"
+func (e *env) appPrefix(v *variant) string {
+	return "relay-bench-" + v.name + " " + e.tag + " #"
 }
 
 func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Hook) (*instance, error) {
@@ -473,7 +475,7 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Ho
 	if cfg.PoolSize > 0 {
 		poolCfg.MaxConns = int32(cfg.PoolSize)
 	}
-	in := &instance{app: appPrefix(v) + strconv.Itoa(i+1), cut: &cutter{dial: poolCfg.ConnConfig.DialFunc}}
+	in := &instance{app: e.appPrefix(v) + strconv.Itoa(i+1), cut: &cutter{dial: poolCfg.ConnConfig.DialFunc}}
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = in.app
 	poolCfg.ConnConfig.DialFunc = in.cut.Dial
 	if in.pool, err = pgxpool.NewWithConfig(ctx, poolCfg); err != nil {
