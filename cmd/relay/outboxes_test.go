@@ -10,10 +10,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/outboxrelay/relay/relay/relaytest"
 )
@@ -260,5 +263,74 @@ func TestSchemaListConfig(t *testing.T) {
 	cfg, err := loadConfig(mapEnv(map[string]string{"RELAY_SCHEMA": " tenant_a , tenant_b"}))
 	if err != nil || strings.Join(cfg.Schemas, ",") != "tenant_a,tenant_b" {
 		t.Errorf("RELAY_SCHEMA with spaces: %q, %v", cfg.Schemas, err)
+	}
+}
+
+// An outbox whose tables the relay's database role may not read (a grant
+// forgotten for a new tenant) is one broken outbox like an unmigrated one:
+// the other delivers, and once the grants are given the broken one
+// delivers without a restart.
+func TestOutboxWithoutGrantsDoesNotStopTheOthers(t *testing.T) {
+	t.Parallel()
+	good, late := relaytest.NewDB(t), relaytest.NewDB(t)
+	ctx := context.Background()
+	role := "relay_grants_" + strings.TrimPrefix(good.Schema, "test_")
+	grant := func(schema string) {
+		t.Helper()
+		s := pgx.Identifier{schema}.Sanitize()
+		for _, g := range []string{
+			"USAGE ON SCHEMA " + s,
+			"SELECT, UPDATE, DELETE ON " + s + ".messages",
+			"SELECT, INSERT ON " + s + ".stuck_messages",
+			"SELECT, UPDATE ON SEQUENCE " + s + ".relay_idle_until",
+			"SELECT ON " + s + ".goose_db_version",
+		} {
+			if _, err := good.Pool.Exec(ctx, "GRANT "+g+" TO "+role); err != nil {
+				t.Fatalf("GRANT %s: %v", g, err)
+			}
+		}
+	}
+	if _, err := good.Pool.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = good.Pool.Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = good.Pool.Exec(context.Background(), "DROP ROLE "+role)
+	})
+	grant(good.Schema) // and none on late's tables
+
+	u, err := url.Parse(good.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	cluster := relaytest.NewCluster(t, 1, "good", "late")
+	brokers := cluster.ListenAddrs()
+	d := runDaemon(t, map[string]string{
+		"RELAY_DATABASE_URL":     u.String(),
+		"RELAY_SCHEMA":           good.Schema + "," + late.Schema,
+		"RELAY_KAFKA_BROKERS":    brokers[0],
+		"RELAY_MIGRATE_ON_START": "false",
+	})
+
+	rows := insertConcurrently(t, good.Pool, 2, 100, 10, func(w, i int) relaytest.Message {
+		return relaytest.Message{Topic: "good", Key: fmt.Appendf(nil, "k%d", i%7), Payload: fmt.Appendf(nil, "%d/%d", w, i), Headers: map[string]string{}}
+	})
+	checkDelivery(t, rows, consumeIDs(t, brokers, rows, time.Minute, "good"), false)
+	relaytest.WaitFor(t, 30*time.Second, "the outbox without grants to be logged, alerted and retried", func() bool {
+		return d.logged("outbox_unavailable", map[string]string{"outbox": late.Schema, "attempt": "2"}) &&
+			d.logged("alert", map[string]string{"alert_kind": "outbox_unavailable", "outbox": late.Schema})
+	})
+	wantBody := good.Schema + ": ok\n" + late.Schema + ": starting: migrations: the schema is not migrated or not readable\n"
+	if code, body := d.get("/readyz"); code != http.StatusOK || body != wantBody {
+		t.Errorf("/readyz with one outbox not readable: %d %q, want 200 %q", code, body, wantBody)
+	}
+
+	// The operator grants the role the tables; the running relay picks it up.
+	id := late.Insert(t, relaytest.Message{Topic: "late", Key: []byte("k"), Payload: []byte("after the grant")})[0]
+	grant(late.Schema)
+	recs := relaytest.Consume(t, brokers, 1, 90*time.Second, "late")
+	if got, _ := relaytest.OutboxID(recs[0]); got != id {
+		t.Errorf("delivered outbox-id %d, want %d", got, id)
 	}
 }
