@@ -308,12 +308,8 @@ func (d *daemon) runOutbox(ctx context.Context, o *outbox, alerts alert.Alerter,
 		o.log.Error("outbox_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String())
 		o.alerter(alerts).Raise(ctx, alert.Alert{Kind: alert.KindOutboxUnavailable,
 			Message: fmt.Sprintf("outbox %s cannot start, the others keep delivering; retried every %s at most: %s", o.schema, maxOutboxRetryPause, msg)})
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, pause); err != nil {
+			return err
 		}
 		pause = min(2*pause, maxOutboxRetryPause)
 	}
@@ -414,12 +410,8 @@ func (d *daemon) waitForDatabase(ctx context.Context, o *outbox) error {
 		o.setStarting("waiting for the database: " + msg)
 		log.Warn("database_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String(),
 			"database", redactedDatabase(cfg.DatabaseURL))
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, pause); err != nil {
+			return err
 		}
 		pause = min(2*pause, maxDatabaseRetryPause)
 	}
@@ -494,4 +486,17 @@ func installLayouts(ctx context.Context, pool *pgxpool.Pool, cfg Config, log *sl
 		log.Info("copy_trigger_ready", "table", in.Table.String(), "trigger", in.Trigger, "function", in.Function, "installed_now", in.Changed)
 	}
 	return nil
+}
+
+// sleep waits d, or until ctx ends (its error): the pause between two
+// tries of a start that failed.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
