@@ -24,6 +24,7 @@ import (
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/layout"
+	"github.com/outboxrelay/relay/internal/wait"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -308,7 +309,7 @@ func (d *daemon) runOutbox(ctx context.Context, o *outbox, alerts alert.Alerter,
 		o.log.Error("outbox_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String())
 		o.alerter(alerts).Raise(ctx, alert.Alert{Kind: alert.KindOutboxUnavailable,
 			Message: fmt.Sprintf("outbox %s cannot start, the others keep delivering; retried every %s at most: %s", o.schema, maxOutboxRetryPause, msg)})
-		if err := sleep(ctx, pause); err != nil {
+		if err := wait.Sleep(ctx, pause); err != nil {
 			return err
 		}
 		pause = min(2*pause, maxOutboxRetryPause)
@@ -410,7 +411,7 @@ func (d *daemon) waitForDatabase(ctx context.Context, o *outbox) error {
 		o.setStarting("waiting for the database: " + msg)
 		log.Warn("database_unavailable", "error", msg, "attempt", attempt, "retry_in", pause.String(),
 			"database", redactedDatabase(cfg.DatabaseURL))
-		if err := sleep(ctx, pause); err != nil {
+		if err := wait.Sleep(ctx, pause); err != nil {
 			return err
 		}
 		pause = min(2*pause, maxDatabaseRetryPause)
@@ -486,17 +487,4 @@ func installLayouts(ctx context.Context, pool *pgxpool.Pool, cfg Config, log *sl
 		log.Info("copy_trigger_ready", "table", in.Table.String(), "trigger", in.Trigger, "function", in.Function, "installed_now", in.Changed)
 	}
 	return nil
-}
-
-// sleep waits d, or until ctx ends (its error): the pause between two
-// tries of a start that failed.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

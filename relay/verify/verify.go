@@ -39,6 +39,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/outboxrelay/relay/internal/wait"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -539,7 +540,7 @@ func (c *checker) fetchAndCompare(ctx context.Context, ts *topicState, pr *Parti
 				}
 			}
 			rows, i = kept, 0
-			if err := sleep(ctx, time.Duration(retries)*50*time.Millisecond); err != nil {
+			if err := wait.Sleep(ctx, time.Duration(retries)*50*time.Millisecond); err != nil {
 				return err
 			}
 			continue
@@ -672,14 +673,3 @@ func compare(r sentRow, rec *kgo.Record) (Problem, string) {
 }
 
 var emptyHash = sha256.Sum256(nil)
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
