@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // BenchmarkClaimWithRetainedSentRows shows that the claim's cost does not

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // TestBatchesAreBoundedInBytes checks RELAY_BATCH_MAX_BYTES: a batch takes

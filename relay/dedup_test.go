@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // deliverRows runs batches until n rows went through.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // newCountingRelay returns a relay on db that recounts the instances every

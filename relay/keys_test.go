@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // TestLongKeysAndTopicsAreAccepted checks that a key of 3 KB (random, so

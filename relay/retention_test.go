@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // sentOutbox is an outbox of n rows that r, a relay keeping sent rows for

@@ -9,8 +9,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // A batch is traced: one span from claim to commit, with the claimed,

@@ -23,7 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // codecWatch records the compression codec of every record batch the

@@ -14,8 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/outboxrelay/relay/relay/bench"
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/bench"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // TestBench runs a tiny bench — a preload plus a short stream, baseline and

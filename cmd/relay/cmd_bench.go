@@ -22,8 +22,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"golang.org/x/term"
 
+	"github.com/outboxrelay/relay/internal/bench"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/bench"
 )
 
 func benchCommand() *command {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/verify"
+	"github.com/outboxrelay/relay/verify"
 )
 
 func resendCommand() *command {

@@ -17,7 +17,7 @@ import (
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/verify"
+	"github.com/outboxrelay/relay/verify"
 )
 
 func verifyCommand() *command {

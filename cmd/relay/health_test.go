@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // A flood of concurrent probes runs the checks once, not once per probe:

@@ -14,8 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/migrations"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 func TestMain(m *testing.M) {

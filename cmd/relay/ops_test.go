@@ -19,8 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/migrations"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 func TestMigrateDownRefusesWhileRowsAreUndelivered(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // daemonRun is "relay run" running in this test's process.

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // stuckEnv points the CLI at a test's schema with two stuck rows (ids 10 and

@@ -15,9 +15,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
-	"github.com/outboxrelay/relay/relay/verify"
+	"github.com/outboxrelay/relay/verify"
 )
 
 // deliverRows inserts n rows of each topic and runs a relay until all are

@@ -8,7 +8,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // outcome is what a scenario did, for the invariant checker's report.

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // Scenario 7: one of two relays freezes (SIGSTOP: a paused container, a

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 // Scenario 1: the relay is killed with SIGKILL at random moments during the

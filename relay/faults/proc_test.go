@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 func TestMain(m *testing.M) {

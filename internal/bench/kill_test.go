@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/outboxrelay/relay/relay/bench"
-	"github.com/outboxrelay/relay/relay/relaytest"
+	"github.com/outboxrelay/relay/internal/bench"
+	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
 func TestMain(m *testing.M) {

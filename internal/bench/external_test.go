@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outboxrelay/relay/internal/bench"
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/bench"
-	"github.com/outboxrelay/relay/relay/relaytest"
 )
 
 // TestExternal measures a relay the bench did not start, as relay bench

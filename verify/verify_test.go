@@ -16,9 +16,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
+	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/relay/relaytest"
-	"github.com/outboxrelay/relay/relay/verify"
+	"github.com/outboxrelay/relay/verify"
 )
 
 func TestMain(m *testing.M) {
