@@ -101,7 +101,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 	locked, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (candidate, error) {
 		var c candidate
 		err := rs.Scan(&c.ID, &c.Topic, &c.Key, &c.Payload, &c.Headers, &c.UUID, &c.Attempts, &c.CreatedAt,
-			&c.DeliverAfter, &c.ExpiresAt, &c.Partition, &c.Expired, &c.due, &c.size)
+			&c.DeliverAfter, &c.ExpiresAt, &c.Partition, &c.Expired, &c.due, &c.Size)
 		return c, err
 	})
 	if cerr := br.Close(); err == nil {
@@ -148,7 +148,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, 
 		return nil, false, false, fmt.Errorf("claim: held rows: %w", err)
 	}
 
-	fit := fitting(locked, func(c candidate) int64 { return c.size }, q.maxBytes)
+	fit := fitting(locked, func(c candidate) int64 { return c.Size }, q.maxBytes)
 	full = fit < len(locked)  // the rest is beyond the byte bound: not produced
 	waves := map[string]int{} // topic and key → rows kept; -1 once the chain ended
 	for i, c := range locked {
@@ -191,14 +191,14 @@ func claimWindow(ctx context.Context, tx pgx.Tx, q claimParams) (kept []row, mor
 	out, err := pgx.CollectRows(rs, func(rs pgx.CollectableRow) (row, error) {
 		var x row
 		err := rs.Scan(&x.ID, &x.Topic, &x.Key, &x.Payload, &x.Headers, &x.UUID, &x.Attempts, &x.CreatedAt,
-			&x.DeliverAfter, &x.ExpiresAt, &x.Partition, &x.Expired, &x.Wave, &scanned, &x.size)
+			&x.DeliverAfter, &x.ExpiresAt, &x.Partition, &x.Expired, &x.Wave, &scanned, &x.Size)
 		return x, err
 	})
 	if err != nil {
 		return nil, false, false, fmt.Errorf("claim: %w", err)
 	}
 	if len(out) > 0 {
-		fit := fitting(out, func(x row) int64 { return x.size }, q.maxBytes)
+		fit := fitting(out, func(x row) int64 { return x.Size }, q.maxBytes)
 		for i := fit; i < len(out); i++ {
 			out[i].Wave = -1 // beyond the byte bound: dropped with its chain
 		}
@@ -260,7 +260,7 @@ func readLarge(ctx context.Context, tx pgx.Tx, rows []row, small int64) error {
 	at := map[int64]int{}
 	var ids []int64
 	for i, x := range rows {
-		if x.size > small {
+		if x.Size > small {
 			at[x.ID] = i
 			ids = append(ids, x.ID)
 		}

@@ -63,7 +63,7 @@ func (r *Relay) produce(ctx context.Context, rows []row, stallAfter time.Duratio
 	verdicts := r.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
 	for i, x := range rows {
-		err := x.expiry()
+		err := expiry(x)
 		var rec *kgo.Record
 		if err == nil {
 			rec, err = r.record(x)
@@ -285,7 +285,7 @@ func (r *Relay) retryAlone(ctx context.Context, out *outcome) {
 		"action", "producing each row again alone")
 	for _, f := range rejected {
 		// Its replaced headers were counted the first time it was made.
-		rec, _, err := f.row.record()
+		rec, _, err := buildRecord(f.row)
 		if err != nil { // it made one before
 			out.failed = append(out.failed, failure{f.row, err, retry.Classify(err), -1})
 			continue

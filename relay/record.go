@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // HeaderOutboxID names the header that carries the row id as decimal text.
@@ -32,34 +32,15 @@ const HeaderOutboxUUID = "outbox-uuid"
 // these headers to identify the row.
 func reservedHeader(name string) bool { return name == HeaderOutboxID || name == HeaderOutboxUUID }
 
-// row is one claimed outbox row.
-type row struct {
-	ID        int64
-	Topic     string
-	Key       []byte // nil: no key
-	Payload   []byte // nil: tombstone
-	Headers   []byte // raw jsonb text
-	UUID      pgtype.UUID
-	Attempts  int
-	CreatedAt time.Time
-	Wave      int // place in its key's chain in the batch: 1 for the key's first row and for rows without a key
-
-	size int64 // bytes of payload, key and headers, as the claim's byte bound counts them
-
-	// The row's delivery options; nil when it does not set them.
-	DeliverAfter *time.Time
-	ExpiresAt    *time.Time
-	Partition    *int32
-	// Expired is true when the claim found expires_at passed.
-	Expired bool
-}
+// row is one claimed outbox row (pgstore.Row).
+type row = pgstore.Row
 
 // record turns a row into a Kafka record (see row.record) and reports an
 // application header that the relay's own replaced: a warning and
 // outbox_relay_reserved_headers_replaced_total, so the clash is seen and
 // fixed at the application, while delivery goes on.
 func (r *Relay) record(x row) (*kgo.Record, error) {
-	rec, replaced, err := x.record()
+	rec, replaced, err := buildRecord(x)
 	for _, name := range replaced {
 		r.logger.Warn("reserved_header_replaced", "outbox_id", x.ID, "topic", x.Topic, "header", name)
 		r.cfg.Metrics.reservedHeaderReplaced(x.Topic)
@@ -72,7 +53,7 @@ func (r *Relay) record(x row) (*kgo.Record, error) {
 // never be produced as they are (headers that are not an object of
 // strings). It returns the names of application headers it dropped because
 // the relay sets a header of that name.
-func (r row) record() (*kgo.Record, []string, error) {
+func buildRecord(r row) (*kgo.Record, []string, error) {
 	if err := validTopic(r.Topic); err != nil {
 		return nil, nil, err
 	}
@@ -140,7 +121,7 @@ func (e expiredError) Error() string  { return e.reason }
 func (e expiredError) RowFatal() bool { return true }
 
 // expiry returns an expiredError when the row must not be produced.
-func (r row) expiry() error {
+func expiry(r row) error {
 	const at = "2006-01-02T15:04:05.000Z07:00"
 	switch {
 	case r.ExpiresAt != nil && r.DeliverAfter != nil && r.ExpiresAt.Before(*r.DeliverAfter):

@@ -19,3 +19,21 @@ func Sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Every runs job once per interval until ctx ends, the first time one
+// interval after the call. It is the loop of the relay's periodic services
+// (the lag watch, the prune of sent rows, the periodic verify): each service
+// is its job, named after what it does, and none writes its own ticker. A
+// job that outlasts the interval delays the next run; runs never overlap.
+func Every(ctx context.Context, interval time.Duration, job func(context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		job(ctx)
+	}
+}

@@ -24,3 +24,22 @@ func TestSleepWaitsItsDuration(t *testing.T) {
 		t.Errorf("Sleep returned after %v, want at least 20ms", d)
 	}
 }
+
+func TestEveryRunsItsJobUntilItsContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	runs := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Every(ctx, time.Millisecond, func(context.Context) {
+			runs++
+			if runs == 3 {
+				cancel()
+			}
+		})
+	}()
+	<-done
+	if runs != 3 {
+		t.Errorf("Every ran its job %d times before its context ended, want 3", runs)
+	}
+}
