@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/retry"
@@ -216,51 +216,34 @@ func startWakeupRelay(t testing.TB, pool *pgxpool.Pool, brokers []string, cfg re
 // as soon as a record lands (kfake wakes waiting fetches on produce), so the
 // time a record is polled is the time it became readable, give or take a
 // scheduling delay.
-func newWakeupConsumer(t testing.TB, brokers []string) *kgo.Client {
+func newWakeupConsumer(t testing.TB, brokers []string) *readback.Reader {
 	t.Helper()
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(wakeupTopic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(time.Second),
-	)
+	rd, err := readback.New(brokers, []string{wakeupTopic}, kgo.FetchMaxWait(time.Second))
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
 	}
-	t.Cleanup(cl.Close)
-	return cl
+	t.Cleanup(rd.Close)
+	return rd
 }
 
-// consumeIDs polls cl and calls seen with the outbox-id of every record and
+// consumeIDs polls rd and calls seen with the outbox-id of every record and
 // the time it was polled, until seen returns false or ctx ends.
-func consumeIDs(ctx context.Context, cl *kgo.Client, seen func(id int64, at time.Time) bool) error {
+func consumeIDs(ctx context.Context, rd *readback.Reader, seen func(id int64, at time.Time) bool) error {
 	for {
-		fs := cl.PollFetches(ctx)
+		recs, err := rd.Poll(ctx)
 		at := time.Now()
-		if err := ctx.Err(); err != nil {
+		if err != nil {
 			return err
 		}
-		var ferr error
-		fs.EachError(func(topic string, p int32, err error) {
-			ferr = errors.Join(ferr, err)
-		})
-		if ferr != nil {
-			return ferr
-		}
 		more := true
-		fs.EachRecord(func(rec *kgo.Record) {
-			v, _ := relaytest.Header(rec, relay.HeaderOutboxID)
-			id, err := strconv.ParseInt(v, 10, 64)
+		for _, rec := range recs {
+			id, err := readback.OutboxID(rec)
 			if err != nil {
-				ferr = errors.Join(ferr, errors.New("record without a decimal outbox-id: "+v))
-				return
+				return err
 			}
 			if more {
 				more = seen(id, at)
 			}
-		})
-		if ferr != nil {
-			return ferr
 		}
 		if !more {
 			return nil
@@ -269,11 +252,11 @@ func consumeIDs(ctx context.Context, cl *kgo.Client, seen func(id int64, at time
 }
 
 // waitDelivered consumes until the record of row id arrives.
-func waitDelivered(t testing.TB, cl *kgo.Client, id int64) {
+func waitDelivered(t testing.TB, rd *readback.Reader, id int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wakeupDeliveryTimeout)
 	defer cancel()
-	err := consumeIDs(ctx, cl, func(got int64, _ time.Time) bool { return got != id })
+	err := consumeIDs(ctx, rd, func(got int64, _ time.Time) bool { return got != id })
 	if err != nil {
 		t.Fatalf("row %d not delivered within %v (poll interval %v, so only a wake-up could deliver it): %v",
 			id, wakeupDeliveryTimeout, wakeupNoPolling, err)

@@ -310,33 +310,17 @@ func loadRows(t *testing.T, pool *pgxpool.Pool) map[int64]relaytest.Message {
 // at least once, and returns everything it read.
 func consumeIDs(t *testing.T, brokers []string, rows map[int64]relaytest.Message, timeout time.Duration, topics ...string) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
 	seen := map[int64]bool{}
-	var out []*kgo.Record
-	for len(seen) < len(rows) {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("saw %d of %d rows within %v", len(seen), len(rows), timeout)
-		}
-		fs.EachError(func(topic string, p int32, err error) { t.Fatalf("fetch %s/%d: %v", topic, p, err) })
-		for _, r := range fs.Records() {
-			out = append(out, r)
+	read := 0
+	return relaytest.ConsumeUntil(t, brokers, timeout, fmt.Sprintf("every one of %d rows", len(rows)), func(recs []*kgo.Record) bool {
+		for _, r := range recs[read:] {
 			if id, err := relaytest.OutboxID(r); err == nil {
 				seen[id] = true
 			}
 		}
-	}
-	return out
+		read = len(recs)
+		return len(seen) >= len(rows)
+	}, topics...)
 }
 
 // checkDelivery checks the records against the rows with the checker the

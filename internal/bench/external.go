@@ -3,7 +3,6 @@ package bench
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -68,7 +68,7 @@ func (e *env) runExternalPhase(ctx context.Context, round, phaseNo int) (Phase, 
 	tl := newTimeline(total)
 
 	// The consumer is connected before the clock starts.
-	cons, err := e.consumerFromStart(topics, 100*time.Millisecond)
+	cons, err := e.reader(topics, 100*time.Millisecond)
 	if err != nil {
 		return Phase{}, fmt.Errorf("consumer: %w", err)
 	}
@@ -144,25 +144,16 @@ func (e *env) waitTopicsListed(ctx context.Context, topics []string) error {
 // row was first consumed: with relays it cannot hook, that is the bench's
 // acknowledgement. Records without a valid bench-row header are counted as
 // foreign.
-func (e *env) consume(ctx context.Context, cl *kgo.Client, tl *timeline) error {
-	for {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil
+func (e *env) consume(ctx context.Context, rd *readback.Reader, tl *timeline) error {
+	err := rd.Read(ctx, func(rec *kgo.Record) {
+		if row, ok := e.rowOf(rec, len(tl.acked)); ok {
+			tl.ack(row)
+		} else {
+			tl.foreign.Add(1)
 		}
-		var ferr error
-		fs.EachError(func(t string, p int32, err error) {
-			ferr = errors.Join(ferr, fmt.Errorf("consume %s/%d: %w", t, p, err))
-		})
-		if ferr != nil {
-			return ferr
-		}
-		fs.EachRecord(func(rec *kgo.Record) {
-			if row, ok := e.rowOf(rec, len(tl.acked)); ok {
-				tl.ack(row)
-			} else {
-				tl.foreign.Add(1)
-			}
-		})
+	}, func() bool { return false })
+	if ctx.Err() != nil {
+		return nil
 	}
+	return fmt.Errorf("consume: %w", err)
 }

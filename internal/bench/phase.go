@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -260,14 +261,10 @@ func (e *env) finishPhase(ctx context.Context, p Phase, tl *timeline, ins insert
 	return p, nil
 }
 
-// consumerFromStart reads topics from their first record.
-func (e *env) consumerFromStart(topics []string, maxWait time.Duration) (*kgo.Client, error) {
-	return kgo.NewClient(
-		kgo.SeedBrokers(e.cfg.Brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.FetchMaxWait(maxWait),
-	)
+// reader reads topics from their first record, waiting at most maxWait
+// for a fetch to fill.
+func (e *env) reader(topics []string, maxWait time.Duration) (*readback.Reader, error) {
+	return readback.New(e.cfg.Brokers, topics, kgo.FetchMaxWait(maxWait))
 }
 
 // newPhase holds the figures every phase reports, its own relays or not:

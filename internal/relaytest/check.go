@@ -3,24 +3,17 @@ package relaytest
 import (
 	"bytes"
 	"cmp"
-	"fmt"
 	"slices"
-	"strconv"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/relay"
 )
 
 // OutboxID is the row id a record carries in its outbox-id header.
-func OutboxID(r *kgo.Record) (int64, error) {
-	v, ok := Header(r, relay.HeaderOutboxID)
-	if !ok {
-		return 0, fmt.Errorf("record %s/%d@%d has no %s header", r.Topic, r.Partition, r.Offset, relay.HeaderOutboxID)
-	}
-	return strconv.ParseInt(v, 10, 64)
-}
+func OutboxID(r *kgo.Record) (int64, error) { return readback.OutboxID(r) }
 
 // Problems reports the failures of a check through t.Errorf: the first
 // Max in full, then only their number (Done), so that a broken run of
@@ -87,9 +80,9 @@ func CheckRecords(p *Problems, rows map[int64]Message, recs []*kgo.Record) Deliv
 	slices.SortFunc(recs, func(a, b *kgo.Record) int {
 		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Partition, b.Partition), cmp.Compare(a.Offset, b.Offset))
 	})
-	d := Delivery{Deliveries: map[int64]int{}, At: map[Position]*kgo.Record{}}
-	lastOfKey := map[string]int64{} // topic+key → last first-delivered id
-	partitionOfKey := map[string]int32{}
+	c := readback.NewChecker()
+	c.Errorf = p.Errorf
+	d := Delivery{At: map[Position]*kgo.Record{}}
 	for _, r := range recs {
 		d.At[Position{r.Topic, r.Partition, r.Offset}] = r
 		id, err := OutboxID(r)
@@ -103,24 +96,9 @@ func CheckRecords(p *Problems, rows map[int64]Message, recs []*kgo.Record) Deliv
 			continue
 		}
 		checkContent(p, id, r, m)
-		d.Deliveries[id]++
-		if d.Deliveries[id] > 1 {
-			d.Duplicates++
-			continue
-		}
-		if m.Key == nil {
-			continue
-		}
-		k := m.Topic + "\x00" + string(m.Key)
-		if part, ok := partitionOfKey[k]; ok && part != r.Partition {
-			p.Errorf("key %q of %s is in partitions %d and %d", m.Key, m.Topic, part, r.Partition)
-		}
-		partitionOfKey[k] = r.Partition
-		if last, ok := lastOfKey[k]; ok && id < last {
-			p.Errorf("key %q of %s: row %d first delivered after row %d", m.Key, m.Topic, id, last)
-		}
-		lastOfKey[k] = id
+		c.Add(id, m.Topic, m.Key, r.Partition)
 	}
+	d.Deliveries, d.Duplicates = c.Deliveries, c.Duplicates
 	return d
 }
 

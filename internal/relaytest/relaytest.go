@@ -1,7 +1,8 @@
 // Package relaytest starts the real components the relay's tests need: a
 // migrated outbox schema of its own in the test Postgres, a kfake broker,
 // and the relay binary built once per test run. It also holds the checker
-// of what reached Kafka (CheckRecords), so that the end-to-end tests and
+// of what reached Kafka (CheckRecords, over readback's consumer and
+// checker, which relay bench uses too), so that the end-to-end tests and
 // the fault suite hold the relay to the same guarantees. Tests fail, never
 // skip, when Postgres is unreachable.
 package relaytest
@@ -10,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -188,40 +191,35 @@ func NewProducer(t testing.TB, brokers []string, extra ...kgo.Opt) *kgo.Client {
 // deadline passes, and returns what it read. It fails the test on timeout.
 func Consume(t testing.TB, brokers []string, want int, timeout time.Duration, topics ...string) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
+	return ConsumeUntil(t, brokers, timeout, fmt.Sprintf("%d records", want),
+		func(recs []*kgo.Record) bool { return len(recs) >= want }, topics...)
+}
+
+// ConsumeUntil reads topics from the start until done, asked before every
+// fetch with the records read so far, is true, and returns them. It fails
+// the test if that takes longer than timeout, saying it waited for what.
+func ConsumeUntil(t testing.TB, brokers []string, timeout time.Duration, what string, done func([]*kgo.Record) bool, topics ...string) []*kgo.Record {
+	t.Helper()
+	rd, err := readback.New(brokers, topics)
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
 	}
-	defer cl.Close()
+	defer rd.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var out []*kgo.Record
-	for len(out) < want {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("consumed %d of %d records from %v within %v", len(out), want, topics, timeout)
-		}
-		fs.EachError(func(topic string, p int32, err error) {
-			t.Fatalf("fetch %s/%d: %v", topic, p, err)
-		})
-		out = append(out, fs.Records()...)
+	err = rd.Read(ctx, func(r *kgo.Record) { out = append(out, r) }, func() bool { return done(out) })
+	if ctx.Err() != nil {
+		t.Fatalf("consumed %d records from %v within %v, waiting for %s", len(out), topics, timeout, what)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
 
 // Header returns the value of the named header, and whether it is present.
-func Header(r *kgo.Record, name string) (string, bool) {
-	for _, h := range r.Headers {
-		if h.Key == name {
-			return string(h.Value), true
-		}
-	}
-	return "", false
-}
+func Header(r *kgo.Record, name string) (string, bool) { return readback.Header(r, name) }
 
 // WaitFor polls cond every few milliseconds until it is true, failing the
 // test with what after timeout. It is for conditions observed in the

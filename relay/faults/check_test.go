@@ -195,28 +195,14 @@ func consumeAll(t *testing.T, brokers []string, topics []string) []*kgo.Record {
 			remaining++
 		}
 	})
-	cons, err := kgo.NewClient(
-		kgo.SeedBrokers(brokers...),
-		kgo.ConsumeTopics(topics...),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cons.Close()
-	var out []*kgo.Record
-	for remaining > 0 {
-		fs := cons.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("consumed %d records; %d partitions not read to their end within 2m", len(out), remaining)
-		}
-		fs.EachError(func(topic string, p int32, err error) { t.Fatalf("fetch %s/%d: %v", topic, p, err) })
-		for _, r := range fs.Records() {
-			out = append(out, r)
+	read := 0 // records counted against the end offsets
+	return relaytest.ConsumeUntil(t, brokers, 2*time.Minute, "every partition read to its end", func(recs []*kgo.Record) bool {
+		for _, r := range recs[read:] {
 			if r.Offset == want[r.Topic][r.Partition]-1 {
 				remaining--
 			}
 		}
-	}
-	return out
+		read = len(recs)
+		return remaining == 0
+	}, topics...)
 }
