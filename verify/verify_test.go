@@ -25,16 +25,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// deliver runs a real relay until every row of msgs is sent, then stops it.
-func deliver(t *testing.T, db *relaytest.DB, brokers []string, msgs ...relaytest.Message) []int64 {
-	t.Helper()
-	ids := db.Insert(t, msgs...)
-	stop := relaytest.RunRelay(t, relay.New(relay.Config{Schema: db.Schema, BatchSize: 50}, db.Pool, relaytest.NewProducer(t, brokers), nil))
-	relaytest.WaitFor(t, 30*time.Second, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
-	stop()
-	return ids
-}
-
 func messages(topic string, n int) []relaytest.Message {
 	out := make([]relaytest.Message, n)
 	for i := range out {
@@ -123,7 +113,7 @@ func TestDeliveredRowsVerify(t *testing.T) {
 		relaytest.Message{Topic: "users", Key: []byte("k2"), Payload: []byte{}}, // empty payload
 		relaytest.Message{Topic: "users", Key: []byte("k3"), Payload: []byte("h"), Headers: map[string]string{"a": "b"}},
 	)
-	deliver(t, db, brokers, msgs...)
+	relaytest.Deliver(t, db, brokers, msgs...)
 
 	rep := run(t, db, brokers, verify.Options{})
 	n := int64(len(msgs))
@@ -161,7 +151,7 @@ func TestTruncatedRows(t *testing.T) {
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 2, "orders")
 	brokers := cluster.ListenAddrs()
-	deliver(t, db, brokers, messages("orders", 40)...)
+	relaytest.Deliver(t, db, brokers, messages("orders", 40)...)
 	pos := positions(t, db)
 
 	// Retention (here DeleteRecords) removes partition 0 below offset 5.
@@ -207,7 +197,7 @@ func TestMissingAfterBrokerLostData(t *testing.T) {
 		t.Fatal(err)
 	}
 	brokers := first.ListenAddrs()
-	deliver(t, db, brokers, append(messages("orders", 12), messages("gone", 3)...)...)
+	relaytest.Deliver(t, db, brokers, append(messages("orders", 12), messages("gone", 3)...)...)
 	pos := positions(t, db)
 	// The verifying client outlives the broker, as the daemon's would.
 	cl := newClient(t, brokers)
@@ -264,7 +254,7 @@ func TestMismatchedRows(t *testing.T) {
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "orders")
 	brokers := cluster.ListenAddrs()
-	ids := deliver(t, db, brokers, messages("orders", 10)...)
+	ids := relaytest.Deliver(t, db, brokers, messages("orders", 10)...)
 	ctx := context.Background()
 	// Row 3 now claims row 7's offset; row 5's payload and row 6's key
 	// differ from what was produced; row 9 has another uuid than its
@@ -295,7 +285,7 @@ func TestChunks(t *testing.T) {
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 3, "a", "b")
 	brokers := cluster.ListenAddrs()
-	deliver(t, db, brokers, append(messages("a", 300), messages("b", 100)...)...)
+	relaytest.Deliver(t, db, brokers, append(messages("a", 300), messages("b", 100)...)...)
 	var offs kadm.Offsets
 	offs.Add(kadm.Offset{Topic: "a", Partition: 1, At: 20})
 	if _, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs); err != nil {
@@ -337,9 +327,9 @@ func TestCompactedTopic(t *testing.T) {
 	}
 	// The first record's key is never written again, so the log keeps
 	// its start; several deliveries make several segments to clean.
-	deliver(t, db, brokers, relaytest.Message{Topic: "state", Key: []byte("stays"), Payload: []byte("x")})
+	relaytest.Deliver(t, db, brokers, relaytest.Message{Topic: "state", Key: []byte("stays"), Payload: []byte("x")})
 	for range 4 {
-		deliver(t, db, brokers, messages("state", 5)...)
+		relaytest.Deliver(t, db, brokers, messages("state", 5)...)
 	}
 	cluster.Compact()
 	starts, err := adm.ListStartOffsets(context.Background(), "state")
@@ -418,7 +408,7 @@ func TestLogStartMovesDuringRun(t *testing.T) {
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "orders")
 	brokers := cluster.ListenAddrs()
-	deliver(t, db, brokers, messages("orders", 10)...)
+	relaytest.Deliver(t, db, brokers, messages("orders", 10)...)
 	var offs kadm.Offsets
 	offs.Add(kadm.Offset{Topic: "orders", Partition: 0, At: 4})
 	if _, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -114,7 +115,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 				cfg.SkipCheck = !*check
 				cfg.DatabaseURL = *dbURL
 				if cfg.DatabaseURL == "" {
-					cfg.DatabaseURL = cmpOr(env.getenv("RELAY_DATABASE_URL"), defaultDatabaseURL)
+					cfg.DatabaseURL = cmp.Or(env.getenv("RELAY_DATABASE_URL"), defaultDatabaseURL)
 				}
 				if cfg.ExternalSchema != "" {
 					if err := externalBenchFlags(fs, *brokers); err != nil {
@@ -227,13 +228,6 @@ func externalBenchFlags(fs *flag.FlagSet, brokers string) error {
 	return nil
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // benchKafka is the in-memory broker of relay bench, in a child process:
 // this binary re-executed as "relay bench-kafka". Its own process keeps its
 // CPU and memory out of the bench's getrusage and RSS figures. It can be
@@ -251,7 +245,7 @@ func (k *benchKafka) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bench: find own binary: %w", err)
 	}
-	listen := cmpOr(k.addr, "127.0.0.1:0")
+	listen := cmp.Or(k.addr, "127.0.0.1:0")
 	cmd := exec.Command(self, "bench-kafka", "--partitions", strconv.Itoa(k.partitions), "--addr", listen,
 		"--produce-latency", k.latency.String())
 	cmd.Stderr = os.Stderr
@@ -311,9 +305,10 @@ func (k *benchKafka) stop(context.Context) error {
 	return nil
 }
 
-// benchKafkaCommand is the child process of startBenchKafka: an in-memory
-// broker that prints its address and runs until its stdin closes. Hidden
-// from the command list.
+// benchKafkaCommand is the child process benchKafka.start runs: an
+// in-memory broker on --addr (a free port at first, the same one again on a
+// restart) that prints its address and runs until its stdin closes or it is
+// stopped by a signal. Hidden from the command list.
 func benchKafkaCommand() *command {
 	return &command{
 		name:    "bench-kafka",

@@ -26,6 +26,7 @@ import (
 	"github.com/outboxrelay/relay/internal/layout"
 	"github.com/outboxrelay/relay/internal/wait"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/verify"
 )
 
 func runCommand() *command {
@@ -359,11 +360,11 @@ func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter
 	relayCfg.Alerter = o.alerter(alerts)
 	relayCfg.Metrics = o.met.relay
 	r := relay.New(relayCfg, o.pool, client, log)
-	var pv *periodicVerify
+	var pv *verify.Periodic
 	if cfg.VerifyInterval > 0 {
-		pv = &periodicVerify{
-			pool: o.pool, client: client, interval: cfg.VerifyInterval, margin: verifyMargin(cfg.ProduceTimeout),
-			log: log.With("component", "verify"), alerter: relayCfg.Alerter, met: o.met.verify,
+		pv = &verify.Periodic{
+			Pool: o.pool, Client: client, Interval: cfg.VerifyInterval, ProduceTimeout: cfg.ProduceTimeout,
+			Logger: log.With("component", "verify"), Alerter: relayCfg.Alerter, Metrics: o.met.verify,
 		}
 		o.pv.Store(pv)
 	}
@@ -375,7 +376,7 @@ func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return r.Run(gctx) })
 		if pv != nil {
-			g.Go(func() error { pv.run(gctx); return nil })
+			g.Go(func() error { pv.Run(gctx); return nil })
 		}
 		return g.Wait()
 	}, nil

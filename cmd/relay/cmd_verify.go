@@ -5,17 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/outboxrelay/relay/alert"
-	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/verify"
 )
@@ -218,112 +214,4 @@ func toVerifyJSON(rep verify.Report, ok bool) verifyJSON {
 		j.Since = &s
 	}
 	return j
-}
-
-// periodicVerify is the daemon's verify (RELAY_VERIFY_INTERVAL): every
-// interval it checks the rows sent since the previous run, exports the
-// outcome as metrics, and alerts on missing and mismatched rows. Truncated
-// rows are only logged and counted: retention shorter than the interval is
-// a topic's choice, not a loss the relay caused.
-type periodicVerify struct {
-	pool     *pgxpool.Pool
-	client   *kgo.Client
-	interval time.Duration
-	// margin widens each window backwards. sent_at is when the batch
-	// recorded Kafka's acknowledgement, just before its commit (not when
-	// its transaction began, which may be many produce timeouts earlier),
-	// so a row commits shortly after its sent_at; the margin covers that
-	// and skew between this host's clock and the database's.
-	margin  time.Duration
-	log     *slog.Logger
-	alerter alert.Alerter
-	met     verifyMetrics
-	// last is the latest outcome, for the console.
-	last atomic.Pointer[console.VerifyResult]
-}
-
-// lastResult returns the latest outcome, if a run has ended.
-func (p *periodicVerify) lastResult() (console.VerifyResult, bool) {
-	r := p.last.Load()
-	if r == nil {
-		return console.VerifyResult{}, false
-	}
-	return *r, true
-}
-
-// verifyMargin is the margin for a produce timeout: a minute of clock skew
-// and commit time, plus a produce timeout to spare.
-func verifyMargin(produceTimeout time.Duration) time.Duration {
-	return produceTimeout + time.Minute
-}
-
-// run verifies every interval until ctx ends.
-func (p *periodicVerify) run(ctx context.Context) {
-	since := time.Now().Add(-p.interval)
-	t := time.NewTicker(p.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		started := time.Now()
-		if _, err := p.once(ctx, since.Add(-p.margin)); err == nil {
-			// A failed run's window is covered by the next one.
-			since = started
-		}
-	}
-}
-
-// once verifies the rows sent since then and reports the outcome.
-func (p *periodicVerify) once(ctx context.Context, since time.Time) (verify.Report, error) {
-	rep, err := verify.Run(ctx, p.pool, p.client, verify.Options{Since: since, MaxExamples: 10})
-	if err != nil {
-		if ctx.Err() != nil {
-			return rep, err // shutting down
-		}
-		p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Err: err.Error()})
-		p.met.runs.WithLabelValues("error").Inc()
-		p.log.Warn("verify_error", "since", since, "error", err)
-		return rep, err
-	}
-	p.last.Store(&console.VerifyResult{At: time.Now(), Since: since, Checked: rep.Total.Checked, Missing: rep.Total.Missing,
-		Truncated: rep.Total.Truncated, Mismatched: rep.Total.Mismatched})
-	p.met.checked.Add(float64(rep.Total.Checked))
-	p.met.lastSuccess.SetToCurrentTime()
-	p.met.problems.Reset()
-	for _, t := range rep.Topics() {
-		for _, prob := range verify.Problems {
-			p.met.problems.WithLabelValues(t.Topic, string(prob)).Set(float64(t.Of(prob)))
-		}
-	}
-	t := rep.Total
-	if t.Missing+t.Truncated+t.Mismatched == 0 {
-		p.met.runs.WithLabelValues("ok").Inc()
-		p.log.Info("verify_done", "since", since, "checked", t.Checked)
-		return rep, nil
-	}
-	p.met.runs.WithLabelValues("problems").Inc()
-	p.log.Error("verify_problems", "since", since, "checked", t.Checked, "missing", t.Missing,
-		"truncated", t.Truncated, "mismatched", t.Mismatched)
-	for _, e := range rep.Examples {
-		p.log.Warn("verify_problem_row", "outbox_id", e.ID, "topic", e.Topic, "partition", e.Partition,
-			"offset", e.Offset, "problem", string(e.Problem), "detail", e.Detail)
-	}
-	for _, topic := range rep.Topics() {
-		n := topic.Missing + topic.Mismatched
-		if n == 0 {
-			continue
-		}
-		p.alerter.Raise(ctx, alert.Alert{
-			Kind:  alert.KindVerifyFailed,
-			Topic: topic.Topic,
-			Count: int(n),
-			Message: fmt.Sprintf("%d rows of topic %s sent since %s are missing from Kafka (%d) or mismatched (%d): loss after the acknowledgement; run 'relay verify --topic %s --since %s'",
-				n, topic.Topic, since.UTC().Format(time.RFC3339), topic.Missing, topic.Mismatched, topic.Topic, since.UTC().Format(time.RFC3339)),
-			At: time.Now(),
-		})
-	}
-	return rep, nil
 }

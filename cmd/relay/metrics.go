@@ -13,6 +13,7 @@ import (
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/verify"
 )
 
 // metrics is the process's Prometheus registry: the Go runtime and process
@@ -32,22 +33,9 @@ type outboxMetrics struct {
 	relay  *relay.Metrics
 	kafka  *kprom.Metrics
 	alerts *prometheus.CounterVec
-	verify verifyMetrics
+	verify *verify.Metrics
 	// ready is what outbox_relay_ready reports; nil until the relay runs.
 	ready atomic.Pointer[readiness]
-}
-
-// verifyMetrics are the periodic verify's (RELAY_VERIFY_INTERVAL).
-type verifyMetrics struct {
-	// runs counts runs by result: ok, problems or error.
-	runs *prometheus.CounterVec
-	// checked counts the rows checked, summed over runs (windows
-	// overlap, so a row may count twice).
-	checked prometheus.Counter
-	// problems holds the last run's problem rows by topic and problem.
-	problems *prometheus.GaugeVec
-	// lastSuccess is when the last run that could check finished.
-	lastSuccess prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -71,22 +59,9 @@ func (m *metrics) forOutbox(label string) *outboxMetrics {
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outbox_relay_alerts_total", Help: "Alerts raised, by kind, before aggregation.",
 		}, []string{"kind"}),
+		verify: verify.NewMetrics(reg),
 	}
-	om.verify = verifyMetrics{
-		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "outbox_relay_verify_runs_total", Help: "Periodic verify runs, by result: ok, problems (rows missing, truncated or mismatched) or error (could not check).",
-		}, []string{"result"}),
-		checked: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "outbox_relay_verify_rows_checked_total", Help: "Sent rows checked by periodic verify runs (windows overlap: a row may count twice).",
-		}),
-		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "outbox_relay_verify_problems", Help: "Rows with a problem in the last periodic verify run, by topic and problem (missing, truncated, mismatched).",
-		}, []string{"topic", "problem"}),
-		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "outbox_relay_verify_last_success_timestamp_seconds", Help: "When the last periodic verify run that could check its rows finished (Unix time).",
-		}),
-	}
-	reg.MustRegister(om.alerts, om.verify.runs, om.verify.checked, om.verify.problems, om.verify.lastSuccess)
+	reg.MustRegister(om.alerts)
 	om.watchReadiness()
 	return om
 }

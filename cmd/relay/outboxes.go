@@ -18,6 +18,7 @@ import (
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/console"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/verify"
 )
 
 // validateSchemas checks RELAY_SCHEMA: every schema of the list valid, none
@@ -113,7 +114,7 @@ type outbox struct {
 	// state is what /readyz says: why it is starting, or its checks.
 	state atomic.Pointer[outboxState]
 	// pv is its periodic verify, once it runs (RELAY_VERIFY_INTERVAL).
-	pv atomic.Pointer[periodicVerify]
+	pv atomic.Pointer[verify.Periodic]
 }
 
 // outboxState is an outbox starting (starting says why it is not running
@@ -176,7 +177,8 @@ func (o *outbox) alerter(pipeline alert.Alerter) alert.Alerter {
 // lastVerify is the console's view of o's periodic verify.
 func (o *outbox) lastVerify() (console.VerifyResult, bool) {
 	if pv := o.pv.Load(); pv != nil {
-		return pv.lastResult()
+		r, ok := pv.Last()
+		return console.VerifyResult(r), ok
 	}
 	return console.VerifyResult{}, false
 }

@@ -3,45 +3,29 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/relaytest"
-	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/verify"
 )
-
-// deliverRows inserts n rows of each topic and runs a relay until all are
-// sent.
-func deliverRows(t *testing.T, db *relaytest.DB, brokers []string, n int, topics ...string) {
-	t.Helper()
-	var msgs []relaytest.Message
-	for _, topic := range topics {
-		for i := range n {
-			msgs = append(msgs, relaytest.Message{Topic: topic, Key: []byte("k" + strconv.Itoa(i%3)), Payload: []byte("p" + strconv.Itoa(i))})
-		}
-	}
-	db.Insert(t, msgs...)
-	stop := relaytest.RunRelay(t, relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), nil))
-	relaytest.WaitFor(t, 30*time.Second, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
-	stop()
-}
 
 func TestVerifyCommand(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "orders", "users")
 	brokers := cluster.ListenAddrs()
-	deliverRows(t, db, brokers, 10, "orders", "users")
+	var msgs []relaytest.Message
+	for _, topic := range []string{"orders", "users"} {
+		for i := range 10 {
+			msgs = append(msgs, relaytest.Message{Topic: topic, Key: []byte("k" + strconv.Itoa(i%3)), Payload: []byte("p" + strconv.Itoa(i))})
+		}
+	}
+	relaytest.Deliver(t, db, brokers, msgs...)
 	env := map[string]string{"RELAY_DATABASE_URL": db.URL, "RELAY_SCHEMA": db.Schema, "RELAY_KAFKA_BROKERS": strings.Join(brokers, ",")}
 
 	out, _, err := runCLI(t, env, "verify")
@@ -118,67 +102,6 @@ func TestVerifyCommand(t *testing.T) {
 		if _, _, err := runCLI(t, env, args...); exitCode(err) != 2 {
 			t.Errorf("relay %v: %v, want exit 2", args, err)
 		}
-	}
-}
-
-// TestPeriodicVerifyOnce checks one run of the daemon's verify: metrics of
-// the last run, and an alert only for missing and mismatched rows.
-func TestPeriodicVerifyOnce(t *testing.T) {
-	t.Parallel()
-	db := relaytest.NewDB(t)
-	cluster := relaytest.NewCluster(t, 1, "orders", "users")
-	brokers := cluster.ListenAddrs()
-	deliverRows(t, db, brokers, 6, "orders", "users")
-	cl := relaytest.NewProducer(t, brokers)
-	met := newMetrics().forOutbox("")
-	var mu sync.Mutex
-	var alerts []alert.Alert
-	pv := &periodicVerify{
-		pool: db.Pool, client: cl, interval: time.Minute, log: slog.New(slog.DiscardHandler), met: met.verify,
-		alerter: alert.Func(func(_ context.Context, a alert.Alert) { mu.Lock(); alerts = append(alerts, a); mu.Unlock() }),
-	}
-	ctx := context.Background()
-	gauge := func(topic string, p verify.Problem) float64 {
-		return testutil.ToFloat64(met.verify.problems.WithLabelValues(topic, string(p)))
-	}
-
-	if _, err := pv.once(ctx, time.Now().Add(-time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if got := testutil.ToFloat64(met.verify.runs.WithLabelValues("ok")); got != 1 || len(alerts) != 0 ||
-		testutil.ToFloat64(met.verify.checked) != 12 || gauge("orders", verify.ProblemMissing) != 0 {
-		t.Fatalf("clean run: runs ok %v, checked %v, alerts %v", got, testutil.ToFloat64(met.verify.checked), alerts)
-	}
-
-	// users loses two records to retention (no alert); one orders row
-	// points past the end of its log (missing: alert).
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "users", Partition: 0, At: 2})
-	if _, err := kadm.NewClient(cl).DeleteRecords(ctx, offs); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET kafka_offset = 1000 WHERE id = (SELECT max(id) FROM messages WHERE topic = 'orders')`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pv.once(ctx, time.Now().Add(-time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if got := testutil.ToFloat64(met.verify.runs.WithLabelValues("problems")); got != 1 {
-		t.Fatalf("runs with problems = %v, want 1", got)
-	}
-	if gauge("orders", verify.ProblemMissing) != 1 || gauge("users", verify.ProblemTruncated) != 2 || gauge("users", verify.ProblemMissing) != 0 {
-		t.Fatalf("problem gauges: orders missing %v, users truncated %v", gauge("orders", verify.ProblemMissing), gauge("users", verify.ProblemTruncated))
-	}
-	if len(alerts) != 1 || alerts[0].Kind != alert.KindVerifyFailed || alerts[0].Topic != "orders" || alerts[0].Count != 1 {
-		t.Fatalf("alerts %+v, want one verify_failed for orders", alerts)
-	}
-
-	// A window with no rows: the gauges of the last run are gone.
-	if _, err := pv.once(ctx, time.Now().Add(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if n := testutil.CollectAndCount(met.verify.problems); n != 0 {
-		t.Fatalf("%d problem series after an empty run, want 0", n)
 	}
 }
 

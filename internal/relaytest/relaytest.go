@@ -286,3 +286,14 @@ func RunRelay(t testing.TB, r *relay.Relay) (stop func()) {
 	t.Cleanup(stop)
 	return stop
 }
+
+// Deliver inserts msgs and runs a relay until every row is sent, then
+// stops it. It returns the rows' ids.
+func Deliver(t testing.TB, db *DB, brokers []string, msgs ...Message) []int64 {
+	t.Helper()
+	ids := db.Insert(t, msgs...)
+	stop := RunRelay(t, relay.New(relay.Config{Schema: db.Schema, BatchSize: 50}, db.Pool, NewProducer(t, brokers), nil))
+	WaitFor(t, 30*time.Second, "every row sent", func() bool { return db.Count(t, "pending") == 0 })
+	stop()
+	return ids
+}
