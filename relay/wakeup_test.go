@@ -36,11 +36,7 @@ func TestWakeupDeliversWithoutPolling(t *testing.T) {
 	db := relaytest.NewDB(t)
 	brokers := relaytest.NewCluster(t, 3, wakeupTopic).ListenAddrs()
 	pool, app := wakeupPool(t, db)
-	startWakeupRelay(t, pool, brokers, relay.Config{
-		Schema:       db.Schema,
-		PollInterval: wakeupNoPolling,
-		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
-	})
+	startWakeupOnlyRelay(t, pool, brokers, db.Schema)
 	consumer := newWakeupConsumer(t, brokers)
 
 	waitListening(t, db, app)
@@ -67,11 +63,7 @@ func TestWakeupRelistensAfterListenerKilled(t *testing.T) {
 	pool, app := wakeupPool(t, db)
 	proxy := newConnGate(t, pool.Config().ConnConfig.Host, pool.Config().ConnConfig.Port)
 	pool = proxy.pool(t, pool)
-	startWakeupRelay(t, pool, brokers, relay.Config{
-		Schema:       db.Schema,
-		PollInterval: wakeupNoPolling,
-		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
-	})
+	startWakeupOnlyRelay(t, pool, brokers, db.Schema)
 	consumer := newWakeupConsumer(t, brokers)
 
 	old := waitListening(t, db, app)
@@ -212,6 +204,18 @@ func startWakeupRelay(t testing.TB, pool *pgxpool.Pool, brokers []string, cfg re
 	relaytest.RunRelay(t, relay.New(cfg, pool, relaytest.NewProducer(t, brokers), testLogger(t)))
 }
 
+// startWakeupOnlyRelay runs a relay on schema that never polls
+// (wakeupNoPolling) and retries fast, until the test ends: only a wake-up
+// delivers a row within wakeupDeliveryTimeout.
+func startWakeupOnlyRelay(t testing.TB, pool *pgxpool.Pool, brokers []string, schema string) {
+	t.Helper()
+	startWakeupRelay(t, pool, brokers, relay.Config{
+		Schema:       schema,
+		PollInterval: wakeupNoPolling,
+		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
+	})
+}
+
 // newWakeupConsumer reads wakeupTopic from the start. Fetches are answered
 // as soon as a record lands (kfake wakes waiting fetches on produce), so the
 // time a record is polled is the time it became readable, give or take a
@@ -333,11 +337,7 @@ func TestWakeupAfterTransactionSpanningIdleRegistration(t *testing.T) {
 	defer func() { _ = tx.Rollback(ctx) }()
 	id := relaytest.InsertTx(t, tx, relaytest.Message{Topic: wakeupTopic, Key: []byte("k"), Payload: []byte("p")})[0]
 
-	startWakeupRelay(t, pool, brokers, relay.Config{
-		Schema:       db.Schema,
-		PollInterval: wakeupNoPolling,
-		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
-	})
+	startWakeupOnlyRelay(t, pool, brokers, db.Schema)
 	waitListening(t, db, app)
 	waitIdle(t, db)
 	waitRelayQuiet(t, db, app)

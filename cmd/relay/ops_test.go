@@ -279,20 +279,6 @@ func TestStuckBulkActionsByFilter(t *testing.T) {
 	}
 }
 
-func TestVersionFlag(t *testing.T) {
-	t.Parallel()
-	want, _, err := runCLI(t, nil, "version")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, flag := range []string{"--version", "-version"} {
-		got, _, err := runCLI(t, nil, flag)
-		if err != nil || got != want {
-			t.Errorf("relay %s: %q, %v; want %q", flag, got, err, want)
-		}
-	}
-}
-
 func TestHelpConfig(t *testing.T) {
 	t.Parallel()
 	stdout, _, err := runCLI(t, nil, "help", "config")

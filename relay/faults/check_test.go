@@ -166,6 +166,15 @@ func checkInvariants(t *testing.T, o outcome) (duplicates int) {
 	return d.Duplicates
 }
 
+// check checks the invariants of o (checkInvariants), a load on brokers
+// during which the scenario injected faults faults of kinds, and returns
+// how many records were duplicates.
+func (o outcome) check(t *testing.T, brokers []string, faults int, kinds string) int {
+	t.Helper()
+	o.brokers, o.faults, o.kinds = brokers, faults, kinds
+	return checkInvariants(t, o)
+}
+
 // consumeAll reads every record of topics, from the start to the end
 // offsets Kafka reports now.
 func consumeAll(t *testing.T, brokers []string, topics []string) []*kgo.Record {

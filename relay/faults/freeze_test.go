@@ -115,10 +115,7 @@ func TestRelayFrozenWithABatchClaimed(t *testing.T) {
 
 	frozen.thaw()
 	relaytest.WaitFor(t, time.Minute, "the thawed relay to take a slot again", func() bool { return slots() == 2 })
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = 1, "SIGSTOP of one of two relays, past the stall bound"
-	checkInvariants(t, o)
+	l.stop().check(t, brokers, 1, "SIGSTOP of one of two relays, past the stall bound")
 	steady.stop()
 	frozen.stop()
 }

@@ -102,10 +102,7 @@ func TestKafkaNetworkCutAndHealed(t *testing.T) {
 		}
 		p.checkAlive()
 	})
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = faults.total(), faults.String()
-	checkInvariants(t, o)
+	l.stop().check(t, brokers, faults.total(), faults.String())
 	p.stop()
 }
 
@@ -181,10 +178,7 @@ func TestKafkaErrorsAndDelays(t *testing.T) {
 		}
 		p.checkAlive()
 	})
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = faults.total(), faults.String()
-	checkInvariants(t, o)
+	l.stop().check(t, brokers, faults.total(), faults.String())
 	p.stop()
 }
 
@@ -220,9 +214,6 @@ func TestKafkaBrokerRestarts(t *testing.T) {
 		cluster = start(port)
 		p.checkAlive()
 	})
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = restarts, "broker restart with its data directory"
-	checkInvariants(t, o)
+	l.stop().check(t, brokers, restarts, "broker restart with its data directory")
 	p.stop()
 }

@@ -23,16 +23,8 @@ func TestKill9AtRandomMoments(t *testing.T) {
 
 	p := startRelay(t, "relay-0", env)
 	l := startLoad(t, db, topics, 4)
-	kills := runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
-		// A random moment: during start-up, a claim, a produce or a mark.
-		pause(jitter(800 * time.Millisecond))
-		p.kill9()
-		p = startRelay(t, fmt.Sprintf("relay-%d", i+1), env)
-	})
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = kills, "SIGKILL and restart"
-	checkInvariants(t, o)
+	kills := killRepeatedly(t, &p, "relay", 800*time.Millisecond, env)
+	l.stop().check(t, brokers, kills, "SIGKILL and restart")
 	p.stop()
 }
 
@@ -52,15 +44,8 @@ func TestTwoRelaysOneKilledRepeatedly(t *testing.T) {
 	victim := startRelay(t, "victim-0", env)
 	waitListening(t, db, 2)
 	l := startLoad(t, db, topics, 4)
-	kills := runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
-		pause(jitter(700 * time.Millisecond))
-		victim.kill9()
-		victim = startRelay(t, fmt.Sprintf("victim-%d", i+1), env)
-	})
-	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = kills, "SIGKILL and restart of one of two relays"
-	checkInvariants(t, o)
+	kills := killRepeatedly(t, &victim, "victim", 700*time.Millisecond, env)
+	l.stop().check(t, brokers, kills, "SIGKILL and restart of one of two relays")
 	steady.stop()
 	victim.stop()
 }
@@ -82,15 +67,9 @@ func TestDelayedAndExpiringRowsAcrossKills(t *testing.T) {
 
 	p := startRelay(t, "relay-0", env)
 	l := startMixedLoad(t, db, topics, 4, mix{options: true})
-	kills := runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
-		pause(jitter(800 * time.Millisecond))
-		p.kill9()
-		p = startRelay(t, fmt.Sprintf("relay-%d", i+1), env)
-	})
+	kills := killRepeatedly(t, &p, "relay", 800*time.Millisecond, env)
 	o := l.stop()
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = kills, "SIGKILL and restart, rows delayed and expiring"
-	checkInvariants(t, o)
+	o.check(t, brokers, kills, "SIGKILL and restart, rows delayed and expiring")
 	var early, delayed int
 	if err := db.Pool.QueryRow(context.Background(),
 		`SELECT count(*) FILTER (WHERE sent_at < deliver_after), count(*) FROM messages WHERE status = 'sent' AND deliver_after IS NOT NULL`).
@@ -102,4 +81,17 @@ func TestDelayedAndExpiringRowsAcrossKills(t *testing.T) {
 		t.Errorf("%d of %d delayed rows were marked sent before their deliver_after, want none of some", early, delayed)
 	}
 	p.stop()
+}
+
+// killRepeatedly kills *p with SIGKILL at a random moment (during start-up,
+// a claim, a produce or a mark) up to within after the last start, and
+// starts a relay named prefix-1, prefix-2, ... in its place, for the load's
+// duration. It returns how many times it killed.
+func killRepeatedly(t *testing.T, p **proc, prefix string, within time.Duration, env map[string]string) int {
+	t.Helper()
+	return runFor(t, loadDuration(t, 8*time.Second), 0, func(i int) {
+		pause(jitter(within))
+		(*p).kill9()
+		*p = startRelay(t, fmt.Sprintf("%s-%d", prefix, i+1), env)
+	})
 }

@@ -46,6 +46,8 @@ func soaking() bool { return os.Getenv(soakVar) != "" }
 // their rows must never reach Kafka.
 type load struct {
 	t      *testing.T
+	db     *relaytest.DB
+	topics []string
 	cancel context.CancelFunc
 	g      errgroup.Group
 
@@ -96,7 +98,7 @@ type mix struct {
 func startMixedLoad(t *testing.T, db *relaytest.DB, topics []string, writers int, m mix) *load {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &load{t: t, cancel: cancel, rows: map[int64]relaytest.Message{}, bad: map[int64]bool{},
+	l := &load{t: t, db: db, topics: topics, cancel: cancel, rows: map[int64]relaytest.Message{}, bad: map[int64]bool{},
 		expired: map[int64]bool{}, mayExpire: map[int64]bool{}}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("load seed %d", seed)
@@ -253,7 +255,7 @@ func (l *load) stop() outcome {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return outcome{rows: l.rows, badRows: l.bad, expired: l.expired, mayExpire: l.mayExpire, rolledBack: l.rolledBack.Load()}
+	return outcome{db: l.db, topics: l.topics, rows: l.rows, badRows: l.bad, expired: l.expired, mayExpire: l.mayExpire, rolledBack: l.rolledBack.Load()}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -78,8 +78,6 @@ func TestPostgresNetworkCutAndBackendsTerminated(t *testing.T) {
 	// Notifications sent while it was away are lost, so the relay must
 	// LISTEN again (and poll meanwhile): the wake-up is back.
 	waitListening(t, db, 1)
-	o.db, o.brokers, o.topics = db, brokers, topics
-	o.faults, o.kinds = faults.total(), faults.String()
-	checkInvariants(t, o)
+	o.check(t, brokers, faults.total(), faults.String())
 	p.stop()
 }
