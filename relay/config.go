@@ -56,10 +56,11 @@ type Config struct {
 	// MaxAttempts is how many times a row may fail with a retriable error
 	// before it is escalated to stuck_messages. Default 10.
 	MaxAttempts int
-	// StuckRowsReleaseKey lets the later rows of a key proceed while an
-	// earlier row of the key is stuck. Default false: strict order, the
-	// stuck row holds them back until an operator requeues or discards it.
-	StuckRowsReleaseKey bool
+	// DisableStuckBlocksKey turns off "stuck blocks key": by default a
+	// stuck row holds back the later rows of its topic and key (strict
+	// order) until an operator requeues or discards it; with this set they
+	// proceed while it waits.
+	DisableStuckBlocksKey bool
 	// OutageAlertAfter is how long Kafka must be unreachable before the
 	// relay raises an outage alert. Default 1 minute.
 	OutageAlertAfter time.Duration

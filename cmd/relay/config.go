@@ -531,16 +531,16 @@ func (c Config) relayConfig() relay.Config {
 		// Twice the delivery timeout: the client fails what it can
 		// within one; the relay gives up on the rest (records written
 		// and never answered) after two.
-		BatchTimeout:        2 * c.ProduceTimeout,
-		ShutdownTimeout:     c.ShutdownTimeout,
-		Instance:            c.Instance,
-		MaxAttempts:         c.MaxAttempts,
-		StuckRowsReleaseKey: !c.StuckBlocksKey,
-		OutageAlertAfter:    c.OutageAlertAfter,
-		LagAlertAfter:       c.LagAlertAfter,
-		SentRetention:       c.SentRetention,
-		DeleteOnSend:        c.SentRetention == 0,
-		Durability:          c.durability(),
+		BatchTimeout:          2 * c.ProduceTimeout,
+		ShutdownTimeout:       c.ShutdownTimeout,
+		Instance:              c.Instance,
+		MaxAttempts:           c.MaxAttempts,
+		DisableStuckBlocksKey: !c.StuckBlocksKey,
+		OutageAlertAfter:      c.OutageAlertAfter,
+		LagAlertAfter:         c.LagAlertAfter,
+		SentRetention:         c.SentRetention,
+		DeleteOnSend:          c.SentRetention == 0,
+		Durability:            c.durability(),
 	}
 }
 

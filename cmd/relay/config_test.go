@@ -128,22 +128,22 @@ func TestConfigValues(t *testing.T) {
 		t.Errorf("brokers %q", cfg.KafkaBrokers)
 	}
 	want := relay.Config{
-		Schema:              "events_outbox",
-		BatchSize:           100000,
-		BatchMaxBytes:       1 << 20,
-		InFlightBatches:     4,
-		PollInterval:        2 * time.Second,
-		DisableWakeup:       true,
-		Retry:               retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
-		BatchTimeout:        10 * time.Second,
-		ShutdownTimeout:     5 * time.Second,
-		Instance:            "relay-a",
-		MaxAttempts:         3,
-		StuckRowsReleaseKey: true,
-		OutageAlertAfter:    30 * time.Second,
-		LagAlertAfter:       2 * time.Minute,
-		DeleteOnSend:        true,
-		Durability:          relay.DurabilityStrict,
+		Schema:                "events_outbox",
+		BatchSize:             100000,
+		BatchMaxBytes:         1 << 20,
+		InFlightBatches:       4,
+		PollInterval:          2 * time.Second,
+		DisableWakeup:         true,
+		Retry:                 retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
+		BatchTimeout:          10 * time.Second,
+		ShutdownTimeout:       5 * time.Second,
+		Instance:              "relay-a",
+		MaxAttempts:           3,
+		DisableStuckBlocksKey: true,
+		OutageAlertAfter:      30 * time.Second,
+		LagAlertAfter:         2 * time.Minute,
+		DeleteOnSend:          true,
+		Durability:            relay.DurabilityStrict,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, want)
