@@ -144,9 +144,8 @@ func (e *FieldError) Error() string { return fmt.Sprintf("%s: %v: %s", e.Field, 
 
 // Validate reports the settings out of range, each as a *FieldError, joined
 // with errors.Join; nil if there are none. A zero setting is valid: it means
-// the default. New does not validate: call it before, as the relay command
-// does, to refuse a setting that would otherwise fall back to its default
-// (a negative BatchSize) or that no relay should run with.
+// the default. New does not validate (a negative setting falls back to its
+// default there): call Validate before it.
 func (c Config) Validate() error { return c.validate(true) }
 
 // ValidateGiven is Validate for a Config whose every setting was given, as a

@@ -407,3 +407,28 @@ func TestREADMEConfigTable(t *testing.T) {
 		t.Fatalf("README.md's configuration table is out of date; %s\n\ngot:\n%s\n\nwant:\n%s", fix, got, want)
 	}
 }
+
+// Every field relay.Config.ValidateGiven can report maps to the variable
+// that sets it, so its problems are named after the variable.
+func TestRelayConfigProblemsMapToVariables(t *testing.T) {
+	t.Parallel()
+	bad := relay.Config{Retry: retry.Policy{Base: time.Minute, Max: time.Second}, Durability: relay.DurabilityStrict + 1, SentRetention: -1}
+	err := bad.ValidateGiven()
+	if err == nil {
+		t.Fatal("no problems")
+	}
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		fe, ok := errors.AsType[*relay.FieldError](e)
+		if !ok {
+			t.Fatalf("error %T is not a *relay.FieldError", e)
+		}
+		for _, field := range []string{fe.Field, fe.Other} {
+			if field == "" {
+				continue
+			}
+			if name := relayVar(field); !strings.HasPrefix(name, envPrefix) {
+				t.Errorf("relay field %s maps to %q", field, name)
+			}
+		}
+	}
+}
