@@ -69,18 +69,12 @@ func TestFilterAndSelection(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var listed []int64
-		for _, r := range rows {
-			listed = append(listed, r.ID)
-		}
 		matches, err := stuck.Matching(ctx, db.Pool, tt.f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var matched []int64
-		for _, m := range matches {
-			matched = append(matched, m.ID)
-		}
+		listed := ids(rows, func(r stuck.Row) int64 { return r.ID })
+		matched := ids(matches, func(m stuck.Match) int64 { return m.ID })
 		n, err := stuck.Count(ctx, db.Pool, tt.f)
 		if err != nil {
 			t.Fatal(err)
@@ -111,4 +105,13 @@ func TestFilterAndSelection(t *testing.T) {
 	if _, err := stuck.Get(ctx, db.Pool, 99); !errors.Is(err, stuck.ErrNotFound) {
 		t.Errorf("Get(99) = %v, want ErrNotFound", err)
 	}
+}
+
+// ids returns the id of each row.
+func ids[T any](rows []T, id func(T) int64) []int64 {
+	var out []int64
+	for _, r := range rows {
+		out = append(out, id(r))
+	}
+	return out
 }
