@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -17,23 +19,27 @@ type Config struct {
 	// BatchSize is how many rows one claim takes. Default 1000.
 	BatchSize int
 	// BatchMaxBytes bounds the bytes of payload, key and headers one
-	// batch keeps, as BatchSize bounds its rows: a claim takes rows in id
-	// order while the bytes before each are under it (a single row larger
-	// than it still goes, alone). Of the rows it locked beyond the bound,
-	// only those under BatchMaxBytes / BatchSize are read at all, and
-	// dropped at once. With InFlightBatches batches in
-	// flight, the relay holds at most about InFlightBatches × BatchMaxBytes
-	// of rows (plus one row each). Default 16 MiB.
+	// batch keeps, as BatchSize bounds its rows: a claim keeps rows in id
+	// order while the bytes of the rows it locked before each are under it
+	// (a single row larger than it still goes, alone). The claim reads a
+	// locked row's payload and headers with the lock only if the row is at
+	// most BatchMaxBytes / BatchSize bytes, so those reads add up to
+	// BatchMaxBytes at most; a larger row's are read afterwards, and only
+	// if the batch keeps it. Rows locked beyond the bound are left pending,
+	// unproduced. With InFlightBatches batches in flight, the relay holds
+	// at most about InFlightBatches × BatchMaxBytes of rows (plus one row
+	// each). Default 16 MiB.
 	BatchMaxBytes int64
 	// InFlightBatches is how many claimed batches may await Kafka at once:
 	// the relay claims the next batch while the last one is being
 	// produced. Each holds a pool connection. Default 2.
 	InFlightBatches int
 	// PollInterval is the longest an idle relay waits before looking for
-	// rows again; with Wakeup on it is only the fallback. Default 500ms.
+	// rows again; with the wake-up on it is only the fallback. Default
+	// 500ms.
 	PollInterval time.Duration
-	// Wakeup registers the relay for NOTIFY while it is idle so new rows
-	// are delivered within milliseconds. Default on; see DisableWakeup.
+	// DisableWakeup turns off the wake-up: by default an idle relay
+	// registers for NOTIFY, so new rows are delivered within milliseconds.
 	DisableWakeup bool
 	// Retry spaces out the attempts of a row whose produce failed.
 	Retry retry.Policy
@@ -56,10 +62,11 @@ type Config struct {
 	// MaxAttempts is how many times a row may fail with a retriable error
 	// before it is escalated to stuck_messages. Default 10.
 	MaxAttempts int
-	// StuckRowsReleaseKey lets the later rows of a key proceed while an
-	// earlier row of the key is stuck. Default false: strict order, the
-	// stuck row holds them back until an operator requeues or discards it.
-	StuckRowsReleaseKey bool
+	// DisableStuckBlocksKey turns off "stuck blocks key": by default a
+	// stuck row holds back the later rows of its topic and key (strict
+	// order) until an operator requeues or discards it; with this set they
+	// proceed while it waits.
+	DisableStuckBlocksKey bool
 	// OutageAlertAfter is how long Kafka must be unreachable before the
 	// relay raises an outage alert. Default 1 minute.
 	OutageAlertAfter time.Duration
@@ -121,4 +128,72 @@ func (c Config) withDefaults() Config {
 		c.ShutdownTimeout = 30 * time.Second
 	}
 	return c
+}
+
+// FieldError is a Config setting out of range.
+type FieldError struct {
+	Field   string // the Config field: "BatchSize", "Retry.Max"
+	Value   any
+	Problem string // "must be between 1 and 100000"
+	// Other is the field Problem compares Field with, if any
+	// ("Retry.Base"); Problem names it.
+	Other string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("%s: %v: %s", e.Field, e.Value, e.Problem) }
+
+// Validate reports the settings out of range, each as a *FieldError, joined
+// with errors.Join; nil if there are none. A zero setting is valid: it means
+// the default. New does not validate (a negative setting falls back to its
+// default there): call Validate before it.
+func (c Config) Validate() error { return c.validate(true) }
+
+// ValidateGiven is Validate for a Config whose every setting was given, as a
+// program that reads them from flags or the environment has: a zero setting
+// is checked like any other value (a BatchSize of 0 is out of range, not the
+// default). SentRetention may be 0, as with DeleteOnSend.
+func (c Config) ValidateGiven() error { return c.validate(false) }
+
+func (c Config) validate(zeroIsDefault bool) error {
+	var errs []error
+	bad := func(field string, value any, problem string) {
+		errs = append(errs, &FieldError{Field: field, Value: value, Problem: problem})
+	}
+	// inRange checks v against lo and hi; hi 0: no upper bound.
+	inRange := func(field string, v, lo, hi int64) {
+		switch {
+		case v == 0 && zeroIsDefault:
+		case hi == 0 && v < lo:
+			bad(field, v, fmt.Sprintf("must be at least %d", lo))
+		case hi != 0 && (v < lo || v > hi):
+			bad(field, v, fmt.Sprintf("must be between %d and %d", lo, hi))
+		}
+	}
+	positive := func(field string, d time.Duration) {
+		if (d != 0 || !zeroIsDefault) && d <= 0 {
+			bad(field, d, "must be positive")
+		}
+	}
+	inRange("BatchSize", int64(c.BatchSize), 1, 100000)
+	inRange("BatchMaxBytes", c.BatchMaxBytes, 1024, 0)
+	inRange("InFlightBatches", int64(c.InFlightBatches), 1, 64)
+	positive("PollInterval", c.PollInterval)
+	positive("Retry.Base", c.Retry.Base)
+	positive("Retry.Max", c.Retry.Max)
+	if c.Retry.Base > 0 && c.Retry.Max > 0 && c.Retry.Max < c.Retry.Base {
+		errs = append(errs, &FieldError{Field: "Retry.Max", Value: c.Retry.Max, Other: "Retry.Base",
+			Problem: fmt.Sprintf("must not be less than Retry.Base (%v)", c.Retry.Base)})
+	}
+	positive("BatchTimeout", c.BatchTimeout)
+	positive("ShutdownTimeout", c.ShutdownTimeout)
+	inRange("MaxAttempts", int64(c.MaxAttempts), 1, 0)
+	positive("OutageAlertAfter", c.OutageAlertAfter)
+	positive("LagAlertAfter", c.LagAlertAfter)
+	if c.SentRetention < 0 {
+		bad("SentRetention", c.SentRetention, "must not be negative")
+	}
+	if c.Durability < DurabilityOff || c.Durability > DurabilityStrict {
+		bad("Durability", int(c.Durability), "must be DurabilityOff, DurabilityWarn or DurabilityStrict")
+	}
+	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // deliverRows runs batches until n rows went through.
@@ -173,7 +174,7 @@ func TestUUIDKeptThroughStuckRequeueAndDiscard(t *testing.T) {
 		}
 	}
 
-	if st, err := relay.GetStuck(ctx, db.Pool, requeued); err != nil || st.UUID != uuid {
+	if st, err := stuck.Get(ctx, db.Pool, requeued); err != nil || st.UUID != uuid {
 		t.Errorf("relay stuck show: uuid %q (%v), want %s", st.UUID, err, uuid)
 	}
 
@@ -181,7 +182,7 @@ func TestUUIDKeptThroughStuckRequeueAndDiscard(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, `UPDATE stuck_messages SET headers = '{}' WHERE id = $1`, requeued); err != nil {
 		t.Fatal(err)
 	}
-	if ids, err := relay.Requeue(ctx, db.Pool, []int64{requeued}, ""); err != nil || len(ids) != 1 {
+	if ids, err := stuck.Requeue(ctx, db.Pool, []int64{requeued}, ""); err != nil || len(ids) != 1 {
 		t.Fatalf("requeue: %v, %v", ids, err)
 	}
 	deliverRows(t, r, 1)
@@ -190,7 +191,7 @@ func TestUUIDKeptThroughStuckRequeueAndDiscard(t *testing.T) {
 		t.Errorf("requeued row's record has outbox-uuid %q, want its original %s", got, uuid)
 	}
 
-	if ids, err := relay.Discard(ctx, db.Pool, []int64{discarded}, "alice", "test"); err != nil || len(ids) != 1 {
+	if ids, err := stuck.Discard(ctx, db.Pool, []int64{discarded}, "alice", "test"); err != nil || len(ids) != 1 {
 		t.Fatalf("discard: %v, %v", ids, err)
 	}
 	var got string

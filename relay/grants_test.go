@@ -15,6 +15,7 @@ import (
 
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // The grants docs/operations.md gives an application role are enough to
@@ -172,16 +173,16 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	opPool := poolAs(operatorRole)
-	if rows, err := relay.ListStuck(ctx, opPool, relay.StuckFilter{}); err != nil || len(rows) != 1 {
+	if rows, err := stuck.List(ctx, opPool, stuck.Filter{}); err != nil || len(rows) != 1 {
 		t.Errorf("list as the operator: %d rows, %v; want 1", len(rows), err)
 	}
-	if ids, err := relay.Requeue(ctx, opPool, []int64{bad}, ""); err != nil || len(ids) != 1 {
+	if ids, err := stuck.Requeue(ctx, opPool, []int64{bad}, ""); err != nil || len(ids) != 1 {
 		t.Fatalf("requeue as the operator: %v, %v", ids, err)
 	}
 	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
 		t.Fatalf("deliver the requeued row: %d rows, %v; want 1", n, err)
 	}
-	if ids, err := relay.Discard(ctx, opPool, []int64{bad}, "alice", "test"); err != nil || len(ids) != 1 {
+	if ids, err := stuck.Discard(ctx, opPool, []int64{bad}, "alice", "test"); err != nil || len(ids) != 1 {
 		t.Errorf("discard as the operator: %v, %v", ids, err)
 	}
 	// relay resend and the audit log of every operator action.
@@ -189,13 +190,13 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
 		t.Fatalf("deliver a row to resend: %d rows, %v; want 1", n, err)
 	}
-	if ids, err := relay.Resend(ctx, opPool, []int64{again}); err != nil || len(ids) != 1 {
+	if ids, err := stuck.Resend(ctx, opPool, []int64{again}); err != nil || len(ids) != 1 {
 		t.Errorf("resend as the operator: %v, %v", ids, err)
 	}
-	if err := relay.Audit(ctx, opPool, relay.AuditEntry{Operator: "alice", Source: relay.SourceCLI, Action: "resend", IDs: []int64{again}}); err != nil {
+	if err := stuck.Audit(ctx, opPool, stuck.AuditEntry{Operator: "alice", Source: stuck.SourceCLI, Action: "resend", IDs: []int64{again}}); err != nil {
 		t.Errorf("audit as the operator: %v", err)
 	}
-	if _, err := relay.RecentAudit(ctx, opPool, 10); err != nil {
+	if _, err := stuck.RecentAudit(ctx, opPool, 10); err != nil {
 		t.Errorf("read the audit log as the operator: %v", err)
 	}
 }

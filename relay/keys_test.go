@@ -9,6 +9,7 @@ import (
 
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // TestLongKeysAndTopicsAreAccepted checks that a key of 3 KB (random, so
@@ -43,23 +44,23 @@ SELECT id, topic, key, payload, headers, created_at, 1, 'test', 'row_fatal' FROM
 	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
 		t.Fatalf("first batch: %d rows, %v; want the long topic's row alone", n, err)
 	}
-	bad, err := relay.GetStuck(ctx, db.Pool, ids[1])
+	bad, err := stuck.Get(ctx, db.Pool, ids[1])
 	if err != nil || !strings.Contains(bad.LastError, "249") {
 		t.Fatalf("long topic: %+v, %v; want it stuck, with Kafka's limit as the reason", bad, err)
 	}
 	if st := state(t, db, ids[2]); st.status != "pending" || st.attempts != 0 {
 		t.Fatalf("row %d is %+v; want it pending behind the stuck row of its key", ids[2], st)
 	}
-	stuck, err := relay.GetStuck(ctx, db.Pool, ids[0])
-	if err != nil || stuck.Blocking != 1 {
-		t.Fatalf("stuck row %d: %+v, %v; want it to hold back 1 row", ids[0], stuck, err)
+	head, err := stuck.Get(ctx, db.Pool, ids[0])
+	if err != nil || head.Blocking != 1 {
+		t.Fatalf("stuck row %d: %+v, %v; want it to hold back 1 row", ids[0], head, err)
 	}
 	var blocked int64
 	if err := db.Pool.QueryRow(ctx, `SELECT id FROM blocked_messages WHERE blocked_by_stuck_id = $1`, ids[0]).Scan(&blocked); err != nil || blocked != ids[2] {
 		t.Fatalf("blocked_messages: %d, %v; want row %d", blocked, err, ids[2])
 	}
 
-	if moved, err := relay.Requeue(ctx, db.Pool, []int64{ids[0]}, ""); err != nil || len(moved) != 1 {
+	if moved, err := stuck.Requeue(ctx, db.Pool, []int64{ids[0]}, ""); err != nil || len(moved) != 1 {
 		t.Fatalf("requeue: %v, %v", moved, err)
 	}
 	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 2 {

@@ -9,8 +9,10 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // options are a row's delivery options (migration 00005); nil: not set.
@@ -142,7 +144,7 @@ func TestExpiredRowIsEscalatedAndNeverProduced(t *testing.T) {
 	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
 	deliverAt(t, r, now.Add(2*time.Minute))
 	s := stuckRow(t, db, expiring)
-	if s.kind != relay.ErrorKindExpired || !strings.Contains(s.lastError, "expired: not delivered by its expires_at") {
+	if s.kind != pgstore.ErrorKindExpired || !strings.Contains(s.lastError, "expired: not delivered by its expires_at") {
 		t.Errorf("expired row stuck as %q: %q", s.kind, s.lastError)
 	}
 	if st := status(t, db, behind); st != "pending" {
@@ -154,12 +156,12 @@ func TestExpiredRowIsEscalatedAndNeverProduced(t *testing.T) {
 	if n := relaytest.RecordsInTopics(t, brokers, "t"); n != 1 {
 		t.Fatalf("the topic holds %d records, want 1: an expired row is never produced", n)
 	}
-	if rows, err := relay.ListStuck(ctx, db.Pool, relay.StuckFilter{ErrorKind: relay.ErrorKindExpired}); err != nil || len(rows) != 1 ||
+	if rows, err := stuck.List(ctx, db.Pool, stuck.Filter{ErrorKind: pgstore.ErrorKindExpired}); err != nil || len(rows) != 1 ||
 		rows[0].ExpiresAt == nil || !rows[0].ExpiresAt.Equal(now.Add(time.Minute).Truncate(time.Microsecond)) {
 		t.Errorf("stuck rows of kind expired: %+v, %v; want the row with its expires_at", rows, err)
 	}
 
-	if _, err := relay.Requeue(ctx, db.Pool, []int64{expiring}, ""); err != nil {
+	if _, err := stuck.Requeue(ctx, db.Pool, []int64{expiring}, ""); err != nil {
 		t.Fatal(err)
 	}
 	if n := deliverAt(t, r, now.Add(3*time.Minute)); n != 2 {
@@ -183,7 +185,7 @@ func TestExpiresBeforeDeliverAfterIsEscalated(t *testing.T) {
 	r := relay.New(relay.Config{Schema: db.Schema, Alerter: newRecordingAlerter()}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
 	deliverAt(t, r, now)
 	s := stuckRow(t, db, id)
-	if s.kind != relay.ErrorKindExpired || !strings.Contains(s.lastError, "is before deliver_after") {
+	if s.kind != pgstore.ErrorKindExpired || !strings.Contains(s.lastError, "is before deliver_after") {
 		t.Errorf("row stuck as %q: %q; want expired, saying expires_at is before deliver_after", s.kind, s.lastError)
 	}
 	if n := relaytest.RecordsInTopics(t, brokers, "t"); n != 0 {

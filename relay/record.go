@@ -104,17 +104,9 @@ func appendUUID(dst []byte, u [16]byte) []byte {
 	return dst
 }
 
-// ErrorKindExpired is the error_kind of a row escalated because it was not
-// delivered by its expires_at, or because its expires_at comes before its
-// deliver_after. The other kinds are retry.Kind's.
-const ErrorKindExpired = "expired"
-
-// ErrorKinds lists the error_kind values of stuck_messages, for filters.
-var ErrorKinds = []string{"row_fatal", "row_retriable", ErrorKindExpired}
-
 // expiredError is a row that must not be produced: its expires_at has
 // passed, or comes before its deliver_after. It is escalated at once, with
-// error_kind ErrorKindExpired.
+// error_kind pgstore.ErrorKindExpired.
 type expiredError struct{ reason string }
 
 func (e expiredError) Error() string  { return e.reason }
@@ -137,7 +129,7 @@ func expiry(r row) error {
 // errorKind is what stuck_messages.error_kind says of f.
 func (f failure) errorKind() string {
 	if _, ok := errors.AsType[expiredError](f.err); ok {
-		return ErrorKindExpired
+		return pgstore.ErrorKindExpired
 	}
 	return f.kind.String()
 }

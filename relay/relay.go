@@ -457,7 +457,7 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
 	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), maxBytes: r.cfg.BatchMaxBytes, stuckReleasesKey: r.cfg.StuckRowsReleaseKey,
+	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), maxBytes: r.cfg.BatchMaxBytes, stuckReleasesKey: r.cfg.DisableStuckBlocksKey,
 		idleLimitMillis: r.cfg.stallBoundMillis(), now: now, afterLock: r.afterLock}
 	r.flyingInto(&q)
 	b.rows, b.more, err = claim(b.work, b.tx, q, widen)

@@ -16,6 +16,7 @@ import (
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/retry"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // recordingAlerter keeps every alert and signals each one on a channel.
@@ -73,7 +74,7 @@ func TestPoisonRowIsEscalatedWithinOneBatch(t *testing.T) {
 			poison, behind := poisonBatch(t, db)
 
 			alerts := newRecordingAlerter()
-			cfg := relay.Config{Schema: db.Schema, BatchSize: 1000, StuckRowsReleaseKey: !strict, Alerter: alerts}
+			cfg := relay.Config{Schema: db.Schema, BatchSize: 1000, DisableStuckBlocksKey: !strict, Alerter: alerts}
 			r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
 			if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1000 {
 				t.Fatalf("first batch: %d rows, %v; want 1000", n, err)
@@ -130,16 +131,16 @@ func TestRequeueDeliversStuckRowBeforeTheRowsItBlocked(t *testing.T) {
 	if _, err := r.DeliverBatch(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := relay.ListStuck(ctx, db.Pool, relay.StuckFilter{Topic: "t"})
+	rows, err := stuck.List(ctx, db.Pool, stuck.Filter{Topic: "t"})
 	if err != nil || len(rows) != 1 || rows[0].ID != stuckID || rows[0].Blocking != 2 {
-		t.Fatalf("ListStuck = %+v, %v; want row %d blocking 2 rows", rows, err, stuckID)
+		t.Fatalf("stuck.List = %+v, %v; want row %d blocking 2 rows", rows, err, stuckID)
 	}
 
 	// The operator fixes the row in place and requeues it.
 	if _, err := db.Pool.Exec(ctx, `UPDATE stuck_messages SET headers = '{"v": "2"}' WHERE id = $1`, stuckID); err != nil {
 		t.Fatal(err)
 	}
-	moved, err := relay.Requeue(ctx, db.Pool, []int64{stuckID}, "")
+	moved, err := stuck.Requeue(ctx, db.Pool, []int64{stuckID}, "")
 	if err != nil || len(moved) != 1 || moved[0] != stuckID {
 		t.Fatalf("Requeue = %v, %v; want [%d]", moved, err, stuckID)
 	}
@@ -192,7 +193,7 @@ SELECT id, topic, key, payload, headers, created_at, 1, 'test', 'row_fatal' FROM
 			return
 		}
 		requeued = true
-		if moved, err := relay.Requeue(ctx, db.Pool, []int64{stuckID}, ""); err != nil || len(moved) != 1 {
+		if moved, err := stuck.Requeue(ctx, db.Pool, []int64{stuckID}, ""); err != nil || len(moved) != 1 {
 			t.Errorf("requeue during the claim: %v, %v", moved, err)
 		}
 	})
@@ -211,31 +212,6 @@ SELECT id, topic, key, payload, headers, created_at, 1, 'test', 'row_fatal' FROM
 	records := relaytest.Consume(t, brokers, 2, 10*time.Second, "t")
 	if got := []int64{outboxID(t, records[0]), outboxID(t, records[1])}; got[0] != stuckID || got[1] != later {
 		t.Fatalf("delivered %v, want [%d %d]", got, stuckID, later)
-	}
-}
-
-func TestDiscardKeepsAnAuditCopy(t *testing.T) {
-	t.Parallel()
-	db := relaytest.NewDB(t)
-	ctx := context.Background()
-	var id int64
-	if err := db.Pool.QueryRow(ctx, `INSERT INTO stuck_messages (id, topic, key, payload, created_at, attempts, last_error, error_kind)
-		VALUES (42, 't', 'k', 'p', now(), 3, 'boom', 'row_retriable') RETURNING id`).Scan(&id); err != nil {
-		t.Fatal(err)
-	}
-	gone, err := relay.Discard(ctx, db.Pool, []int64{id, 999}, "alice", "obsolete event")
-	if err != nil || len(gone) != 1 || gone[0] != id {
-		t.Fatalf("Discard = %v, %v; want [%d] (999 does not exist)", gone, err, id)
-	}
-	if _, err := relay.GetStuck(ctx, db.Pool, id); err == nil {
-		t.Errorf("row %d still in stuck_messages after discard", id)
-	}
-	var by, reason string
-	if err := db.Pool.QueryRow(ctx, `SELECT discarded_by, reason FROM discarded_messages WHERE id = $1`, id).Scan(&by, &reason); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(by, "alice") || !strings.Contains(by, "postgres") || reason != "obsolete event" {
-		t.Errorf("audit row: by %q reason %q; want the role, the operator and the reason", by, reason)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/stuck"
 	"github.com/outboxrelay/relay/verify"
 )
 
@@ -90,8 +90,8 @@ and wants --yes otherwise; each resend is written to audit_log.`,
 				if err != nil {
 					return err
 				}
-				return resend(ctx, env, cfg, relay.SentFilter{IDs: ids, Topic: *topic, Since: from}, *yes,
-					relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "resend", Detail: detail})
+				return resend(ctx, env, cfg, stuck.SentFilter{IDs: ids, Topic: *topic, Since: from}, *yes,
+					stuck.AuditEntry{Operator: *operator, Source: stuck.SourceCLI, Action: "resend", Detail: detail})
 			})
 		},
 	}
@@ -123,7 +123,7 @@ func idsFromVerify(path string, env *environment) ([]int64, error) {
 	return slices.Compact(ids), nil
 }
 
-func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilter, yes bool, audit relay.AuditEntry) error {
+func resend(ctx context.Context, env *environment, cfg Config, f stuck.SentFilter, yes bool, audit stuck.AuditEntry) error {
 	pool, err := commandPool(ctx, cfg)
 	if err != nil {
 		return err
@@ -134,7 +134,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 		return fmt.Errorf("resend: %w", err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	rows, err := relay.SentRows(ctx, tx, f)
+	rows, err := stuck.SentRows(ctx, tx, f)
 	if err != nil {
 		return schemaHint(err, cfg.schema())
 	}
@@ -144,7 +144,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 		ids[i] = r.ID
 		topics[r.Topic]++
 	}
-	if missing := relay.Missing(f.IDs, ids); len(missing) > 0 {
+	if missing := stuck.Missing(f.IDs, ids); len(missing) > 0 {
 		return usageErrorf("resend: no sent row %s (pending, stuck, or deleted after RELAY_SENT_RETENTION); nothing done", joinIDs(missing))
 	}
 	if len(rows) == 0 {
@@ -158,7 +158,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 	if err := env.confirm(yes, "resend", fmt.Sprintf("publish %d sent row(s) again (%s)", len(rows), strings.Join(parts, ", "))); err != nil {
 		return err
 	}
-	done, err := relay.Resend(ctx, tx, ids)
+	done, err := stuck.Resend(ctx, tx, ids)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func resend(ctx context.Context, env *environment, cfg Config, f relay.SentFilte
 		return fmt.Errorf("resend: %d of the %d rows changed while this ran; nothing done, run it again", len(ids)-len(done), len(ids))
 	}
 	audit.IDs = done
-	if err := relay.Audit(ctx, tx, audit); err != nil {
+	if err := stuck.Audit(ctx, tx, audit); err != nil {
 		return schemaHint(err, cfg.schema())
 	}
 	if err := tx.Commit(ctx); err != nil {

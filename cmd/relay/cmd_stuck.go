@@ -20,7 +20,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/internal/pgstore"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 func stuckCommand() *command {
@@ -175,13 +176,13 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return usageErrorf("stuck list: --since: %v", err)
 	}
-	if *kind != "" && !relay.ValidErrorKind(*kind) {
+	if *kind != "" && !pgstore.ValidErrorKind(*kind) {
 		return usageErrorf("stuck list: --error-kind %q: use %s", *kind, kindList)
 	}
 	if *limit < 0 {
 		return usageErrorf("stuck list: --limit %d: must not be negative", *limit)
 	}
-	filter := relay.StuckFilter{Topic: *topic, Since: from, ErrorKind: *kind, Limit: *limit}
+	filter := stuck.Filter{Topic: *topic, Since: from, ErrorKind: *kind, Limit: *limit}
 	if *limit == 0 {
 		filter.Limit = math.MaxInt32
 	}
@@ -193,13 +194,13 @@ func stuckList(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	rows, err := relay.ListStuck(ctx, pool, filter)
+	rows, err := stuck.List(ctx, pool, filter)
 	if err != nil {
 		return schemaHint(err, schema)
 	}
 	if len(rows) == filter.Limit {
 		// The list may be cut off: say so, and how to see the rest.
-		total, err := relay.CountStuck(ctx, pool, filter)
+		total, err := stuck.Count(ctx, pool, filter)
 		if err != nil {
 			return schemaHint(err, schema)
 		}
@@ -249,9 +250,9 @@ func stuckShow(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	r, err := relay.GetStuck(ctx, pool, ids[0])
+	r, err := stuck.Get(ctx, pool, ids[0])
 	if err != nil {
-		if errors.Is(err, relay.ErrNotFound) {
+		if errors.Is(err, stuck.ErrNotFound) {
 			return notFound("stuck show", ids)
 		}
 		return schemaHint(err, schema)
@@ -295,15 +296,15 @@ func addSelectionFlags(fs *flag.FlagSet, verb string) selectionFlags {
 }
 
 // filter returns the filter the flags give and whether any was given.
-func (s selectionFlags) filter(command string) (relay.StuckFilter, bool, error) {
+func (s selectionFlags) filter(command string) (stuck.Filter, bool, error) {
 	from, err := parseSince(*s.since, time.Now())
 	if err != nil {
-		return relay.StuckFilter{}, false, usageErrorf("%s: --since: %v", command, err)
+		return stuck.Filter{}, false, usageErrorf("%s: --since: %v", command, err)
 	}
-	if k := *s.kind; k != "" && !relay.ValidErrorKind(k) {
-		return relay.StuckFilter{}, false, usageErrorf("%s: --error-kind %q: use %s", command, k, kindList)
+	if k := *s.kind; k != "" && !pgstore.ValidErrorKind(k) {
+		return stuck.Filter{}, false, usageErrorf("%s: --error-kind %q: use %s", command, k, kindList)
 	}
-	f := relay.StuckFilter{Topic: *s.topic, Since: from, ErrorKind: *s.kind}
+	f := stuck.Filter{Topic: *s.topic, Since: from, ErrorKind: *s.kind}
 	if *s.key != "" {
 		f.Key = []byte(*s.key)
 	}
@@ -329,7 +330,7 @@ func (s selectionFlags) describe() string {
 // that is not a stuck row fails the whole command (exit 2) with nothing
 // done.
 func stuckBulk(ctx context.Context, env *environment, command string, ids []int64, sel selectionFlags, yes bool, idsNeedConfirm bool,
-	act func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error), audit relay.AuditEntry) ([]relay.StuckMatch, error) {
+	act func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error), audit stuck.AuditEntry) ([]stuck.Match, error) {
 	filter, filtered, err := sel.filter(command)
 	if err != nil {
 		return nil, err
@@ -353,17 +354,17 @@ func stuckBulk(ctx context.Context, env *environment, command string, ids []int6
 		return nil, fmt.Errorf("%s: %w", command, err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	var rows []relay.StuckMatch
+	var rows []stuck.Match
 	if len(ids) > 0 {
-		rows, err = relay.StuckByID(ctx, tx, ids)
+		rows, err = stuck.ByID(ctx, tx, ids)
 		if err != nil {
 			return nil, schemaHint(err, schema)
 		}
-		if missing := relay.Missing(ids, matchIDs(rows)); len(missing) > 0 {
+		if missing := stuck.Missing(ids, matchIDs(rows)); len(missing) > 0 {
 			return nil, notFound(command, missing)
 		}
 	} else {
-		rows, err = relay.MatchStuck(ctx, tx, filter)
+		rows, err = stuck.Matching(ctx, tx, filter)
 		if err != nil {
 			return nil, schemaHint(err, schema)
 		}
@@ -389,7 +390,7 @@ func stuckBulk(ctx context.Context, env *environment, command string, ids []int6
 	if len(ids) == 0 {
 		audit.Detail = strings.TrimSuffix(sel.describe()+"; reason: "+audit.Detail, "; reason: ")
 	}
-	if err := relay.Audit(ctx, tx, audit); err != nil {
+	if err := stuck.Audit(ctx, tx, audit); err != nil {
 		return nil, schemaHint(err, schema)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -398,7 +399,7 @@ func stuckBulk(ctx context.Context, env *environment, command string, ids []int6
 	return rows, nil
 }
 
-func matchIDs(rows []relay.StuckMatch) []int64 {
+func matchIDs(rows []stuck.Match) []int64 {
 	ids := make([]int64, len(rows))
 	for i, r := range rows {
 		ids[i] = r.ID
@@ -407,7 +408,7 @@ func matchIDs(rows []relay.StuckMatch) []int64 {
 }
 
 // byTopic summarises rows as "orders: 10, payments: 2".
-func byTopic(rows []relay.StuckMatch) string {
+func byTopic(rows []stuck.Match) string {
 	counts := map[string]int{}
 	for _, r := range rows {
 		counts[r.Topic]++
@@ -449,9 +450,9 @@ func stuckRequeue(ctx context.Context, env *environment, args []string) error {
 	}
 	rows, err := stuckBulk(ctx, env, "stuck requeue", ids, sel, *yes, false,
 		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) {
-			return relay.Requeue(ctx, tx, ids, "")
+			return stuck.Requeue(ctx, tx, ids, "")
 		},
-		relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "requeue"})
+		stuck.AuditEntry{Operator: *operator, Source: stuck.SourceCLI, Action: "requeue"})
 	if err != nil || rows == nil {
 		return err
 	}
@@ -462,10 +463,10 @@ func stuckRequeue(ctx context.Context, env *environment, args []string) error {
 
 // warnFatal warns about requeued rows that failed for good: the relay sends
 // the same bytes again, so only a change on the Kafka side can make them go.
-func warnFatal(env *environment, rows []relay.StuckMatch) {
-	var fatal []relay.StuckMatch
+func warnFatal(env *environment, rows []stuck.Match) {
+	var fatal []stuck.Match
 	for _, r := range rows {
-		if r.ErrorKind == "row_fatal" {
+		if r.ErrorKind == pgstore.ErrorKindRowFatal {
 			fatal = append(fatal, r)
 		}
 	}
@@ -495,9 +496,9 @@ func stuckDiscard(ctx context.Context, env *environment, args []string) error {
 	}
 	rows, err := stuckBulk(ctx, env, "stuck discard", ids, sel, *yes, true,
 		func(ctx context.Context, tx pgx.Tx, ids []int64) ([]int64, error) {
-			return relay.Discard(ctx, tx, ids, *operator, *reason)
+			return stuck.Discard(ctx, tx, ids, *operator, *reason)
 		},
-		relay.AuditEntry{Operator: *operator, Source: relay.SourceCLI, Action: "discard", Detail: *reason})
+		stuck.AuditEntry{Operator: *operator, Source: stuck.SourceCLI, Action: "discard", Detail: *reason})
 	if err != nil || rows == nil {
 		return err
 	}
@@ -529,7 +530,7 @@ type stuckJSON struct {
 	Partition    *int32     `json:"partition,omitempty"`
 }
 
-func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
+func toStuckJSON(r stuck.Row, withPayload bool) stuckJSON {
 	j := stuckJSON{
 		ID: r.ID, Topic: r.Topic, KeyBase64: r.Key, Headers: r.Headers,
 		PayloadSize: len(r.Payload), Tombstone: r.Payload == nil,
@@ -548,13 +549,13 @@ func toStuckJSON(r relay.StuckRow, withPayload bool) stuckJSON {
 }
 
 // kindList names the error kinds for flag help and errors.
-var kindList = strings.Join(relay.ErrorKinds, ", ")
+var kindList = strings.Join(pgstore.ErrorKinds, ", ")
 
 // option is one delivery option a stuck row set, for show.
 type option struct{ name, value string }
 
 // rowOptions lists the delivery options r set, in the columns' order.
-func rowOptions(r relay.StuckRow) []option {
+func rowOptions(r stuck.Row) []option {
 	var out []option
 	at := func(name string, t *time.Time) {
 		if t != nil {

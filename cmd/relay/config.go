@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -422,12 +423,6 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 		// Never echo the token, not even a short one.
 		add("RELAY_ADMIN_TOKEN", "too short: use at least 16 characters (e.g. openssl rand -hex 16)")
 	}
-	if parsed("RELAY_MAX_ATTEMPTS") && c.MaxAttempts < 1 {
-		add("RELAY_MAX_ATTEMPTS", "%d: must be at least 1", c.MaxAttempts)
-	}
-	if parsed("RELAY_SENT_RETENTION") && c.SentRetention < 0 {
-		add("RELAY_SENT_RETENTION", "%v: must not be negative", c.SentRetention)
-	}
 	if parsed("RELAY_VERIFY_INTERVAL") && c.VerifyInterval < 0 {
 		add("RELAY_VERIFY_INTERVAL", "%v: must not be negative", c.VerifyInterval)
 	}
@@ -437,43 +432,14 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 	if parsed("RELAY_PRODUCE_TIMEOUT") && c.ProduceTimeout < time.Second {
 		add("RELAY_PRODUCE_TIMEOUT", "%v: must be at least 1s", c.ProduceTimeout)
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{{"RELAY_OUTAGE_ALERT_AFTER", c.OutageAlertAfter}, {"RELAY_LAG_ALERT_AFTER", c.LagAlertAfter}, {"RELAY_ALERT_WINDOW", c.AlertWindow}} {
-		if parsed(d.name) && d.v <= 0 {
-			add(d.name, "%v: must be positive", d.v)
-		}
+	if parsed("RELAY_ALERT_WINDOW") && c.AlertWindow <= 0 {
+		add("RELAY_ALERT_WINDOW", "%v: must be positive", c.AlertWindow)
 	}
 	if c.AlertWebhookURL != "" {
 		if u, err := url.Parse(c.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			// The URL itself may be a credential (Slack's are): never echo it.
 			add("RELAY_ALERT_WEBHOOK_URL", "not an http(s) URL")
 		}
-	}
-	if parsed("RELAY_SHUTDOWN_TIMEOUT") && c.ShutdownTimeout <= 0 {
-		add("RELAY_SHUTDOWN_TIMEOUT", "%v: must be positive", c.ShutdownTimeout)
-	}
-	if parsed("RELAY_IN_FLIGHT_BATCHES") && (c.InFlightBatches < 1 || c.InFlightBatches > 64) {
-		add("RELAY_IN_FLIGHT_BATCHES", "%d: must be between 1 and 64", c.InFlightBatches)
-	}
-	if parsed("RELAY_BATCH_MAX_BYTES") && c.BatchMaxBytes < 1024 {
-		add("RELAY_BATCH_MAX_BYTES", "%d: must be at least 1024", c.BatchMaxBytes)
-	}
-	if parsed("RELAY_BATCH_SIZE") && (c.BatchSize < 1 || c.BatchSize > 100000) {
-		add("RELAY_BATCH_SIZE", "%d: must be between 1 and 100000", c.BatchSize)
-	}
-	if parsed("RELAY_POLL_INTERVAL") && c.PollInterval <= 0 {
-		add("RELAY_POLL_INTERVAL", "%v: must be positive", c.PollInterval)
-	}
-	if parsed("RELAY_RETRY_BASE") && c.RetryBase <= 0 {
-		add("RELAY_RETRY_BASE", "%v: must be positive", c.RetryBase)
-	}
-	if parsed("RELAY_RETRY_MAX") && c.RetryMax <= 0 {
-		add("RELAY_RETRY_MAX", "%v: must be positive", c.RetryMax)
-	}
-	if parsed("RELAY_RETRY_BASE") && parsed("RELAY_RETRY_MAX") && c.RetryBase > 0 && c.RetryMax < c.RetryBase {
-		add("RELAY_RETRY_MAX", "%v: must not be less than RELAY_RETRY_BASE (%v)", c.RetryMax, c.RetryBase)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		add("RELAY_LOG_FORMAT", "%q: use json or text", c.LogFormat)
@@ -484,6 +450,44 @@ func (c Config) validate(problems map[string]string, getenv func(string) string)
 	if strings.TrimSpace(c.ClientID) == "" {
 		add("RELAY_CLIENT_ID", "must not be blank")
 	}
+	c.validateRelay(add)
+}
+
+// relayFields names the Config field that sets each relay.Config field of
+// another name.
+var relayFields = map[string]string{
+	"Retry.Base":   "RetryBase",
+	"Retry.Max":    "RetryMax",
+	"BatchTimeout": "ProduceTimeout",
+	"Durability":   "RequireDurableTopics",
+}
+
+// validateRelay adds the problems of relay.Config.ValidateGiven, each under
+// the variable that sets its field. Given, not Validate: every variable has
+// a default of its own, so a 0 was asked for, and is not the relay's
+// default. It runs after the other checks, whose messages it must not
+// replace (RELAY_PRODUCE_TIMEOUT's, for BatchTimeout).
+func (c Config) validateRelay(add func(name, format string, args ...any)) {
+	if len(c.Schemas) == 0 {
+		return // validateSchemas said so; relayConfig needs a schema
+	}
+	err := c.relayConfig().ValidateGiven()
+	if err == nil {
+		return
+	}
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		fe := e.(*relay.FieldError) // ValidateGiven's only kind of error
+		problem := fe.Problem
+		if fe.Other != "" {
+			problem = strings.ReplaceAll(problem, fe.Other, relayVar(fe.Other))
+		}
+		add(relayVar(fe.Field), "%v: %s", fe.Value, problem)
+	}
+}
+
+// relayVar is the environment variable that sets the relay.Config field.
+func relayVar(field string) string {
+	return varOfField(cmp.Or(relayFields[field], field)).Name
 }
 
 // checkHostPort accepts host:port with a numeric port. For a listen address
@@ -531,16 +535,16 @@ func (c Config) relayConfig() relay.Config {
 		// Twice the delivery timeout: the client fails what it can
 		// within one; the relay gives up on the rest (records written
 		// and never answered) after two.
-		BatchTimeout:        2 * c.ProduceTimeout,
-		ShutdownTimeout:     c.ShutdownTimeout,
-		Instance:            c.Instance,
-		MaxAttempts:         c.MaxAttempts,
-		StuckRowsReleaseKey: !c.StuckBlocksKey,
-		OutageAlertAfter:    c.OutageAlertAfter,
-		LagAlertAfter:       c.LagAlertAfter,
-		SentRetention:       c.SentRetention,
-		DeleteOnSend:        c.SentRetention == 0,
-		Durability:          c.durability(),
+		BatchTimeout:          2 * c.ProduceTimeout,
+		ShutdownTimeout:       c.ShutdownTimeout,
+		Instance:              c.Instance,
+		MaxAttempts:           c.MaxAttempts,
+		DisableStuckBlocksKey: !c.StuckBlocksKey,
+		OutageAlertAfter:      c.OutageAlertAfter,
+		LagAlertAfter:         c.LagAlertAfter,
+		SentRetention:         c.SentRetention,
+		DeleteOnSend:          c.SentRetention == 0,
+		Durability:            c.durability(),
 	}
 }
 

@@ -128,22 +128,22 @@ func TestConfigValues(t *testing.T) {
 		t.Errorf("brokers %q", cfg.KafkaBrokers)
 	}
 	want := relay.Config{
-		Schema:              "events_outbox",
-		BatchSize:           100000,
-		BatchMaxBytes:       1 << 20,
-		InFlightBatches:     4,
-		PollInterval:        2 * time.Second,
-		DisableWakeup:       true,
-		Retry:               retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
-		BatchTimeout:        10 * time.Second,
-		ShutdownTimeout:     5 * time.Second,
-		Instance:            "relay-a",
-		MaxAttempts:         3,
-		StuckRowsReleaseKey: true,
-		OutageAlertAfter:    30 * time.Second,
-		LagAlertAfter:       2 * time.Minute,
-		DeleteOnSend:        true,
-		Durability:          relay.DurabilityStrict,
+		Schema:                "events_outbox",
+		BatchSize:             100000,
+		BatchMaxBytes:         1 << 20,
+		InFlightBatches:       4,
+		PollInterval:          2 * time.Second,
+		DisableWakeup:         true,
+		Retry:                 retry.Policy{Base: 100 * time.Millisecond, Max: time.Minute},
+		BatchTimeout:          10 * time.Second,
+		ShutdownTimeout:       5 * time.Second,
+		Instance:              "relay-a",
+		MaxAttempts:           3,
+		DisableStuckBlocksKey: true,
+		OutageAlertAfter:      30 * time.Second,
+		LagAlertAfter:         2 * time.Minute,
+		DeleteOnSend:          true,
+		Durability:            relay.DurabilityStrict,
 	}
 	if got := cfg.relayConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("relay config:\n got %+v\nwant %+v", got, want)
@@ -405,5 +405,30 @@ func TestREADMEConfigTable(t *testing.T) {
 	}
 	if got, want := strings.TrimSpace(table), strings.TrimSpace(configTable()); got != want {
 		t.Fatalf("README.md's configuration table is out of date; %s\n\ngot:\n%s\n\nwant:\n%s", fix, got, want)
+	}
+}
+
+// Every field relay.Config.ValidateGiven can report maps to the variable
+// that sets it, so its problems are named after the variable.
+func TestRelayConfigProblemsMapToVariables(t *testing.T) {
+	t.Parallel()
+	bad := relay.Config{Retry: retry.Policy{Base: time.Minute, Max: time.Second}, Durability: relay.DurabilityStrict + 1, SentRetention: -1}
+	err := bad.ValidateGiven()
+	if err == nil {
+		t.Fatal("no problems")
+	}
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		fe, ok := errors.AsType[*relay.FieldError](e)
+		if !ok {
+			t.Fatalf("error %T is not a *relay.FieldError", e)
+		}
+		for _, field := range []string{fe.Field, fe.Other} {
+			if field == "" {
+				continue
+			}
+			if name := relayVar(field); !strings.HasPrefix(name, envPrefix) {
+				t.Errorf("relay field %s maps to %q", field, name)
+			}
+		}
 	}
 }

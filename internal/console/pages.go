@@ -12,7 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/outboxrelay/relay/relay"
+	"github.com/outboxrelay/relay/internal/pgstore"
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // listLimit bounds the stuck rows one page shows; a longer list says so.
@@ -107,7 +108,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	audit, err := relay.RecentAudit(ctx, c.cfg.Pool, 10)
+	audit, err := stuck.RecentAudit(ctx, c.cfg.Pool, 10)
 	if err != nil {
 		c.fail(w, r, err)
 		return
@@ -126,12 +127,12 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 }
 
 // filterOf reads the stuck-row filter of a query string or form.
-func filterOf(get func(string) string) (relay.StuckFilter, error) {
-	f := relay.StuckFilter{Topic: strings.TrimSpace(get("topic")), ErrorKind: get("kind")}
+func filterOf(get func(string) string) (stuck.Filter, error) {
+	f := stuck.Filter{Topic: strings.TrimSpace(get("topic")), ErrorKind: get("kind")}
 	if k := get("key"); k != "" {
 		f.Key = []byte(k)
 	}
-	if f.ErrorKind != "" && !relay.ValidErrorKind(f.ErrorKind) {
+	if f.ErrorKind != "" && !pgstore.ValidErrorKind(f.ErrorKind) {
 		return f, fmt.Errorf("unknown error kind %q", f.ErrorKind)
 	}
 	return f, nil
@@ -145,14 +146,14 @@ func (c *Console) stuckList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.Limit = listLimit
-	rows, err := relay.ListStuck(r.Context(), c.cfg.Pool, f)
+	rows, err := stuck.List(r.Context(), c.cfg.Pool, f)
 	if err != nil {
 		c.fail(w, r, err)
 		return
 	}
 	total := len(rows)
 	if total == listLimit {
-		if total, err = relay.CountStuck(r.Context(), c.cfg.Pool, f); err != nil {
+		if total, err = stuck.Count(r.Context(), c.cfg.Pool, f); err != nil {
 			c.fail(w, r, err)
 			return
 		}
@@ -170,8 +171,8 @@ func (c *Console) stuckDetail(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	row, err := relay.GetStuck(r.Context(), c.cfg.Pool, id)
-	if errors.Is(err, relay.ErrNotFound) {
+	row, err := stuck.Get(r.Context(), c.cfg.Pool, id)
+	if errors.Is(err, stuck.ErrNotFound) {
 		c.render(w, r, http.StatusNotFound, "message", map[string]any{"Title": "No such row",
 			"Text": fmt.Sprintf("Row %d is not in stuck_messages: it was requeued or discarded, or never stuck.", id)})
 		return
@@ -180,7 +181,7 @@ func (c *Console) stuckDetail(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	behind, err := relay.BlockedBehind(r.Context(), c.cfg.Pool, id, 50)
+	behind, err := stuck.BlockedBehind(r.Context(), c.cfg.Pool, id, 50)
 	if err != nil {
 		c.fail(w, r, err)
 		return
@@ -221,16 +222,16 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 
-	var rows []relay.StuckMatch
+	var rows []stuck.Match
 	detail := ""
-	var f relay.StuckFilter
+	var f stuck.Filter
 	if idText := r.PathValue("id"); idText != "" {
 		id, err := strconv.ParseInt(idText, 10, 64)
 		if err != nil {
 			http.NotFound(w, r)
 			return
 		}
-		if rows, err = relay.StuckByID(ctx, tx, []int64{id}); err != nil {
+		if rows, err = stuck.ByID(ctx, tx, []int64{id}); err != nil {
 			c.fail(w, r, err)
 			return
 		}
@@ -244,7 +245,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request) {
 			c.render(w, r, http.StatusBadRequest, "message", map[string]any{"Title": "Bad filter", "Text": err.Error()})
 			return
 		}
-		if rows, err = relay.MatchStuck(ctx, tx, f); err != nil {
+		if rows, err = stuck.Matching(ctx, tx, f); err != nil {
 			c.fail(w, r, err)
 			return
 		}
@@ -254,7 +255,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request) {
 	fatal := 0
 	for i, row := range rows {
 		ids[i] = row.ID
-		if row.ErrorKind == "row_fatal" {
+		if row.ErrorKind == pgstore.ErrorKindRowFatal {
 			fatal++
 		}
 	}
@@ -268,9 +269,9 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request) {
 	}
 	var done []int64
 	if action == "requeue" {
-		done, err = relay.Requeue(ctx, tx, ids, "")
+		done, err = stuck.Requeue(ctx, tx, ids, "")
 	} else {
-		done, err = relay.Discard(ctx, tx, ids, s.Name, reason)
+		done, err = stuck.Discard(ctx, tx, ids, s.Name, reason)
 	}
 	if err != nil {
 		c.fail(w, r, err)
@@ -284,7 +285,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request) {
 	if reason != "" {
 		detail = strings.TrimPrefix(detail+"; reason: "+reason, "; ")
 	}
-	if err := relay.Audit(ctx, tx, relay.AuditEntry{Operator: s.Name, Source: relay.SourceConsole, Action: action, IDs: done, Detail: detail}); err != nil {
+	if err := stuck.Audit(ctx, tx, stuck.AuditEntry{Operator: s.Name, Source: stuck.SourceConsole, Action: action, IDs: done, Detail: detail}); err != nil {
 		c.fail(w, r, err)
 		return
 	}
@@ -304,7 +305,7 @@ func hmacEqual(a, b string) bool {
 }
 
 // describe renders a filter for the audit log.
-func describe(f relay.StuckFilter) string {
+func describe(f stuck.Filter) string {
 	var parts []string
 	if f.Topic != "" {
 		parts = append(parts, "topic="+strconv.Quote(f.Topic))

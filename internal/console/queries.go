@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/outboxrelay/relay/stuck"
 )
 
 // overview is what the console's first page shows.
@@ -14,7 +16,7 @@ type overview struct {
 	Backlog      []topicBacklog
 	Stuck        []topicStuck
 	Blocked      int64
-	Recent       []sentRow
+	Recent       []stuck.SentRow
 	PerMinute    []minuteCount
 	PendingTotal int64
 	StuckTotal   int64
@@ -32,15 +34,6 @@ type topicStuck struct {
 	Stuck   int64
 	Blocked int64
 	Oldest  time.Time
-}
-
-type sentRow struct {
-	ID        int64
-	Topic     string
-	Key       []byte
-	SentAt    time.Time
-	Partition int32
-	Offset    int64
 }
 
 type minuteCount struct {
@@ -76,7 +69,7 @@ func readOverview(ctx context.Context, pool *pgxpool.Pool) (overview, error) {
 	if rows, err = pool.Query(ctx, recentSentQuery); err != nil {
 		return ov, fmt.Errorf("recent sent: %w", err)
 	}
-	if ov.Recent, err = pgx.CollectRows(rows, pgx.RowToStructByPos[sentRow]); err != nil {
+	if ov.Recent, err = pgx.CollectRows(rows, pgx.RowToStructByPos[stuck.SentRow]); err != nil {
 		return ov, fmt.Errorf("recent sent: %w", err)
 	}
 	if rows, err = pool.Query(ctx, perMinuteQuery); err != nil {

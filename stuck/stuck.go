@@ -1,27 +1,33 @@
-package relay
+// Package stuck is the operator's API over the outbox tables: list, show,
+// requeue and discard the rows escalated to stuck_messages, resend sent
+// rows, and the audit log of these actions. The relay command and the web
+// console act through it; it does not depend on the delivery engine, only on
+// the tables.
+package stuck
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
-// Querier is what the operator functions need: a pool, a connection or a
-// transaction whose search_path is the outbox schema.
+// Querier is what the operator functions need: a *pgxpool.Pool, a *pgx.Conn
+// or a pgx.Tx whose search_path is the outbox schema (see relay.PoolConfig).
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-// StuckRow is a row in stuck_messages, with how many pending rows of its key
-// it holds back.
-type StuckRow struct {
+// Row is a row in stuck_messages, with how many pending rows of its key it
+// holds back.
+type Row struct {
 	ID          int64
 	Topic       string
 	Key         []byte
@@ -31,7 +37,7 @@ type StuckRow struct {
 	Attempts    int
 	FirstError  string
 	LastError   string
-	ErrorKind   string
+	ErrorKind   string // one of ErrorKinds
 	EscalatedAt time.Time
 	// UUID is the row's uuid, its records' outbox-uuid header; "" for a
 	// row stuck before migration 00002 (a requeue gives it one).
@@ -43,18 +49,18 @@ type StuckRow struct {
 	Blocking     int // pending rows of the same topic and key waiting behind it
 }
 
-// StuckFilter selects stuck rows. Zero fields match everything.
-type StuckFilter struct {
+// Filter selects stuck rows. Zero fields match everything.
+type Filter struct {
 	Topic     string
 	Key       []byte    // nil: any key
 	Since     time.Time // escalated at or after
 	ErrorKind string    // one of ErrorKinds; empty: any
-	Limit     int       // 0: 100 (ListStuck only)
+	Limit     int       // 0: 100 (List only)
 }
 
 // args are the filter's query parameters $1 to $4: topic, key, since and
 // error kind, each NULL when it matches everything.
-func (f StuckFilter) args() []any {
+func (f Filter) args() []any {
 	var topic, kind *string
 	if f.Topic != "" {
 		topic = &f.Topic
@@ -69,48 +75,55 @@ func (f StuckFilter) args() []any {
 	return []any{topic, f.Key, since, kind}
 }
 
-// ValidErrorKind reports whether kind is one of ErrorKinds.
-func ValidErrorKind(kind string) bool { return slices.Contains(ErrorKinds, kind) }
+// The error kinds of stuck rows (Row.ErrorKind, Filter.ErrorKind).
+const (
+	RowFatal     = pgstore.ErrorKindRowFatal
+	RowRetriable = pgstore.ErrorKindRowRetriable
+	Expired      = pgstore.ErrorKindExpired
+)
+
+// ErrorKinds lists every error kind.
+var ErrorKinds = pgstore.ErrorKinds
 
 // ErrNotFound is returned for an id that is not in stuck_messages.
 var ErrNotFound = errors.New("not found")
 
-// ListStuck returns stuck rows in id order.
-func ListStuck(ctx context.Context, q Querier, f StuckFilter) ([]StuckRow, error) {
+// List returns stuck rows in id order.
+func List(ctx context.Context, q Querier, f Filter) ([]Row, error) {
 	limit := f.Limit
 	if limit <= 0 {
 		limit = 100
 	}
 	a := f.args()
-	rows, err := q.Query(ctx, listStuckQuery, a[0], a[1], a[2], limit, a[3])
+	rows, err := q.Query(ctx, listQuery, a[0], a[1], a[2], limit, a[3])
 	if err != nil {
 		return nil, fmt.Errorf("list stuck: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, scanStuck)
+	out, err := pgx.CollectRows(rows, scanRow)
 	if err != nil {
 		return nil, fmt.Errorf("list stuck: %w", err)
 	}
 	return out, nil
 }
 
-// GetStuck returns one stuck row.
-func GetStuck(ctx context.Context, q Querier, id int64) (StuckRow, error) {
-	rows, err := q.Query(ctx, getStuckQuery, id)
+// Get returns one stuck row.
+func Get(ctx context.Context, q Querier, id int64) (Row, error) {
+	rows, err := q.Query(ctx, getQuery, id)
 	if err != nil {
-		return StuckRow{}, fmt.Errorf("show stuck %d: %w", id, err)
+		return Row{}, fmt.Errorf("show stuck %d: %w", id, err)
 	}
-	s, err := pgx.CollectExactlyOneRow(rows, scanStuck)
+	s, err := pgx.CollectExactlyOneRow(rows, scanRow)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return StuckRow{}, fmt.Errorf("stuck row %d: %w", id, ErrNotFound)
+		return Row{}, fmt.Errorf("stuck row %d: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return StuckRow{}, fmt.Errorf("show stuck %d: %w", id, err)
+		return Row{}, fmt.Errorf("show stuck %d: %w", id, err)
 	}
 	return s, nil
 }
 
-func scanStuck(r pgx.CollectableRow) (StuckRow, error) {
-	var s StuckRow
+func scanRow(r pgx.CollectableRow) (Row, error) {
+	var s Row
 	var first *string
 	err := r.Scan(&s.ID, &s.Topic, &s.Key, &s.Payload, &s.Headers, &s.CreatedAt, &s.Attempts,
 		&first, &s.LastError, &s.ErrorKind, &s.EscalatedAt, &s.UUID,
@@ -173,43 +186,43 @@ func Discard(ctx context.Context, q Querier, ids []int64, operator, reason strin
 	return gone, nil
 }
 
-// CountStuck returns how many stuck rows match f (its Limit aside), so that
-// a list cut off at its limit can say how many rows it left out.
-func CountStuck(ctx context.Context, q Querier, f StuckFilter) (int, error) {
+// Count returns how many stuck rows match f (its Limit aside), so that a
+// list cut off at its limit can say how many rows it left out.
+func Count(ctx context.Context, q Querier, f Filter) (int, error) {
 	var n int
-	if err := q.QueryRow(ctx, countStuckQuery, f.args()...).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, countQuery, f.args()...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count stuck: %w", err)
 	}
 	return n, nil
 }
 
-// StuckMatch is the short form of a stuck row that bulk actions select and
+// Match is the short form of a stuck row that bulk actions select and
 // confirm before acting.
-type StuckMatch struct {
+type Match struct {
 	ID        int64
 	Topic     string
 	ErrorKind string
 	LastError string
 }
 
-// MatchStuck returns every stuck row that matches f (its Limit aside), in id
+// Matching returns every stuck row that matches f (its Limit aside), in id
 // order.
-func MatchStuck(ctx context.Context, q Querier, f StuckFilter) ([]StuckMatch, error) {
-	return collectMatches(q.Query(ctx, matchStuckQuery, f.args()...))
+func Matching(ctx context.Context, q Querier, f Filter) ([]Match, error) {
+	return collectMatches(q.Query(ctx, matchingQuery, f.args()...))
 }
 
-// StuckByID returns the rows of ids that are in stuck_messages, in id order;
-// an id that is not there is left out.
-func StuckByID(ctx context.Context, q Querier, ids []int64) ([]StuckMatch, error) {
-	return collectMatches(q.Query(ctx, stuckByIDQuery, ids))
+// ByID returns the rows of ids that are in stuck_messages, in id order; an
+// id that is not there is left out.
+func ByID(ctx context.Context, q Querier, ids []int64) ([]Match, error) {
+	return collectMatches(q.Query(ctx, byIDQuery, ids))
 }
 
-func collectMatches(rows pgx.Rows, err error) ([]StuckMatch, error) {
+func collectMatches(rows pgx.Rows, err error) ([]Match, error) {
 	if err != nil {
 		return nil, fmt.Errorf("select stuck: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (StuckMatch, error) {
-		var m StuckMatch
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Match, error) {
+		var m Match
 		err := r.Scan(&m.ID, &m.Topic, &m.ErrorKind, &m.LastError)
 		return m, err
 	})
@@ -259,30 +272,3 @@ func BlockedBehind(ctx context.Context, q Querier, id int64, limit int) ([]Block
 	}
 	return out, nil
 }
-
-// stuckWhere is the filter of countStuckQuery and matchStuckQuery; its
-// parameters are StuckFilter.args.
-const stuckWhere = `
-WHERE ($1::text IS NULL OR s.topic = $1)
-  AND ($2::bytea IS NULL OR s.key = $2)
-  AND ($3::timestamptz IS NULL OR s.escalated_at >= $3)
-  AND ($4::text IS NULL OR s.error_kind = $4)`
-
-const countStuckQuery = `SELECT count(*) FROM stuck_messages s` + stuckWhere
-
-const matchStuckQuery = `SELECT s.id, s.topic, s.error_kind, s.last_error FROM stuck_messages s` + stuckWhere + `
-ORDER BY s.id`
-
-const stuckByIDQuery = `
-SELECT s.id, s.topic, s.error_kind, s.last_error FROM stuck_messages s
-WHERE s.id = ANY($1) ORDER BY s.id`
-
-// blockedBehindQuery uses messages_pending_key_idx: the pending rows of the
-// stuck row's topic and key with later ids.
-const blockedBehindQuery = `
-SELECT m.id, m.created_at, m.attempts
-FROM stuck_messages s
-JOIN messages m ON m.topic = s.topic AND m.key = s.key AND m.id > s.id
-WHERE s.id = $1 AND m.status = 'pending' AND m.key IS NOT NULL
-ORDER BY m.id
-LIMIT $2`
