@@ -1,4 +1,4 @@
-package retry
+package kafkasink
 
 import (
 	"context"
@@ -123,7 +123,7 @@ var outageCodes = []*kerr.Error{
 // They are Outage, so a partition that is down for longer than a produce
 // timeout costs its rows no attempt, whatever else their batch held.
 // UNKNOWN_TOPIC_OR_PARTITION is the exception: a topic that does not exist is
-// the row's own problem (see the relay's errTopicMissing). INVALID_TIMESTAMP
+// the row's own problem (see ErrTopicMissing). INVALID_TIMESTAMP
 // is Outage too: the relay leaves timestamps to the client, so it means the
 // relay host's clock is skewed against the broker's, which no row can fix.
 //
