@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -277,29 +278,44 @@ func (s *Sink) checkTopicWithin(ctx context.Context, topic string, timeout time.
 }
 
 // partitionCount reads how many partitions topic has now, from the
-// cluster: a Metadata request of its own, since kadm answers from the
-// client's cached metadata (kgo.Client.RequestCachedMetadata), which may
-// predate partitions added to the topic.
+// cluster (see TopicMetadata).
 func (s *Sink) partitionCount(ctx context.Context, topic string) (int32, error) {
 	ctx, cancel := context.WithTimeout(ctx, TopicCheckTimeout)
 	defer cancel()
+	t, err := TopicMetadata(ctx, s.client, topic)
+	switch {
+	case err != nil:
+		return 0, err
+	case t == nil:
+		return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
+	}
+	if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+		return 0, fmt.Errorf("topic %s: %w", topic, err)
+	}
+	return int32(len(t.Partitions)), nil
+}
+
+// TopicMetadata asks the cluster for topic's metadata: a Metadata request
+// of its own, since kadm answers from the client's cached metadata
+// (kgo.Client.RequestCachedMetadata), which may predate partitions added to
+// the topic or a topic the brokers lost. It returns nil, and no error, when
+// the answer does not mention the topic; the topic's ErrorCode is the
+// caller's to read.
+func TopicMetadata(ctx context.Context, client *kgo.Client, topic string) (*kmsg.MetadataResponseTopic, error) {
 	req := kmsg.NewPtrMetadataRequest()
 	rt := kmsg.NewMetadataRequestTopic()
 	rt.Topic = kmsg.StringPtr(topic)
 	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, s.client)
+	resp, err := req.RequestWith(ctx, client)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	for _, t := range resp.Topics {
-		if t.Topic != nil && *t.Topic == topic {
-			if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
-				return 0, fmt.Errorf("topic %s: %w", topic, err)
-			}
-			return int32(len(t.Partitions)), nil
+	for i := range resp.Topics {
+		if t := resp.Topics[i].Topic; t != nil && *t == topic {
+			return &resp.Topics[i], nil
 		}
 	}
-	return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
+	return nil, nil
 }
 
 // checkTopic reads a topic's replication factor, min.insync.replicas,
