@@ -11,6 +11,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // Result is what Kafka made of the rows handed to Produce or RetryAlone.
@@ -31,7 +33,7 @@ type Result struct {
 
 // Failure is a row that was not delivered, and why.
 type Failure struct {
-	Row       row
+	Row       pgstore.Row
 	Err       error
 	Kind      Kind
 	Partition int32 // where the client put the record; -1 if nowhere
@@ -63,7 +65,7 @@ const gateAll = 1 << 30
 //
 // Records go to the client in groups (see groups): one group, unless a
 // topic's limit is smaller than the client's own batches may be.
-func (s *Sink) Produce(ctx context.Context, rows []row) Result {
+func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 	var out Result
 	verdicts := s.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))

@@ -32,7 +32,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Refuse, when set, returns why a row must not be produced at all, or
 	// nil. Its error is classified like a produce error.
-	Refuse func(row) error
+	Refuse func(pgstore.Row) error
 	// StallAfter is how long a produce may wait without a single answer
 	// before Stalled is called, and then every StallAfter again.
 	StallAfter time.Duration
