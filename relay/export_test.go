@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"time"
+
+	"github.com/outboxrelay/relay/internal/kafkasink"
 )
 
 // DeliverBatch exposes one loop iteration to the external tests, with a
@@ -29,25 +31,17 @@ func (r *Relay) ClaimAndRelease(ctx context.Context) (int, error) {
 }
 
 // TopicRecheck is how long a topic's verdict is trusted.
-const TopicRecheck = topicRecheck
+const TopicRecheck = kafkasink.TopicRecheck
 
 // AgeTopicVerdict moves topic's last check d into the past, so its next use
 // starts a refresh.
-func (r *Relay) AgeTopicVerdict(topic string, d time.Duration) {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	r.topics[topic].verdict.checked = r.topics[topic].verdict.checked.Add(-d)
-}
+func (r *Relay) AgeTopicVerdict(topic string, d time.Duration) { r.sink.AgeTopicVerdict(topic, d) }
 
 // TopicCheckedAt returns when topic's settings were last read.
-func (r *Relay) TopicCheckedAt(topic string) time.Time {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	return r.topics[topic].verdict.checked
-}
+func (r *Relay) TopicCheckedAt(topic string) time.Time { return r.sink.TopicCheckedAt(topic) }
 
 // WaitTopicRefreshes waits for the background topic checks.
-func (r *Relay) WaitTopicRefreshes() { r.refreshes.Wait() }
+func (r *Relay) WaitTopicRefreshes() { r.sink.WaitRefreshes() }
 
 // InFlightLimit is how many batches the relay now keeps in flight.
 func (r *Relay) InFlightLimit() int { return r.inFlightLimit() }
@@ -64,17 +58,13 @@ func (r *Relay) SetAfterLock(f func()) { r.afterLock = f }
 
 // SetBeforeTopicCheck sets a function to run as each check of a topic's
 // settings starts.
-func (r *Relay) SetBeforeTopicCheck(f func(topic string)) { r.beforeTopicCheck = f }
+func (r *Relay) SetBeforeTopicCheck(f func(topic string)) { r.sink.SetBeforeTopicCheck(f) }
 
 // SetMaxTopics bounds the topics whose settings the relay keeps.
-func (r *Relay) SetMaxTopics(n int) { r.maxTopics = n }
+func (r *Relay) SetMaxTopics(n int) { r.sink.SetMaxTopics(n) }
 
 // TopicsKnown is how many topics' settings the relay keeps.
-func (r *Relay) TopicsKnown() int {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	return len(r.topics)
-}
+func (r *Relay) TopicsKnown() int { return r.sink.TopicsKnown() }
 
 // SetTopicSeriesCap bounds the topics with series of their own.
 func (m *Metrics) SetTopicSeriesCap(n int) { m.topicCap = n }

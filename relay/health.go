@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/outboxrelay/relay/alert"
-	"github.com/outboxrelay/relay/retry"
+	"github.com/outboxrelay/relay/internal/kafkasink"
 )
 
 // kafkaHealth remembers since when Kafka has been unavailable, for readiness
@@ -96,7 +96,7 @@ func (r *Relay) stallAfter() time.Duration {
 // "no answer".
 func (r *Relay) kafkaStalled(since time.Time) {
 	reason := errNoAnswer
-	if cause := r.watch.lastCause(); cause != nil {
+	if cause := r.sink.LastFailure(); cause != nil {
 		reason = fmt.Errorf("%w: %w", errNoAnswer, cause)
 	}
 	r.health.down(since, reason)
@@ -107,15 +107,15 @@ var errNoAnswer = fmt.Errorf("no answer from Kafka to a produce")
 
 // kafkaFailing hears from the client's hooks, at once, of the first
 // connection it could not open or produce request it could not complete
-// after a success (see brokerWatch): the client would retry silently until
-// the produce timeout, so without this an outage shorter than that would
-// never be logged.
+// after a success (kafkasink.Options.BrokerFailing): the client would retry
+// silently until the produce timeout, so without this an outage shorter
+// than that would never be logged.
 func (r *Relay) kafkaFailing(cause error) {
 	r.logger.Warn("kafka_connection_failed", "error", cause)
 }
 
 // notePartialOutage records the partitions of out that failed for reasons
-// that are not their rows' (retry.Outage) while the batch got other
+// that are not their rows' (kafkasink.Outage) while the batch got other
 // records through: it logs them at once, by topic, and raises an alert
 // naming the topic and partitions once they have been out for
 // OutageAlertAfter. A topic that took records and failed none this way is
@@ -128,7 +128,7 @@ func (r *Relay) notePartialOutage(ctx context.Context, out outcome, sentTopics m
 	now := time.Now()
 	failing := map[string]*down{}
 	for _, f := range out.failed {
-		if f.kind != retry.Outage {
+		if f.kind != kafkasink.Outage {
 			continue
 		}
 		d := failing[f.row.Topic]
@@ -189,7 +189,7 @@ func partitionList(set map[int32]bool) string {
 func outageReason(out outcome) error {
 	byTopic := map[string]map[int32]bool{}
 	for _, f := range out.failed {
-		if f.kind != retry.Outage {
+		if f.kind != kafkasink.Outage {
 			continue
 		}
 		if byTopic[f.row.Topic] == nil {
@@ -207,7 +207,7 @@ func outageReason(out outcome) error {
 		where = append(where, fmt.Sprintf("topic %s partitions %s", topic, partitionList(byTopic[topic])))
 	}
 	for _, f := range out.failed {
-		if f.kind == retry.Outage {
+		if f.kind == kafkasink.Outage {
 			return fmt.Errorf("%w (%s)", f.err, strings.Join(where, ", "))
 		}
 	}

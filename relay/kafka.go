@@ -1,265 +1,89 @@
 package relay
 
 import (
-	"encoding/binary"
+	"context"
 	"fmt"
-	"math"
-	"net"
-	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/outboxrelay/relay/alert"
+	"github.com/outboxrelay/relay/internal/kafkasink"
 )
+
+// The Kafka side lives in internal/kafkasink; these are what an embedder
+// needs of it, since it cannot import an internal package.
 
 // DefaultProduceTimeout bounds how long the client keeps retrying a record
 // before it reports the failure (kgo.RecordDeliveryTimeout).
-const DefaultProduceTimeout = 30 * time.Second
+const DefaultProduceTimeout = kafkasink.DefaultProduceTimeout
 
 // NewKafkaClient returns a producer with the settings the relay's guarantees
-// depend on. Options in extra (TLS, SASL, logging, tuning) come first, so they
-// cannot turn off what follows:
-//
-//   - acks=all and idempotent writes: an acknowledged record is on every
-//     in-sync replica, and the client's own retries never duplicate or
-//     reorder a partition's records.
-//   - unlimited record retries: the client retries retriable errors itself
-//     until the delivery timeout (default DefaultProduceTimeout, set
-//     kgo.RecordDeliveryTimeout in extra to change it). A batch that fails
-//     as a whole spends no row's attempts.
-//   - idempotent produce cancellation: by default an idempotent client
-//     never fails a record it has written but not heard back about, so a
-//     broker that never answers holds the record, and its partition, for
-//     ever. With kgo.AllowIdempotentProduceCancellation the delivery
-//     timeout and the record's context can fail it; the client then moves
-//     to a new producer epoch. The relay relies on this to give up on a
-//     batch (Config.BatchTimeout; see Relay.giveUpAfter for why per-key
-//     order still holds). The cost is a possible duplicate of a record
-//     given up on, which at-least-once delivery allows.
-//   - the Java client's partitioner (murmur2 on the key, sticky for rows
-//     without a key), so a key lands where an in-app Java producer put it;
-//     a row that sets its partition column goes there instead
-//     (rowPartitioner).
-//
-// Lingering is off by default: the relay hands Kafka a whole batch at once,
-// so waiting for more records would only add latency.
+// depend on (acks=all, idempotence, unlimited retries within the delivery
+// timeout, cancellable idempotent produce, the Java client's partitioner).
+// Options in extra (TLS, SASL, logging, tuning) come first, so they cannot
+// turn off what follows. See kafkasink.NewClient for why each is needed.
 func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
-	st := &clientState{limits: &topicLimits{}, watch: &brokerWatch{}}
-	opts := []kgo.Opt{kgo.ProducerLinger(0), kgo.RecordDeliveryTimeout(DefaultProduceTimeout)}
-	opts = append(opts, extra...)
-	opts = append(opts,
-		kgo.WithHooks(st.watch),
-		kgo.ProducerBatchMaxBytesFn(st.limits.batchMax),
-		kgo.SeedBrokers(brokers...),
-		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordRetries(math.MaxInt),
-		kgo.AllowIdempotentProduceCancellation(),
-		kgo.RecordPartitioner(rowPartitioner{kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
-	)
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	clientStates.Store(cl, st)
-	return cl, nil
+	return kafkasink.NewClient(brokers, extra...)
 }
 
-// defaultBatchMax is franz-go's own batch limit, used for topics whose
-// max.message.bytes the relay has not read.
-const defaultBatchMax = 1_000_012
+// HeaderOutboxID names the header that carries the row id as decimal text.
+// It is unique within one database, but after an asynchronous failover or a
+// point-in-time restore the identity can issue an id again for a different
+// row: consumers dedup on HeaderOutboxUUID.
+const HeaderOutboxID = kafkasink.HeaderOutboxID
 
-// topicLimits holds the max.message.bytes the relay read for each topic.
-// The client asks it for a topic's batch limit when it first meets one of
-// the topic's partitions, which is usually after the relay has read the
-// topic's settings: a batch then never exceeds what the broker accepts, so
-// one large row cannot make the broker reject its partition neighbours
-// (MESSAGE_TOO_LARGE fails the whole batch).
-//
-// The client asks only once and keeps the answer for as long as it knows
-// the partition (kgo.ProducerBatchMaxBytesFn). So topicLimits also keeps
-// what it answered: when the relay learns the limit only later (the first
-// check failed) or the limit shrinks, the client's batches may be larger
-// than the topic takes, and the relay then hands the client the topic's
-// records in groups within the limit (see Relay.groups).
-type topicLimits struct {
-	m     sync.Map // topic → int32, the limit read
-	asked sync.Map // topic → int32, what the client was told
-}
+// HeaderOutboxUUID names the header that carries the row's uuid column
+// (random, set at INSERT) in its canonical text form. It identifies the row
+// across failovers and restores, so consumers drop the duplicates that
+// at-least-once delivery allows by it. Rows sent before migration 00002 have
+// none.
+const HeaderOutboxUUID = kafkasink.HeaderOutboxUUID
 
-func (l *topicLimits) set(topic string, maxBytes int32) {
-	if l != nil {
-		l.m.Store(topic, maxBytes)
-	}
-}
+// Durability says what the relay does about topics whose broker settings
+// can lose acknowledged records: replication factor below 3,
+// min.insync.replicas below 2, or unclean leader election enabled.
+type Durability = kafkasink.Durability
 
-// forget drops what is known of topic, for a topic the relay no longer
-// tracks. The client keeps what it was told.
-func (l *topicLimits) forget(topic string) {
-	if l != nil {
-		l.m.Delete(topic)
-	}
-}
-
-func (l *topicLimits) limit(topic string) int32 {
-	if v, ok := l.m.Load(topic); ok {
-		return min(max(v.(int32), 512), 1<<30)
-	}
-	return defaultBatchMax
-}
-
-// batchMax is the client's kgo.ProducerBatchMaxBytesFn.
-func (l *topicLimits) batchMax(topic string) int32 {
-	v := l.limit(topic)
-	if topic != "" {
-		l.asked.Store(topic, v)
-	}
-	return v
-}
-
-// clientFits reports whether the client's own record batches of topic stay
-// within maxBytes: what it was told, or will be told when it first meets
-// the topic, is no more.
-func (l *topicLimits) clientFits(topic string, maxBytes int32) bool {
-	if l == nil {
-		return defaultBatchMax <= maxBytes
-	}
-	if v, ok := l.asked.Load(topic); ok {
-		return v.(int32) <= maxBytes
-	}
-	return l.limit(topic) <= maxBytes
-}
-
-// clientState is what the relay keeps of a client made by NewKafkaClient.
-type clientState struct {
-	limits *topicLimits
-	watch  *brokerWatch
-}
-
-// clientStates finds the state of a client made by NewKafkaClient.
-var clientStates sync.Map // *kgo.Client → *clientState
-
-// stateOf returns client's state, or nil for a client that NewKafkaClient
-// did not make.
-func stateOf(client *kgo.Client) *clientState {
-	if v, ok := clientStates.Load(client); ok {
-		return v.(*clientState)
-	}
-	return nil
-}
-
-// brokerWatch hears from the client about each connection it opens to a
-// broker and each produce request it sends. The client retries failures of
-// those on its own, silently, until the delivery timeout: without the
-// watch the relay would learn of a refused connection one produce timeout
-// later, and only as "records have timed out". It tells its subscribers at
-// once when a broker starts failing (its first failure after a success),
-// and remembers the cause for the outage's log and alert until that broker
-// connects or answers a produce again.
-type brokerWatch struct {
-	mu      sync.Mutex
-	failing map[int32]error // by broker node: why its last attempt failed
-	last    int32           // the node that failed last
-	subs    []func(error)
-}
-
-var (
-	_ kgo.HookBrokerConnect = (*brokerWatch)(nil)
-	_ kgo.HookBrokerE2E     = (*brokerWatch)(nil)
+const (
+	// DurabilityOff checks nothing (the zero value, for tests and
+	// embedders; the relay command defaults to DurabilityWarn).
+	DurabilityOff = kafkasink.DurabilityOff
+	// DurabilityWarn logs, counts and alerts once per topic, and produces.
+	DurabilityWarn = kafkasink.DurabilityWarn
+	// DurabilityStrict also refuses to produce: the topic's rows are
+	// escalated with the reason.
+	DurabilityStrict = kafkasink.DurabilityStrict
 )
 
-// OnBrokerConnect implements kgo.HookBrokerConnect.
-func (w *brokerWatch) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
-	if err == nil {
-		w.ok(meta.NodeID)
-		return
-	}
-	w.failed(meta.NodeID, fmt.Errorf("cannot connect to Kafka broker %s: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
+// newSink wraps client for this relay: the sink reports back to the
+// relay's logs, metrics, alerts and Kafka health.
+func (r *Relay) newSink(client *kgo.Client) *kafkasink.Sink {
+	return kafkasink.New(client, kafkasink.Options{
+		BatchTimeout:   r.cfg.BatchTimeout,
+		Durability:     r.cfg.Durability,
+		Logger:         r.logger,
+		Refuse:         expiry,
+		StallAfter:     r.stallAfter(),
+		Stalled:        r.kafkaStalled,
+		HeaderReplaced: func(topic string) { r.cfg.Metrics.reservedHeaderReplaced(topic) },
+		NotDurable:     r.topicNotDurable,
+		BrokerFailing:  r.kafkaFailing,
+	})
 }
 
-// OnBrokerE2E implements kgo.HookBrokerE2E: a produce request that was
-// answered, or could not be written or read.
-func (w *brokerWatch) OnBrokerE2E(meta kgo.BrokerMetadata, key int16, e2e kgo.BrokerE2E) {
-	if key != int16(kmsg.Produce) {
-		return
-	}
-	if err := e2e.Err(); err != nil {
-		w.failed(meta.NodeID, fmt.Errorf("produce request to Kafka broker %s failed: %w", net.JoinHostPort(meta.Host, fmt.Sprint(meta.Port)), err))
-		return
-	}
-	w.ok(meta.NodeID)
+// topicNotDurable counts and alerts a topic newly found unsafe (the sink
+// has logged it).
+func (r *Relay) topicNotDurable(ctx context.Context, topic, reason string) {
+	r.cfg.Metrics.topicNotDurable(topic)
+	r.alerter.Raise(ctx, alert.Alert{
+		Kind:    alert.KindDurability,
+		Topic:   topic,
+		Message: fmt.Sprintf("topic %s can lose acknowledged records: %s", topic, reason),
+		At:      time.Now(),
+	})
 }
 
-func (w *brokerWatch) ok(node int32) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	delete(w.failing, node)
-}
-
-func (w *brokerWatch) failed(node int32, err error) {
-	w.mu.Lock()
-	if w.failing == nil {
-		w.failing = map[int32]error{}
-	}
-	_, already := w.failing[node]
-	w.failing[node], w.last = err, node
-	subs := w.subs
-	w.mu.Unlock()
-	if !already {
-		for _, f := range subs {
-			f(err)
-		}
-	}
-}
-
-// subscribe makes f hear of each broker's first failure after a success.
-func (w *brokerWatch) subscribe(f func(error)) {
-	if w == nil {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.subs = append(w.subs, f)
-}
-
-// lastCause returns why the latest failure of a broker that has not
-// recovered since happened, or nil if none is failing.
-func (w *brokerWatch) lastCause() error {
-	if w == nil {
-		return nil
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if err, ok := w.failing[w.last]; ok {
-		return err
-	}
-	for _, err := range w.failing {
-		return err
-	}
-	return nil
-}
-
-// batchSize is the encoded size of a record batch holding rec alone (v2
-// format, uncompressed), the size the broker compares with the topic's
-// max.message.bytes.
-func batchSize(rec *kgo.Record) int {
-	const batchHeader = 61
-	body := 1 + 1 + 1 // attributes, timestamp delta 0, offset delta 0
-	body += bytesSize(rec.Key) + bytesSize(rec.Value)
-	body += varintSize(int64(len(rec.Headers)))
-	for _, h := range rec.Headers {
-		body += varintSize(int64(len(h.Key))) + len(h.Key) + bytesSize(h.Value)
-	}
-	return batchHeader + varintSize(int64(body)) + body
-}
-
-// bytesSize is the size of a length-prefixed byte field; nil is length -1.
-func bytesSize(b []byte) int {
-	if b == nil {
-		return varintSize(-1)
-	}
-	return varintSize(int64(len(b))) + len(b)
-}
-
-func varintSize(v int64) int {
-	return binary.PutVarint(make([]byte, binary.MaxVarintLen64), v)
-}
+// topicCheckTimeout bounds the checks of a batch's new topics, which its
+// transaction waits for in silence (see stallBound).
+const topicCheckTimeout = kafkasink.TopicCheckTimeout

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"cmp"
-	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -15,17 +14,15 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/outboxrelay/relay/alert"
-	"github.com/outboxrelay/relay/retry"
+	"github.com/outboxrelay/relay/internal/kafkasink"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
 type Relay struct {
 	cfg    Config
 	pool   *pgxpool.Pool
-	kafka  *kgo.Client
 	logger *slog.Logger
 
 	// wake carries "look for rows now" from the listener to the loop. It
@@ -54,25 +51,10 @@ type Relay struct {
 	counted     chan struct{}
 	countedOnce sync.Once
 
-	// topicsMu guards topics, what the relay knows of topics' settings,
-	// shared by the batches in flight. refreshes counts the background
-	// checks running.
-	topicsMu   sync.Mutex
-	topics     map[string]*topicEntry
-	topicsUsed *list.List // of topic names, most recently used first
-	maxTopics  int        // maxTopicEntries, or less in tests
-	refreshes  sync.WaitGroup
-	// limits tells the client each topic's max.message.bytes; watch
-	// tells the relay of connections the client could not open.
-	limits *topicLimits
-	watch  *brokerWatch
-	// gate keeps retries alone alone (see gateAll).
-	gate *semaphore.Weighted
+	// sink is the Kafka side: records, produce, topic checks.
+	sink *kafkasink.Sink
 	// afterLock is claimParams.afterLock, for tests.
 	afterLock func()
-	// beforeTopicCheck, for tests, runs as a check of a topic's settings
-	// starts.
-	beforeTopicCheck func(topic string)
 }
 
 // New returns a relay that claims rows through pool and produces them with
@@ -90,26 +72,17 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 	r := &Relay{
 		cfg:     cfg,
 		pool:    pool,
-		kafka:   client,
 		logger:  logger.With("instance", cfg.Instance),
 		wake:    make(chan struct{}, 1),
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
 		health:  kafkaHealth{metrics: cfg.Metrics, flapWindow: cfg.OutageAlertAfter},
-		topics:  map[string]*topicEntry{},
 
 		inFlight: make(chan struct{}, cfg.InFlightBatches),
 		finished: make(chan batchResult, cfg.InFlightBatches),
 		flying:   map[*batch][]row{},
 		counted:  make(chan struct{}),
-
-		topicsUsed: list.New(),
-		maxTopics:  maxTopicEntries,
-		gate:       semaphore.NewWeighted(gateAll),
 	}
-	if st := stateOf(client); st != nil {
-		r.limits, r.watch = st.limits, st.watch
-		r.watch.subscribe(r.kafkaFailing)
-	}
+	r.sink = r.newSink(client)
 	return r
 }
 
@@ -143,7 +116,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		})
 	}
 	err := g.Wait()
-	r.refreshes.Wait()
+	r.sink.WaitRefreshes()
 	return err
 }
 
@@ -575,7 +548,7 @@ func (r *Relay) report(ctx context.Context, out outcome, escalated []failure) {
 			// A partition's outage is logged once, by topic and
 			// partitions (notePartialOutage), not once per row.
 			level := slog.LevelWarn
-			if f.kind == retry.Outage {
+			if f.kind == kafkasink.Outage {
 				level = slog.LevelDebug
 			}
 			r.logger.Log(ctx, level, "produce_failed", "outbox_id", f.row.ID, "topic", f.row.Topic,

@@ -3,7 +3,7 @@ package relay
 import (
 	"context"
 
-	"github.com/outboxrelay/relay/retry"
+	"github.com/outboxrelay/relay/internal/kafkasink"
 )
 
 // produceWaves produces a batch in waves: wave n holds the n-th row of each
@@ -43,7 +43,7 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 				break
 			}
 		}
-		out := r.produce(ctx, wave, r.stallAfter(), r.kafkaStalled)
+		out := r.produce(ctx, wave)
 		if len(out.rejected) > 0 && !out.aborted {
 			if err := keepAlive(ctx); err != nil {
 				total.lost = err
@@ -58,7 +58,7 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 			// Kafka went away between waves: as in any outage, the rows
 			// that did not go through spend no attempt.
 			for _, f := range out.failed {
-				if f.kind == retry.RowFatal {
+				if f.kind == kafkasink.RowFatal {
 					total.failed = append(total.failed, f)
 				}
 			}

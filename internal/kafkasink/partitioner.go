@@ -1,4 +1,4 @@
-package relay
+package kafkasink
 
 import (
 	"context"
@@ -97,13 +97,13 @@ func partitionChoiceRefused(err error) bool {
 // like a row whose partition is briefly unknown; if it still does not, the
 // row is escalated with the topic's partition count. When the cluster
 // cannot be asked, the row waits too (an outage).
-func (r *Relay) partitionRefused(ctx context.Context, topic string, p int32, err error) error {
-	n, cerr := r.partitionCount(ctx, topic)
+func (s *Sink) partitionRefused(ctx context.Context, topic string, p int32, err error) error {
+	n, cerr := s.partitionCount(ctx, topic)
 	switch {
 	case cerr != nil:
 		return partitionUnknownError{fmt.Errorf("partition %d of topic %s is not in the client's metadata, and the topic could not be read (%v): %w", p, topic, cerr, err)}
 	case p < n:
-		r.kafka.ForceMetadataRefresh()
+		s.client.ForceMetadataRefresh()
 		return partitionUnknownError{fmt.Errorf("topic %s has %d partitions now, more than the client knew: the row waits for its metadata: %w", topic, n, err)}
 	default:
 		return badRow("partition %d does not exist: topic %s has %d partitions (0 to %d), read just now from the cluster; "+

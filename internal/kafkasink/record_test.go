@@ -1,4 +1,4 @@
-package relay
+package kafkasink
 
 import (
 	"crypto/rand"

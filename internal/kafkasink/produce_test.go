@@ -1,4 +1,4 @@
-package relay
+package kafkasink
 
 import (
 	"slices"
@@ -17,7 +17,7 @@ func TestGroupsBoundOnlyTopicsTheClientCannotFit(t *testing.T) {
 		recs = append(recs, &kgo.Record{Topic: "known", Value: make([]byte, 10_000)})
 	}
 	recs = append(recs, nil) // a row refused before producing
-	r := &Relay{}
+	s := &Sink{}
 	count := func(groups [][]int, topic string) []int {
 		var n []int
 		for _, g := range groups {
@@ -44,7 +44,7 @@ func TestGroupsBoundOnlyTopicsTheClientCannotFit(t *testing.T) {
 	}
 	for _, c := range cases {
 		verdicts := map[string]topicVerdict{"unknown": c.unknown, "known": {maxBytes: 1_048_588}}
-		groups := r.groups(recs, verdicts)
+		groups := s.groups(recs, verdicts)
 		if got := count(groups, "unknown"); !slices.Equal(got, c.want) {
 			t.Errorf("%s: records of the topic per group %v, want %v", c.name, got, c.want)
 		}

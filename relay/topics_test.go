@@ -20,7 +20,7 @@ import (
 )
 
 // kfake runs one broker, so every topic has replication factor 1: the
-// preflight must flag it.
+// topic check must flag it.
 func TestDurabilityWarnAlertsOnceAndProduces(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)

@@ -1,4 +1,4 @@
-package retry
+package kafkasink
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // Kind says whose fault a failed produce is, which decides what happens to
@@ -34,11 +36,11 @@ const (
 func (k Kind) String() string {
 	switch k {
 	case RowFatal:
-		return "row_fatal"
+		return pgstore.ErrorKindRowFatal
 	case Outage:
 		return "outage"
 	default:
-		return "row_retriable"
+		return pgstore.ErrorKindRowRetriable
 	}
 }
 
@@ -123,7 +125,7 @@ var outageCodes = []*kerr.Error{
 // They are Outage, so a partition that is down for longer than a produce
 // timeout costs its rows no attempt, whatever else their batch held.
 // UNKNOWN_TOPIC_OR_PARTITION is the exception: a topic that does not exist is
-// the row's own problem (see the relay's errTopicMissing). INVALID_TIMESTAMP
+// the row's own problem (see ErrTopicMissing). INVALID_TIMESTAMP
 // is Outage too: the relay leaves timestamps to the client, so it means the
 // relay host's clock is skewed against the broker's, which no row can fix.
 //

@@ -1,17 +1,15 @@
-package relay
+package kafkasink
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // HeaderOutboxID names the header that carries the row id as decimal text.
@@ -32,27 +30,29 @@ const HeaderOutboxUUID = "outbox-uuid"
 // these headers to identify the row.
 func reservedHeader(name string) bool { return name == HeaderOutboxID || name == HeaderOutboxUUID }
 
-// row is one claimed outbox row (pgstore.Row).
-type row = pgstore.Row
-
-// record turns a row into a Kafka record (see row.record) and reports an
-// application header that the relay's own replaced: a warning and
-// outbox_relay_reserved_headers_replaced_total, so the clash is seen and
-// fixed at the application, while delivery goes on.
-func (r *Relay) record(x row) (*kgo.Record, error) {
+// recordOf turns a row into a Kafka record (see buildRecord) and reports
+// an application header that the relay's own replaced: a warning and
+// Options.HeaderReplaced (outbox_relay_reserved_headers_replaced_total), so
+// the clash is seen and fixed at the application, while delivery goes on.
+func (s *Sink) recordOf(x row) (*kgo.Record, error) {
 	rec, replaced, err := buildRecord(x)
 	for _, name := range replaced {
-		r.logger.Warn("reserved_header_replaced", "outbox_id", x.ID, "topic", x.Topic, "header", name)
-		r.cfg.Metrics.reservedHeaderReplaced(x.Topic)
+		s.logger.Warn("reserved_header_replaced", "outbox_id", x.ID, "topic", x.Topic, "header", name)
+		if s.opts.HeaderReplaced != nil {
+			s.opts.HeaderReplaced(x.Topic)
+		}
 	}
 	return rec, err
 }
 
-// record turns a row into a Kafka record: outbox-id first, then outbox-uuid,
-// then the application's headers by name. It fails only for rows that can
-// never be produced as they are (headers that are not an object of
-// strings). It returns the names of application headers it dropped because
-// the relay sets a header of that name.
+// buildRecord turns a row into a Kafka record: the row's topic, key and
+// payload; headers outbox-id first, then outbox-uuid, then the
+// application's by name; and, when the row chose one, its partition (see
+// withPartition). The timestamp is left to the client, which sets the time
+// of the produce. It fails only for rows that can never be produced as they
+// are: an invalid topic name, a negative partition, or headers that are not
+// an object of strings. It returns the names of application headers it
+// dropped because the relay sets a header of that name.
 func buildRecord(r row) (*kgo.Record, []string, error) {
 	if err := validTopic(r.Topic); err != nil {
 		return nil, nil, err
@@ -104,38 +104,8 @@ func appendUUID(dst []byte, u [16]byte) []byte {
 	return dst
 }
 
-// expiredError is a row that must not be produced: its expires_at has
-// passed, or comes before its deliver_after. It is escalated at once, with
-// error_kind pgstore.ErrorKindExpired.
-type expiredError struct{ reason string }
-
-func (e expiredError) Error() string  { return e.reason }
-func (e expiredError) RowFatal() bool { return true }
-
-// expiry returns an expiredError when the row must not be produced.
-func expiry(r row) error {
-	const at = "2006-01-02T15:04:05.000Z07:00"
-	switch {
-	case r.ExpiresAt != nil && r.DeliverAfter != nil && r.ExpiresAt.Before(*r.DeliverAfter):
-		return expiredError{fmt.Sprintf("expired: expires_at %s is before deliver_after %s, so the row could never be delivered in time; "+
-			"requeue it (requeue clears expires_at) or discard it", r.ExpiresAt.UTC().Format(at), r.DeliverAfter.UTC().Format(at))}
-	case r.Expired:
-		return expiredError{fmt.Sprintf("expired: not delivered by its expires_at %s, and never produced late; "+
-			"requeue it to deliver it anyway (requeue clears expires_at) or discard it", r.ExpiresAt.UTC().Format(at))}
-	}
-	return nil
-}
-
-// errorKind is what stuck_messages.error_kind says of f.
-func (f failure) errorKind() string {
-	if _, ok := errors.AsType[expiredError](f.err); ok {
-		return pgstore.ErrorKindExpired
-	}
-	return f.kind.String()
-}
-
 // badRowError is a row that can never be produced as it is. It implements
-// retry.RowFatalError, so the row is escalated at once with this reason.
+// RowFatalError, so the row is escalated at once with this reason.
 type badRowError struct{ reason string }
 
 func (e badRowError) Error() string  { return e.reason }
@@ -215,4 +185,30 @@ func jsonKind(v json.RawMessage) string {
 	default:
 		return "a number"
 	}
+}
+
+// batchSize is the encoded size of a record batch holding rec alone (v2
+// format, uncompressed), the size the broker compares with the topic's
+// max.message.bytes.
+func batchSize(rec *kgo.Record) int {
+	const batchHeader = 61
+	body := 1 + 1 + 1 // attributes, timestamp delta 0, offset delta 0
+	body += bytesSize(rec.Key) + bytesSize(rec.Value)
+	body += varintSize(int64(len(rec.Headers)))
+	for _, h := range rec.Headers {
+		body += varintSize(int64(len(h.Key))) + len(h.Key) + bytesSize(h.Value)
+	}
+	return batchHeader + varintSize(int64(body)) + body
+}
+
+// bytesSize is the size of a length-prefixed byte field; nil is length -1.
+func bytesSize(b []byte) int {
+	if b == nil {
+		return varintSize(-1)
+	}
+	return varintSize(int64(len(b))) + len(b)
+}
+
+func varintSize(v int64) int {
+	return binary.PutVarint(make([]byte, binary.MaxVarintLen64), v)
 }

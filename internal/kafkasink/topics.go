@@ -1,4 +1,4 @@
-package relay
+package kafkasink
 
 import (
 	"container/list"
@@ -11,9 +11,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
-
-	"github.com/outboxrelay/relay/alert"
 )
 
 // Durability says what the relay does about topics whose broker settings
@@ -32,10 +31,10 @@ const (
 	DurabilityStrict
 )
 
-// topicRecheck is how long a topic's verdict is trusted before the relay
+// TopicRecheck is how long a topic's verdict is trusted before the relay
 // reads its settings again; topicRetry, after the check itself failed.
 const (
-	topicRecheck = time.Hour
+	TopicRecheck = time.Hour
 	topicRetry   = 30 * time.Second
 )
 
@@ -61,10 +60,10 @@ type topicVerdict struct {
 // due reports whether the verdict should be read again.
 func (v topicVerdict) due(now time.Time) bool {
 	age := now.Sub(v.checked)
-	return (!v.failed && age >= topicRecheck) || (v.failed && age >= topicRetry)
+	return (!v.failed && age >= TopicRecheck) || (v.failed && age >= topicRetry)
 }
 
-// topicEntry is the relay's knowledge of one topic. Relay.topicsMu guards
+// topicEntry is the relay's knowledge of one topic. Sink.topicsMu guards
 // verdict and refreshing.
 type topicEntry struct {
 	// ready is closed once the first check has ended; verdict is valid
@@ -75,7 +74,7 @@ type topicEntry struct {
 	fits       int32 // the largest record batch of one row the topic took
 	tooLarge   bool  // the topic rejected a record batch as too large
 	grown      int32 // see topicVerdict.grown
-	// used is the entry's place in Relay.topicsUsed, most recent first.
+	// used is the entry's place in Sink.topicsUsed, most recent first.
 	used *list.Element
 }
 
@@ -90,7 +89,7 @@ const maxTopicEntries = 10_000
 // in flight call it concurrently.
 //
 // The first use of a topic blocks on a check (kadm, at most
-// topicCheckTimeout): an oversize row must be caught before it reaches a
+// TopicCheckTimeout): an oversize row must be caught before it reaches a
 // batch, and the client told the topic's max.message.bytes before it builds
 // one. Batches of the same topic wait for that one check, other topics do
 // not. Later checks (hourly, or every topicRetry after a failed one) run in
@@ -99,20 +98,20 @@ const maxTopicEntries = 10_000
 // an outage, would only add latency, and the settings they refresh rarely
 // change. A check that fails (unknown topic, no permission to describe
 // configs) reports nothing: the produce will tell.
-func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
-	r.topicsMu.Lock()
-	e, known := r.topics[topic]
+func (s *Sink) topicSettings(ctx context.Context, topic string) topicVerdict {
+	s.topicsMu.Lock()
+	e, known := s.topics[topic]
 	if !known {
 		e = &topicEntry{ready: make(chan struct{})}
-		r.topics[topic] = e
-		e.used = r.topicsUsed.PushFront(topic)
-		r.forgetTopics()
+		s.topics[topic] = e
+		e.used = s.topicsUsed.PushFront(topic)
+		s.forgetTopics()
 	} else {
-		r.topicsUsed.MoveToFront(e.used)
+		s.topicsUsed.MoveToFront(e.used)
 	}
-	r.topicsMu.Unlock()
+	s.topicsMu.Unlock()
 	if !known {
-		r.checkTopicInto(ctx, topic, e)
+		s.checkTopicInto(ctx, topic, e)
 		close(e.ready)
 	}
 	select {
@@ -120,7 +119,7 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	case <-ctx.Done():
 		return topicVerdict{} // shutting down: nothing known, fail open
 	}
-	r.topicsMu.Lock()
+	s.topicsMu.Lock()
 	v := e.verdict
 	if e.tooLarge {
 		v.fits = max(e.fits, 1)
@@ -130,26 +129,26 @@ func (r *Relay) topicSettings(ctx context.Context, topic string) topicVerdict {
 	if refresh {
 		e.refreshing = true
 	}
-	r.topicsMu.Unlock()
+	s.topicsMu.Unlock()
 	if refresh {
-		r.refreshTopic(ctx, topic, e)
+		s.refreshTopic(ctx, topic, e)
 	}
 	return v
 }
 
-// forgetTopics drops the least recently used topics past r.maxTopics,
-// except those whose check is running. r.topicsMu must be held.
-func (r *Relay) forgetTopics() {
-	for el := r.topicsUsed.Back(); el != nil && len(r.topics) > r.maxTopics; {
+// forgetTopics drops the least recently used topics past s.maxTopics,
+// except those whose check is running. s.topicsMu must be held.
+func (s *Sink) forgetTopics() {
+	for el := s.topicsUsed.Back(); el != nil && len(s.topics) > s.maxTopics; {
 		prev := el.Prev()
 		topic := el.Value.(string)
-		e := r.topics[topic]
+		e := s.topics[topic]
 		select {
 		case <-e.ready:
 			if !e.refreshing {
-				delete(r.topics, topic)
-				r.topicsUsed.Remove(el)
-				r.limits.forget(topic)
+				delete(s.topics, topic)
+				s.topicsUsed.Remove(el)
+				s.limits.forget(topic)
 			}
 		default:
 		}
@@ -159,29 +158,29 @@ func (r *Relay) forgetTopics() {
 
 // topicTook records that topic took a record batch of size bytes holding
 // one row: its limit is at least that.
-func (r *Relay) topicTook(topic string, size int) {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if e, ok := r.topics[topic]; ok && int32(size) > e.fits {
+func (s *Sink) topicTook(topic string, size int) {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	if e, ok := s.topics[topic]; ok && int32(size) > e.fits {
 		e.fits = int32(size)
 	}
 }
 
 // topicGroupTaken records that topic took a group of n bytes of records
 // whole, while its limit is unknown: the next groups may be twice as large.
-func (r *Relay) topicGroupTaken(topic string, n int) {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if e, ok := r.topics[topic]; ok && !e.tooLarge {
+func (s *Sink) topicGroupTaken(topic string, n int) {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	if e, ok := s.topics[topic]; ok && !e.tooLarge {
 		e.grown = max(e.grown, int32(min(2*n, defaultBatchMax)))
 	}
 }
 
 // topicTooLarge records that topic rejected a record batch as too large.
-func (r *Relay) topicTooLarge(topic string) {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if e, ok := r.topics[topic]; ok {
+func (s *Sink) topicTooLarge(topic string) {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	if e, ok := s.topics[topic]; ok {
 		e.tooLarge = true
 	}
 }
@@ -189,10 +188,10 @@ func (r *Relay) topicTooLarge(topic string) {
 // knownVerdict returns what the relay last read of topic's settings
 // (nothing, if it has not), without checking it: a retry alone holds every
 // other batch out of the client and must not wait for an admin request.
-func (r *Relay) knownVerdict(topic string) topicVerdict {
-	r.topicsMu.Lock()
-	defer r.topicsMu.Unlock()
-	if e, ok := r.topics[topic]; ok {
+func (s *Sink) knownVerdict(topic string) topicVerdict {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	if e, ok := s.topics[topic]; ok {
 		return e.verdict
 	}
 	return topicVerdict{}
@@ -200,35 +199,36 @@ func (r *Relay) knownVerdict(topic string) topicVerdict {
 
 // refreshTopic checks topic again in the background. Run waits for it
 // before returning; the check's own timeout bounds it.
-func (r *Relay) refreshTopic(ctx context.Context, topic string, e *topicEntry) {
-	r.refreshes.Add(1)
+func (s *Sink) refreshTopic(ctx context.Context, topic string, e *topicEntry) {
+	s.refreshes.Add(1)
 	go func() {
-		defer r.refreshes.Done()
-		r.checkTopicInto(context.WithoutCancel(ctx), topic, e)
-		r.topicsMu.Lock()
+		defer s.refreshes.Done()
+		s.checkTopicInto(context.WithoutCancel(ctx), topic, e)
+		s.topicsMu.Lock()
 		e.refreshing = false
-		r.topicsMu.Unlock()
+		s.topicsMu.Unlock()
 	}()
 }
 
-// topicCheckTimeout bounds one check of a topic's settings.
-const topicCheckTimeout = 5 * time.Second
+// TopicCheckTimeout bounds one check of a topic's settings. A batch's
+// transaction waits for it, silent, on the batch's first use of a topic.
+const TopicCheckTimeout = 5 * time.Second
 
 // checkTopicInto reads topic's settings into e, tells the Kafka client the
-// topic's max.message.bytes, and logs, counts and alerts when the topic is
-// newly found unsafe (unless durability checks are off).
-func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry) {
-	if r.beforeTopicCheck != nil {
-		r.beforeTopicCheck(topic)
+// topic's max.message.bytes, and, when the topic is newly found unsafe
+// (unless durability checks are off), logs it and tells Options.NotDurable.
+func (s *Sink) checkTopicInto(ctx context.Context, topic string, e *topicEntry) {
+	if s.beforeTopicCheck != nil {
+		s.beforeTopicCheck(topic)
 	}
-	problems, maxBytes, err := r.checkTopicWithin(ctx, topic, topicCheckTimeout)
+	problems, maxBytes, err := s.checkTopicWithin(ctx, topic, TopicCheckTimeout)
 	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
-	r.topicsMu.Lock()
+	s.topicsMu.Lock()
 	prev := e.verdict
 	e.verdict = v
-	r.topicsMu.Unlock()
+	s.topicsMu.Unlock()
 	if maxBytes > 0 {
-		r.limits.set(topic, maxBytes)
+		s.limits.set(topic, maxBytes)
 	}
 	if err != nil {
 		// A failed check during an outage must not turn into escalated
@@ -236,29 +236,25 @@ func (r *Relay) checkTopicInto(ctx context.Context, topic string, e *topicEntry)
 		// unknown, and its records go to the client in small groups
 		// (groupBudget) until it is known. Strict mode says so loudly.
 		level := slog.LevelDebug
-		if r.cfg.Durability == DurabilityStrict {
+		if s.opts.Durability == DurabilityStrict {
 			level = slog.LevelWarn
 		}
-		r.logger.Log(ctx, level, "topic_check_failed", "topic", topic, "error", err)
+		s.logger.Log(ctx, level, "topic_check_failed", "topic", topic, "error", err)
 		return
 	}
-	if r.cfg.Durability != DurabilityOff && len(problems) > 0 && len(prev.problems) == 0 {
+	if s.opts.Durability != DurabilityOff && len(problems) > 0 && len(prev.problems) == 0 {
 		reason := strings.Join(problems, "; ")
-		r.logger.Warn("topic_not_durable", "topic", topic, "problems", reason, "strict", r.cfg.Durability == DurabilityStrict)
-		r.cfg.Metrics.topicNotDurable(topic)
-		r.alerter.Raise(ctx, alert.Alert{
-			Kind:    alert.KindDurability,
-			Topic:   topic,
-			Message: fmt.Sprintf("topic %s can lose acknowledged records: %s", topic, reason),
-			At:      time.Now(),
-		})
+		s.logger.Warn("topic_not_durable", "topic", topic, "problems", reason, "strict", s.opts.Durability == DurabilityStrict)
+		if s.opts.NotDurable != nil {
+			s.opts.NotDurable(ctx, topic, reason)
+		}
 	}
 }
 
 // checkTopicWithin runs checkTopic but gives up after timeout or when ctx
 // ends: a broker that accepts connections and never answers can hold an
 // admin request past its context, and the batch must not wait for it.
-func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) ([]string, int32, error) {
+func (s *Sink) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) ([]string, int32, error) {
 	// Cancelled when this returns, not when the check does: the check
 	// ending must not look like a timeout to the select below.
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -270,7 +266,7 @@ func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time
 	}
 	done := make(chan result, 1)
 	go func() {
-		p, m, err := checkTopic(ctx, kadm.NewClient(r.kafka), topic)
+		p, m, err := checkTopic(ctx, kadm.NewClient(s.client), topic)
 		done <- result{p, m, err}
 	}()
 	select {
@@ -282,29 +278,44 @@ func (r *Relay) checkTopicWithin(ctx context.Context, topic string, timeout time
 }
 
 // partitionCount reads how many partitions topic has now, from the
-// cluster: a Metadata request of its own, since kadm answers from the
-// client's cached metadata (kgo.Client.RequestCachedMetadata), which may
-// predate partitions added to the topic.
-func (r *Relay) partitionCount(ctx context.Context, topic string) (int32, error) {
-	ctx, cancel := context.WithTimeout(ctx, topicCheckTimeout)
+// cluster (see TopicMetadata).
+func (s *Sink) partitionCount(ctx context.Context, topic string) (int32, error) {
+	ctx, cancel := context.WithTimeout(ctx, TopicCheckTimeout)
 	defer cancel()
+	t, err := TopicMetadata(ctx, s.client, topic)
+	switch {
+	case err != nil:
+		return 0, err
+	case t == nil:
+		return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
+	}
+	if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+		return 0, fmt.Errorf("topic %s: %w", topic, err)
+	}
+	return int32(len(t.Partitions)), nil
+}
+
+// TopicMetadata asks the cluster for topic's metadata: a Metadata request
+// of its own, since kadm answers from the client's cached metadata
+// (kgo.Client.RequestCachedMetadata), which may predate partitions added to
+// the topic or a topic the brokers lost. It returns nil, and no error, when
+// the answer does not mention the topic; the topic's ErrorCode is the
+// caller's to read.
+func TopicMetadata(ctx context.Context, client *kgo.Client, topic string) (*kmsg.MetadataResponseTopic, error) {
 	req := kmsg.NewPtrMetadataRequest()
 	rt := kmsg.NewMetadataRequestTopic()
 	rt.Topic = kmsg.StringPtr(topic)
 	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, r.kafka)
+	resp, err := req.RequestWith(ctx, client)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	for _, t := range resp.Topics {
-		if t.Topic != nil && *t.Topic == topic {
-			if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
-				return 0, fmt.Errorf("topic %s: %w", topic, err)
-			}
-			return int32(len(t.Partitions)), nil
+	for i := range resp.Topics {
+		if t := resp.Topics[i].Topic; t != nil && *t == topic {
+			return &resp.Topics[i], nil
 		}
 	}
-	return 0, fmt.Errorf("topic %s: not in the metadata answer", topic)
+	return nil, nil
 }
 
 // checkTopic reads a topic's replication factor, min.insync.replicas,

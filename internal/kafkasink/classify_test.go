@@ -1,4 +1,4 @@
-package retry
+package kafkasink
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-type badRow struct{}
+type rowVerdict struct{}
 
-func (badRow) Error() string  { return "headers must be an object" }
-func (badRow) RowFatal() bool { return true }
+func (rowVerdict) Error() string  { return "headers must be an object" }
+func (rowVerdict) RowFatal() bool { return true }
 
 type knownOutage struct{ error }
 
@@ -34,7 +34,7 @@ func TestClassify(t *testing.T) {
 		{"invalid topic", kerr.InvalidTopicException, RowFatal},
 		{"invalid record", kerr.InvalidRecord, RowFatal},
 		{"topic authorization", kerr.TopicAuthorizationFailed, RowFatal},
-		{"own validation", fmt.Errorf("row 7: %w", badRow{}), RowFatal},
+		{"own validation", fmt.Errorf("row 7: %w", rowVerdict{}), RowFatal},
 		{"request timed out", kerr.RequestTimedOut, Outage},
 		{"not enough replicas", kerr.NotEnoughReplicas, Outage},
 		{"not enough replicas after append", kerr.NotEnoughReplicasAfterAppend, Outage},
@@ -72,7 +72,7 @@ func TestRejectsBatch(t *testing.T) {
 		}
 	}
 	for _, err := range []error{kerr.InvalidTopicException, kerr.TopicAuthorizationFailed, kerr.NotEnoughReplicas,
-		kerr.InvalidTimestamp, badRow{}, errors.New("odd")} {
+		kerr.InvalidTimestamp, rowVerdict{}, errors.New("odd")} {
 		if RejectsBatch(err) {
 			t.Errorf("RejectsBatch(%v) = true, want false", err)
 		}
