@@ -31,3 +31,9 @@ type Row struct {
 	// Expired is true when the claim found expires_at passed.
 	Expired bool
 }
+
+// ChainKey identifies a row's key within its topic: the rows of one chain
+// go in id order.
+func (r Row) ChainKey() string {
+	return r.Topic + "\x00" + string(r.Key)
+}
