@@ -7,19 +7,6 @@ import (
 	"time"
 )
 
-// Several relays on one outbox share one database, and there the batches
-// they keep in flight compete for the same cores, pages and locks: measured
-// on two cores, two relays with two batches in flight each drained about
-// 0.9× what one relay did and three 0.73–0.83×; with the two batches split
-// between them, 0.99× and 0.95× (docs/performance.md). So InFlightBatches is a budget for
-// all the relays of an outbox together. The instances split it in the order
-// of their slots (below): with the default of 2, one relay keeps 2 batches
-// in flight, two keep 1 each, and a third is a standby that claims nothing
-// until one of the others is gone.
-//
-// A relay counts the instances through a slot: a session advisory lock it
-// holds on a connection of its own (pgstore.Slot).
-
 // instanceCount is what a relay last counted.
 type instanceCount struct {
 	n    int // relays holding a slot of the outbox, this one included
@@ -38,6 +25,15 @@ func (r *Relay) Instances() int {
 // inFlightLimit is this relay's share of InFlightBatches: an equal part,
 // and one more for the lowest slots while the remainder lasts. It is 0 for
 // a standby, and the whole budget until the first count succeeds.
+//
+// InFlightBatches is a budget for all the relays of an outbox together:
+// their batches compete for the same cores, pages and locks (measured on
+// two cores, two relays with two batches in flight each drained about 0.9×
+// what one relay did, and with the two batches split between them 0.99×;
+// docs/performance.md). The instances split it in the order of their slots
+// (pgstore.Slot): with the default of 2, one relay keeps 2 batches in
+// flight, two keep 1 each, and a third is a standby that claims nothing
+// until one of the others is gone.
 func (r *Relay) inFlightLimit() int {
 	c := r.instances.Load()
 	if c == nil || c.n < 1 {

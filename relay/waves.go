@@ -17,7 +17,7 @@ import (
 // that Kafka rejected with their record batch are produced again alone
 // (retryAlone) before the next wave, so the later rows of their keys wait
 // for them. keepAlive runs before each wave after the first and before a
-// retry alone (see batchKeepAlive); when it fails, the batch ends there,
+// retry alone (see pgstore.BatchTx.KeepAlive); when it fails, the batch ends there,
 // lost.
 func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(context.Context) error) outcome {
 	waves := 1

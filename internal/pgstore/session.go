@@ -10,18 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// The stall bound (see NewStore) is enforced by Postgres, not by the relay:
-// a frozen process keeps its sockets open, so the server might never notice
-// it, and behind a cut network only the kernel's keepalive would, after two
-// hours. A batch's transaction sets idle_in_transaction_session_timeout to
-// the bound (SET LOCAL: the pool's connections keep their defaults outside
-// batches); the slot's session sets idle_session_timeout. Those timers run
-// only while the server waits for the client; one sending to a frozen
-// client (a claim's rows, notifications to the listener) waits in the send,
-// so the batches, the slot's session and the listener's also set
-// tcp_user_timeout to the bound. Either way the session ends, its locks go
-// with it, and other relays claim the rows and take the share.
-
 // slotSessionQuery bounds the slot session's silence and its unacknowledged
 // sends ($1, in ms).
 const slotSessionQuery = `

@@ -7,12 +7,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// A relay counts the instances of its outbox through a session advisory
-// lock that it holds on a connection of its own, keyed by the outbox
-// schema's OID and a slot number. pg_locks shows those locks to every role,
-// and an instance that stops, dies or loses its session lets go of its lock
-// with it, so the count needs no heartbeat and no cleanup.
-
 // takeSlotQuery locks the lowest free slot of the schema named $1 for the
 // session and returns it; NULL when every slot is taken. The InitPlan runs
 // once and the filter stops at the first lock it gets.
@@ -29,8 +23,11 @@ WHERE locktype = 'advisory' AND granted AND objsubid = 2
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND classid = (SELECT oid FROM pg_namespace WHERE nspname = $1)`
 
-// Slot is a relay's instance slot: a session of its own that holds the
-// slot's lock for as long as it lives.
+// Slot is a relay's instance slot: a session advisory lock, keyed by the
+// outbox schema's OID and a slot number, held on a connection of its own.
+// pg_locks shows those locks to every role, and a relay that stops, dies or
+// loses its session lets go of its lock with it, so counting the relays of
+// an outbox needs no heartbeat and no cleanup.
 type Slot struct {
 	conn   *pgx.Conn
 	schema string

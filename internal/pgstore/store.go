@@ -30,8 +30,17 @@ type Store struct {
 }
 
 // NewStore returns the store of the outbox in schema, reached through pool.
+//
 // stallBound is how long the relay's sessions may stay silent, or leave
-// what they send unacknowledged, before Postgres ends them (see session.go).
+// what they send unacknowledged, before Postgres ends them, and their locks
+// with them: a frozen relay keeps its sockets open, so the server might
+// never notice it otherwise. A batch's transaction sets
+// idle_in_transaction_session_timeout to it (SET LOCAL: the pool's
+// connections keep their defaults outside batches), the slot's session
+// idle_session_timeout. Those timers run only while the server waits for
+// the client, not while it sends to a frozen one (a claim's rows,
+// notifications to the listener), so the batches, the slot's session and
+// the listener's also set tcp_user_timeout to it.
 func NewStore(pool *pgxpool.Pool, schema string, stallBound time.Duration) *Store {
 	return &Store{pool: pool, schema: schema, bound: boundSetting(stallBound)}
 }

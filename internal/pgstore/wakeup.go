@@ -10,11 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// An idle relay registers for wake-ups (DeclareIdle): until the
-// registration expires, the outbox's insert trigger sends a NOTIFY on the
-// schema's channel (WakeupChannel), which the relay's listener (Listen)
-// turns into a poll. A busy relay withdraws it (DeclareBusy).
-
 // declareIdleQuery asks inserts to notify for the next $1 milliseconds of
 // the database clock, the one the trigger reads.
 const declareIdleQuery = `SELECT setval('relay_idle_until', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1)`
@@ -39,9 +34,12 @@ WHERE x IN (SELECT transactionid::text FROM pg_locks
 // takes effect at once, whatever the transaction it runs in does later.
 const declareBusyQuery = `SELECT setval('relay_idle_until', 1)`
 
-// DeclareIdle registers the relay for wake-ups for ttl and returns the
-// transactions open at that moment: they may have inserted before the
-// registration was visible, so sent no NOTIFY (see StillOpen).
+// DeclareIdle registers the relay for wake-ups for ttl: until it expires,
+// the outbox's insert trigger sends a NOTIFY on the schema's channel
+// (WakeupChannel), which the relay's listener (Listen) turns into a poll; a
+// busy relay withdraws it (DeclareBusy). It returns the transactions open
+// at that moment: they may have inserted before the registration was
+// visible, so sent no NOTIFY (see StillOpen).
 func (s *Store) DeclareIdle(ctx context.Context, ttl time.Duration) ([]string, error) {
 	// One round trip; each statement of the batch takes its own snapshot,
 	// and setval is visible at once, so the second sees the registration.
