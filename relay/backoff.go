@@ -1,9 +1,6 @@
 package relay
 
-import (
-	"context"
-	"time"
-)
+import "time"
 
 // maxLoopBackoff caps how long the delivery loop and the listener wait after
 // consecutive failures of their own (Postgres or Kafka unreachable). The
@@ -17,28 +14,4 @@ const maxLoopBackoff = 5 * time.Second
 // loop failures: the retry policy's backoff, capped at maxLoopBackoff.
 func (r *Relay) loopBackoff(failures int) time.Duration {
 	return min(r.cfg.Retry.Next(failures), maxLoopBackoff)
-}
-
-// keepSession runs once, a session on a connection of its own (the
-// listener's, the instance slot's), until ctx ends, and again after every
-// failure, backing off while it fails before calling connected. failed
-// names the warning logged for each failure.
-func (r *Relay) keepSession(ctx context.Context, failed string, once func(ctx context.Context, connected func()) error) {
-	failures := 0
-	for ctx.Err() == nil {
-		err := once(ctx, func() { failures = 0 })
-		if ctx.Err() != nil {
-			return
-		}
-		failures++
-		wait := r.loopBackoff(failures)
-		r.logger.Warn(failed, "error", err, "retry_in", wait.String())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
 }

@@ -15,7 +15,7 @@ func (r *Relay) DeliverBatch(ctx context.Context, now *time.Time) (int, error) {
 
 // Prune exposes one retention pass with a fixed "now".
 func (r *Relay) Prune(ctx context.Context, now *time.Time) (int64, error) {
-	return r.prune(ctx, now)
+	return r.store.PruneSent(ctx, r.cfg.SentRetention, now)
 }
 
 // ClaimAndRelease claims one batch as the loop would and rolls it back, so a
@@ -45,12 +45,6 @@ func (r *Relay) WaitTopicRefreshes() { r.sink.WaitRefreshes() }
 
 // InFlightLimit is how many batches the relay now keeps in flight.
 func (r *Relay) InFlightLimit() int { return r.inFlightLimit() }
-
-// The queries that count the instances of an outbox, for the grants test.
-const (
-	TakeSlotQuery       = takeSlotQuery
-	CountInstancesQuery = countInstancesQuery
-)
 
 // SetAfterLock makes every claim call f between locking its rows and asking
 // what holds them back.

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/stuck"
@@ -157,14 +158,19 @@ func TestRuntimeAndOperatorRoleGrants(t *testing.T) {
 	}
 	// Counting the instances (instances.go): a session advisory lock and
 	// pg_locks, both open to every role.
-	var slot *int64
-	if err := relayPool.QueryRow(ctx, relay.TakeSlotQuery, db.Schema).Scan(&slot); err != nil || slot == nil {
-		t.Errorf("take an instance slot as the relay role: %v, %v", slot, err)
-	} else {
-		var n, below int64
-		if err := relayPool.QueryRow(ctx, relay.CountInstancesQuery, db.Schema, *slot).Scan(&n, &below); err != nil || n != 1 || below != 0 {
+	slot, err := pgstore.NewStore(relayPool, db.Schema, time.Minute).TakeSlot(ctx)
+	switch {
+	case err != nil:
+		t.Errorf("take an instance slot as the relay role: %v", err)
+	case !slot.Held():
+		t.Errorf("take an instance slot as the relay role: none free")
+	default:
+		if n, below, err := slot.Count(ctx); err != nil || n != 1 || below != 0 {
 			t.Errorf("count the instances as the relay role: %d (%d below), %v; want 1 (0 below)", n, below, err)
 		}
+	}
+	if slot != nil {
+		_ = slot.Close(ctx)
 	}
 
 	// The operator, with a relay registered as idle so that requeue's

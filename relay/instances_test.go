@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
 )
@@ -157,7 +158,7 @@ func TestSessionsCarryTheInstanceName(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		relay.NameSessions(poolCfg, instance)
+		pgstore.NameSessions(poolCfg, instance)
 		pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 		if err != nil {
 			t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // Metrics records what the relay does, for Prometheus. Create it with
@@ -168,14 +170,14 @@ func (m *Metrics) setKafkaDown(down bool) {
 	m.kafkaDown.Set(v)
 }
 
-func (m *Metrics) setBacklog(s backlog) {
+func (m *Metrics) setBacklog(s pgstore.Backlog) {
 	if m == nil {
 		return
 	}
-	m.pending.Set(float64(s.pending))
-	m.oldestPending.Set(s.oldest.Seconds())
-	m.stuck.Set(float64(s.stuck))
-	m.behindStuck.Set(float64(s.behind))
+	m.pending.Set(float64(s.Pending))
+	m.oldestPending.Set(s.Oldest.Seconds())
+	m.stuck.Set(float64(s.Stuck))
+	m.behindStuck.Set(float64(s.Behind))
 }
 
 func (m *Metrics) topicNotDurable(topic string) {

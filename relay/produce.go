@@ -3,10 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/outboxrelay/relay/internal/kafkasink"
 	"github.com/outboxrelay/relay/internal/pgstore"
@@ -112,55 +108,4 @@ func (o outcome) verdicts(maxAttempts int) (escalate, retryLater []failure) {
 		}
 	}
 	return escalate, retryLater
-}
-
-// record writes the outcome into the claim transaction: sent rows get their
-// position, retriable failures their error and next attempt time, and rows
-// past saving move to stuck_messages.
-func (o outcome) record(ctx context.Context, tx pgx.Tx, cfg Config, now *time.Time) (escalated []failure, err error) {
-	if o.lost != nil {
-		return nil, o.lost
-	}
-	if o.aborted {
-		return nil, errAborted
-	}
-	switch {
-	case len(o.sentIDs) == 0:
-	case cfg.DeleteOnSend:
-		if _, err := tx.Exec(ctx, deleteSentQuery, o.sentIDs); err != nil {
-			return nil, fmt.Errorf("delete sent: %w", err)
-		}
-	default:
-		if _, err := tx.Exec(ctx, markSentQuery, o.sentIDs, o.sentPartitions, o.sentOffsets, now); err != nil {
-			return nil, fmt.Errorf("mark sent: %w", err)
-		}
-	}
-	escalate, retryLater := o.verdicts(cfg.MaxAttempts)
-	if len(retryLater) > 0 {
-		ids := make([]int64, len(retryLater))
-		errs := make([]string, len(retryLater))
-		delays := make([]int64, len(retryLater))
-		for i, f := range retryLater {
-			ids[i] = f.row.ID
-			errs[i] = f.err.Error()
-			delays[i] = cfg.Retry.Next(f.row.Attempts + 1).Microseconds()
-		}
-		if _, err := tx.Exec(ctx, markFailedQuery, ids, errs, delays, now); err != nil {
-			return nil, fmt.Errorf("mark failed: %w", err)
-		}
-	}
-	if len(escalate) > 0 {
-		ids := make([]int64, len(escalate))
-		errs := make([]string, len(escalate))
-		kinds := make([]string, len(escalate))
-		for i, f := range escalate {
-			ids[i] = f.row.ID
-			errs[i] = f.err.Error()
-			kinds[i] = f.errorKind()
-		}
-		if _, err := tx.Exec(ctx, escalateQuery, ids, errs, kinds, now); err != nil {
-			return nil, fmt.Errorf("escalate: %w", err)
-		}
-	}
-	return escalate, nil
 }

@@ -10,19 +10,19 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/kafkasink"
+	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
 type Relay struct {
 	cfg    Config
-	pool   *pgxpool.Pool
+	store  *pgstore.Store
 	logger *slog.Logger
 
 	// wake carries "look for rows now" from the listener to the loop. It
@@ -53,7 +53,7 @@ type Relay struct {
 
 	// sink is the Kafka side: records, produce, topic checks.
 	sink *kafkasink.Sink
-	// afterLock is claimParams.afterLock, for tests.
+	// afterLock is pgstore.ClaimParams.AfterLock, for tests.
 	afterLock func()
 }
 
@@ -71,7 +71,7 @@ func New(cfg Config, pool *pgxpool.Pool, client *kgo.Client, logger *slog.Logger
 	}
 	r := &Relay{
 		cfg:     cfg,
-		pool:    pool,
+		store:   pgstore.NewStore(pool, cfg.Schema, cfg.stallBound()),
 		logger:  logger.With("instance", cfg.Instance),
 		wake:    make(chan struct{}, 1),
 		alerter: cmp.Or[alert.Alerter](cfg.Alerter, alert.Log{Logger: logger}),
@@ -111,7 +111,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	})
 	if !r.cfg.DeleteOnSend {
 		g.Go(func() error {
-			r.pruneLoop(gctx)
+			r.pruneSentRows(gctx)
 			return nil
 		})
 	}
@@ -235,15 +235,9 @@ func (r *Relay) poke() {
 // registration expires after a few poll intervals so a relay that dies while
 // idle does not make inserts notify forever.
 func (r *Relay) declareIdle(ctx context.Context) ([]string, error) {
-	ttl := 3 * r.cfg.PollInterval
-	// One round trip; each statement of the batch takes its own snapshot,
-	// and setval is visible at once, so the second sees the registration.
-	b := &pgx.Batch{}
-	b.Queue(declareIdleQuery, ttl.Milliseconds())
-	var open []string
-	b.Queue(openTransactionsQuery).QueryRow(func(row pgx.Row) error { return row.Scan(&open) })
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("declare idle: %w", err)
+	open, err := r.store.DeclareIdle(ctx, 3*r.cfg.PollInterval)
+	if err != nil {
+		return nil, err
 	}
 	r.idle = true
 	return open, nil
@@ -273,8 +267,8 @@ func (r *Relay) awaitOpen(ctx context.Context, open []string, until time.Time) (
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 50*time.Millisecond)
-		var still []string
-		if err := r.pool.QueryRow(ctx, stillOpenQuery, open).Scan(&still); err != nil {
+		still, err := r.store.StillOpen(ctx, open)
+		if err != nil {
 			return nil, ctx.Err() == nil
 		}
 		if len(still) < len(open) {
@@ -288,7 +282,7 @@ func (r *Relay) declareBusy(ctx context.Context) {
 	if !r.idle {
 		return
 	}
-	if _, err := r.pool.Exec(ctx, declareBusyQuery); err != nil {
+	if err := r.store.DeclareBusy(ctx); err != nil {
 		r.logger.Warn("declare_busy_failed", "error", err)
 		return
 	}
@@ -358,14 +352,12 @@ func (r *Relay) setFlying(b *batch, on bool) {
 	}
 }
 
-// flyingInto records in q the rows of this relay's batches in flight (empty,
-// not nil, arrays when there are none: the queries take them as arrays).
-func (r *Relay) flyingInto(q *claimParams) {
+// flyingInto records in q the rows of this relay's batches in flight.
+func (r *Relay) flyingInto(q *pgstore.ClaimParams) {
 	r.flyingMu.Lock()
 	defer r.flyingMu.Unlock()
-	q.flyingIDs, q.flyingTopics, q.flyingKeys = []int64{}, []string{}, [][]byte{}
 	for _, rows := range r.flying {
-		q.addFlying(rows)
+		q.AddFlying(rows)
 	}
 }
 
@@ -390,7 +382,7 @@ var errOutage = errors.New("kafka unavailable")
 type batch struct {
 	work   context.Context
 	cancel context.CancelFunc
-	tx     pgx.Tx
+	tx     *pgstore.BatchTx
 	rows   []row
 	more   bool // rows may be pending beyond the claim's window
 	// produced is closed once Kafka has answered the batch's rows, before
@@ -415,10 +407,10 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// The batch must be able to finish after ctx ends (graceful shutdown),
 	// but not for longer than the shutdown timeout.
 	b.work, b.cancel = r.batchContext(ctx)
-	b.tx, err = r.pool.Begin(b.work)
+	b.tx, err = r.store.Begin(b.work)
 	if err != nil {
 		b.cancel()
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil || b.rows == nil {
@@ -429,11 +421,10 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	// While a batch of ours is in flight, the rows it holds back are
 	// held only until it ends: widening the window past them would read
 	// the backlog of its keys for nothing (few hot keys: all of it).
-	widen := len(r.inFlight) == 0
-	q := claimParams{limit: r.cfg.BatchSize, window: r.firstWindow(), maxBytes: r.cfg.BatchMaxBytes, stuckReleasesKey: r.cfg.DisableStuckBlocksKey,
-		idleLimitMillis: r.cfg.stallBoundMillis(), now: now, afterLock: r.afterLock}
+	q := pgstore.ClaimParams{Limit: r.cfg.BatchSize, Window: r.firstWindow(), MaxBytes: r.cfg.BatchMaxBytes,
+		DisableStuckBlocksKey: r.cfg.DisableStuckBlocksKey, Widen: len(r.inFlight) == 0, Now: now, AfterLock: r.afterLock}
 	r.flyingInto(&q)
-	b.rows, b.more, err = claim(b.work, b.tx, q, widen)
+	b.rows, b.more, err = b.tx.Claim(b.work, q)
 	if err != nil {
 		return nil, err
 	}
@@ -445,8 +436,8 @@ func (r *Relay) claimBatch(ctx context.Context, now *time.Time) (_ *batch, err e
 	if r.idle {
 		// We have work again: stop asking inserts to notify us. setval
 		// is immediate, so inserts stop notifying now, not at commit.
-		if _, err := b.tx.Exec(b.work, declareBusyQuery); err != nil {
-			return nil, fmt.Errorf("declare busy: %w", err)
+		if err := b.tx.DeclareBusy(b.work); err != nil {
+			return nil, err
 		}
 		r.idle = false
 	}
@@ -463,7 +454,8 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	bt := r.traceBatch(b)
 	defer bt.end()
 
-	keepAlive := r.batchKeepAlive(tx)
+	// Between waves, within the stall bound (see stallBound).
+	keepAlive := func(ctx context.Context) error { return tx.KeepAlive(ctx, r.cfg.BatchTimeout/2) }
 	out := r.produceWaves(work, rows, keepAlive)
 	close(b.produced)
 	bt.acked(out)
@@ -474,7 +466,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
 		}
 	}
-	escalated, err := out.record(work, tx, r.cfg, now)
+	escalated, err := out.writeBack(work, tx, r.cfg, now)
 	if err != nil {
 		bt.fail(err)
 		return len(rows), err
@@ -482,7 +474,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 	if err := tx.Commit(work); err != nil {
 		// The rows stay pending and are produced again: a duplicate, not a loss.
 		bt.fail(err)
-		return len(rows), fmt.Errorf("commit batch: %w", err)
+		return len(rows), err
 	}
 	bt.marked(len(escalated))
 	r.report(ctx, out, escalated)

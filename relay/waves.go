@@ -17,7 +17,7 @@ import (
 // that Kafka rejected with their record batch are produced again alone
 // (retryAlone) before the next wave, so the later rows of their keys wait
 // for them. keepAlive runs before each wave after the first and before a
-// retry alone (see batchKeepAlive); when it fails, the batch ends there,
+// retry alone (see pgstore.BatchTx.KeepAlive); when it fails, the batch ends there,
 // lost.
 func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(context.Context) error) outcome {
 	waves := 1
@@ -30,7 +30,7 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 	for n := 1; n <= waves; n++ {
 		wave = wave[:0]
 		for _, x := range rows {
-			if waves == 1 || x.Wave == n && (x.Key == nil || !blocked[chainKey(x)]) {
+			if waves == 1 || x.Wave == n && (x.Key == nil || !blocked[x.ChainKey()]) {
 				wave = append(wave, x)
 			}
 		}
@@ -71,14 +71,9 @@ func (r *Relay) produceWaves(ctx context.Context, rows []row, keepAlive func(con
 		}
 		for _, f := range out.failed {
 			if f.row.Key != nil {
-				blocked[chainKey(f.row)] = true
+				blocked[f.row.ChainKey()] = true
 			}
 		}
 	}
 	return total
-}
-
-// chainKey identifies a row's key within its topic.
-func chainKey(x row) string {
-	return x.Topic + "\x00" + string(x.Key)
 }

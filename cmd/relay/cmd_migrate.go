@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -126,7 +127,7 @@ func migrateStatus(ctx context.Context, cfg Config, env *environment) error {
 		return err
 	}
 	defer pool.Close()
-	states, schemaExists, err := relay.ReadMigrations(ctx, pool)
+	states, schemaExists, err := pgstore.ReadMigrations(ctx, pool)
 	if err != nil {
 		return err
 	}
@@ -156,11 +157,11 @@ func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) er
 		return err
 	}
 	defer pool.Close()
-	states, _, err := relay.ReadMigrations(ctx, pool)
+	states, _, err := pgstore.ReadMigrations(ctx, pool)
 	if err != nil {
 		return err
 	}
-	var newest *relay.MigrationState
+	var newest *pgstore.MigrationState
 	for i := range states {
 		if states[i].Applied {
 			newest = &states[i]
@@ -169,7 +170,7 @@ func migrateDown(ctx context.Context, cfg Config, yes bool, env *environment) er
 	if newest == nil {
 		return usageErrorf("migrate down: schema %s has no applied migration to roll back", cfg.schema())
 	}
-	file, drops, err := relay.MigrationDrops(newest.Version)
+	file, drops, err := pgstore.MigrationDrops(newest.Version)
 	if err != nil {
 		return err
 	}

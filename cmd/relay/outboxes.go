@@ -17,6 +17,7 @@ import (
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/console"
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/relay"
 	"github.com/outboxrelay/relay/verify"
 )
@@ -136,7 +137,7 @@ func (d *daemon) newOutbox(schema string, met *metrics) (*outbox, error) {
 		return nil, err
 	}
 	relay.BoundSockets(poolCfg, cfg.relayConfig())
-	relay.NameSessions(poolCfg, cfg.Instance)
+	pgstore.NameSessions(poolCfg, cfg.Instance)
 	// Each batch in flight holds a connection; the lag watch, retention
 	// and health checks need a few more.
 	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.InFlightBatches)+3)

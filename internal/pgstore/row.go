@@ -1,7 +1,9 @@
 // Package pgstore is the relay's Postgres side: every SQL statement the
 // delivery engine runs and every session concern (claims, write-back,
 // wake-ups, instance slots, retention, the backlog, session settings and the
-// stall bound, the migrations runner).
+// stall bound, socket dialing, the pool's settings, the migrations runner).
+// Store runs the statements of one outbox; a batch's transaction is a
+// BatchTx.
 package pgstore
 
 import (
@@ -30,4 +32,10 @@ type Row struct {
 	Partition    *int32
 	// Expired is true when the claim found expires_at passed.
 	Expired bool
+}
+
+// ChainKey identifies a row's key within its topic: the rows of one chain
+// go in id order.
+func (r Row) ChainKey() string {
+	return r.Topic + "\x00" + string(r.Key)
 }

@@ -1,4 +1,4 @@
-package relay_test
+package pgstore_test
 
 import (
 	"context"
@@ -7,15 +7,15 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
-	"github.com/outboxrelay/relay/relay"
 )
 
 func TestCheckSchema(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db := relaytest.NewDB(t)
-	if err := relay.CheckSchema(ctx, db.Pool); err != nil {
+	if err := pgstore.CheckSchema(ctx, db.Pool); err != nil {
 		t.Fatalf("migrated schema: %v", err)
 	}
 
@@ -23,12 +23,12 @@ func TestCheckSchema(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, `DELETE FROM goose_db_version WHERE version_id = (SELECT max(version_id) FROM goose_db_version)`); err != nil {
 		t.Fatal(err)
 	}
-	if err := relay.CheckSchema(ctx, db.Pool); err == nil || !strings.Contains(err.Error(), "run relay migrate up") {
+	if err := pgstore.CheckSchema(ctx, db.Pool); err == nil || !strings.Contains(err.Error(), "run relay migrate up") {
 		t.Errorf("schema behind: %v; want an error telling to migrate", err)
 	}
 
 	// A schema never migrated.
-	cfg, err := relay.PoolConfig(relaytest.DatabaseURL(), "no_such_schema_"+db.Schema)
+	cfg, err := pgstore.PoolConfig(relaytest.DatabaseURL(), "no_such_schema_"+db.Schema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestCheckSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer empty.Close()
-	if err := relay.CheckSchema(ctx, empty); err == nil || !strings.Contains(err.Error(), "not migrated") {
+	if err := pgstore.CheckSchema(ctx, empty); err == nil || !strings.Contains(err.Error(), "not migrated") {
 		t.Errorf("unmigrated schema: %v; want an error saying so", err)
 	}
 }
