@@ -12,18 +12,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
-// Querier is what the operator functions need: a *pgxpool.Pool, a *pgx.Conn
-// or a pgx.Tx whose search_path is the outbox schema (see relay.PoolConfig).
-type Querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
+// Querier is a *pgxpool.Pool, a *pgx.Conn or a pgx.Tx whose search_path is
+// the outbox schema (see relay.PoolConfig).
+type Querier = pgstore.Querier
 
 // Row is a row in stuck_messages, with how many pending rows of its key it
 // holds back.

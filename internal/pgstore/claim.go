@@ -175,9 +175,9 @@ const maxWaves = 100
 
 // ClaimParams are a claim's parameters.
 type ClaimParams struct {
-	Limit            int   // the batch's row bound
-	Window           int   // how many pending rows the fallback claim looks at first
-	MaxBytes         int64 // the batch's byte bound
+	Limit                 int   // the batch's row bound
+	Window                int   // how many pending rows the fallback claim looks at first
+	MaxBytes              int64 // the batch's byte bound
 	DisableStuckBlocksKey bool  // a stuck row does not hold back the later rows of its key
 	// Widen lets the claim widen its window past held rows (see Claim).
 	Widen bool

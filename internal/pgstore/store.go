@@ -7,15 +7,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Querier is what the schema checks read through (CheckSchema,
-// ReadMigrations): a pool, a connection or a transaction whose search_path
-// is the outbox schema.
+// Querier is a *pgxpool.Pool, a *pgx.Conn or a pgx.Tx whose search_path is
+// the outbox schema: what the schema checks (CheckSchema, ReadMigrations)
+// and the operator API (package stuck) run their statements through.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // Store runs the delivery engine's statements on one outbox: through its
