@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/outboxrelay/relay/internal/readback"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
 )
@@ -30,30 +31,19 @@ func outboxID(t *testing.T, rec *kgo.Record) int64 {
 	return id
 }
 
-// checkFirstDeliveryOrder asserts that, for every topic and key, the first
-// occurrence of each row in its partition's log comes in id order. records
-// must be in consumption order, which is offset order within a partition.
+// checkFirstDeliveryOrder feeds records to readback's checker, which fails
+// the test on a row of a key first delivered after a later row of that key
+// (or a key split over partitions), and returns how many records were
+// duplicates. records must be in consumption order, which is offset order
+// within a partition.
 func checkFirstDeliveryOrder(t *testing.T, records []*kgo.Record) (duplicates int) {
 	t.Helper()
-	seen := map[int64]bool{}
-	last := map[string]int64{}
+	c := readback.NewChecker()
+	c.Errorf = t.Errorf
 	for _, rec := range records {
-		id := outboxID(t, rec)
-		if seen[id] {
-			duplicates++
-			continue
-		}
-		seen[id] = true
-		if rec.Key == nil {
-			continue
-		}
-		k := rec.Topic + "\x00" + string(rec.Key)
-		if prev, ok := last[k]; ok && id < prev {
-			t.Errorf("key %q on %s: row %d first delivered after row %d", rec.Key, rec.Topic, id, prev)
-		}
-		last[k] = id
+		c.Add(outboxID(t, rec), rec.Topic, rec.Key, rec.Partition)
 	}
-	return duplicates
+	return c.Duplicates
 }
 
 func TestPerKeyOrderWithTwoRelays(t *testing.T) {

@@ -6,13 +6,11 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
-	"github.com/outboxrelay/relay/retry"
 )
 
 // A schema name of 60 characters is valid, and '<schema>_wakeup' would be
@@ -48,11 +46,7 @@ func TestLongSchemaNameIdleRelayInsertDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	startWakeupRelay(t, pool, brokers, relay.Config{
-		Schema:       db.Schema,
-		PollInterval: wakeupNoPolling,
-		Retry:        retry.Policy{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond},
-	})
+	startWakeupOnlyRelay(t, pool, brokers, db.Schema)
 	consumer := newWakeupConsumer(t, brokers)
 	waitListening(t, db, app)
 

@@ -62,15 +62,7 @@ func Resend(ctx context.Context, q Querier, ids []int64) ([]int64, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	rows, err := q.Query(ctx, resendQuery, ids)
-	if err != nil {
-		return nil, fmt.Errorf("resend: %w", err)
-	}
-	done, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("resend: %w", err)
-	}
-	return done, nil
+	return changedIDs(ctx, q, "resend", resendQuery, ids)
 }
 
 const sentRowsQuery = `

@@ -145,15 +145,7 @@ func Requeue(ctx context.Context, q Querier, ids []int64, topic string) ([]int64
 	if len(ids) > 0 {
 		idsArg = ids
 	}
-	rows, err := q.Query(ctx, requeueQuery, idsArg, topicArg)
-	if err != nil {
-		return nil, fmt.Errorf("requeue: %w", err)
-	}
-	moved, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("requeue: %w", err)
-	}
-	return moved, nil
+	return changedIDs(ctx, q, "requeue", requeueQuery, idsArg, topicArg)
 }
 
 // Discard deletes stuck rows for good, keeping a copy in discarded_messages
@@ -170,15 +162,21 @@ func Discard(ctx context.Context, q Querier, ids []int64, operator, reason strin
 	if reason != "" {
 		why = &reason
 	}
-	rows, err := q.Query(ctx, discardQuery, ids, op, why)
+	return changedIDs(ctx, q, "discard", discardQuery, ids, op, why)
+}
+
+// changedIDs runs query, a statement that returns the id of each row it
+// changed, and collects those ids; what names the action in its errors.
+func changedIDs(ctx context.Context, q Querier, what, query string, args ...any) ([]int64, error) {
+	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("discard: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	gone, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, fmt.Errorf("discard: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return gone, nil
+	return ids, nil
 }
 
 // Count returns how many stuck rows match f (its Limit aside), so that a

@@ -9,7 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/relaytest"
@@ -51,11 +50,7 @@ func TestPeriodicOnce(t *testing.T) {
 
 	// users loses two records to retention (no alert); one orders row
 	// points past the end of its log (missing: alert).
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "users", Partition: 0, At: 2})
-	if _, err := kadm.NewClient(cl).DeleteRecords(ctx, offs); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.DeleteRecords(t, brokers, "users", 0, 2)
 	if _, err := db.Pool.Exec(ctx, `UPDATE messages SET kafka_offset = 1000 WHERE id = (SELECT max(id) FROM messages WHERE topic = 'orders')`); err != nil {
 		t.Fatal(err)
 	}

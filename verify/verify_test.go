@@ -33,21 +33,11 @@ func messages(topic string, n int) []relaytest.Message {
 	return out
 }
 
-func newClient(t *testing.T, brokers []string) *kgo.Client {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
 func run(t *testing.T, db *relaytest.DB, brokers []string, opts verify.Options) verify.Report {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rep, err := verify.Run(ctx, db.Pool, newClient(t, brokers), opts)
+	rep, err := verify.Run(ctx, db.Pool, relaytest.NewClient(t, brokers), opts)
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
@@ -155,15 +145,7 @@ func TestTruncatedRows(t *testing.T) {
 	pos := positions(t, db)
 
 	// Retention (here DeleteRecords) removes partition 0 below offset 5.
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "orders", Partition: 0, At: 5})
-	resp, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs)
-	if err == nil {
-		err = resp.Error()
-	}
-	if err != nil {
-		t.Fatalf("delete records: %v", err)
-	}
+	relaytest.DeleteRecords(t, brokers, "orders", 0, 5)
 	var want []int64
 	for id, p := range pos {
 		if p.partition == 0 && p.offset < 5 {
@@ -200,7 +182,7 @@ func TestMissingAfterBrokerLostData(t *testing.T) {
 	relaytest.Deliver(t, db, brokers, append(messages("orders", 12), messages("gone", 3)...)...)
 	pos := positions(t, db)
 	// The verifying client outlives the broker, as the daemon's would.
-	cl := newClient(t, brokers)
+	cl := relaytest.NewClient(t, brokers)
 	ctx := context.Background()
 	if rep, err := verify.Run(ctx, db.Pool, cl, verify.Options{}); err != nil || rep.Total.OK != 15 {
 		t.Fatalf("before the restart: %+v, %v; want 15 ok", rep.Total, err)
@@ -286,11 +268,7 @@ func TestChunks(t *testing.T) {
 	cluster := relaytest.NewCluster(t, 3, "a", "b")
 	brokers := cluster.ListenAddrs()
 	relaytest.Deliver(t, db, brokers, append(messages("a", 300), messages("b", 100)...)...)
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "a", Partition: 1, At: 20})
-	if _, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.DeleteRecords(t, brokers, "a", 1, 20)
 	// Rows whose offsets were never produced: past the end of the log.
 	if _, err := db.Pool.Exec(context.Background(), `UPDATE messages SET kafka_offset = kafka_offset + 1000 WHERE topic = 'b' AND kafka_partition = 2`); err != nil {
 		t.Fatal(err)
@@ -320,7 +298,7 @@ func TestCompactedTopic(t *testing.T) {
 	db := relaytest.NewDB(t)
 	cluster := relaytest.NewCluster(t, 1, "plain")
 	brokers := cluster.ListenAddrs()
-	adm := kadm.NewClient(newClient(t, brokers))
+	adm := kadm.NewClient(relaytest.NewClient(t, brokers))
 	policy := "compact"
 	if _, err := adm.CreateTopic(context.Background(), 1, 1, map[string]*string{"cleanup.policy": &policy}, "state"); err != nil {
 		t.Fatal(err)
@@ -359,7 +337,7 @@ func TestCompactedTopic(t *testing.T) {
 	// The same holes in a topic that is not compacted are missing rows:
 	// move the rows to a plain topic whose log has as many records.
 	for range 21 {
-		if err := newClient(t, brokers).ProduceSync(context.Background(), &kgo.Record{Topic: "plain", Value: []byte("x")}).FirstErr(); err != nil {
+		if err := relaytest.NewClient(t, brokers).ProduceSync(context.Background(), &kgo.Record{Topic: "plain", Value: []byte("x")}).FirstErr(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -376,12 +354,8 @@ func TestCompactedTopic(t *testing.T) {
 // end-1, which must exist, and counts the records it holds.
 func countRecords(t *testing.T, brokers []string, topic string, end int64) int64 {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+	cl := relaytest.NewClient(t, brokers,
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var n int64
@@ -409,11 +383,7 @@ func TestLogStartMovesDuringRun(t *testing.T) {
 	cluster := relaytest.NewCluster(t, 1, "orders")
 	brokers := cluster.ListenAddrs()
 	relaytest.Deliver(t, db, brokers, messages("orders", 10)...)
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "orders", Partition: 0, At: 4})
-	if _, err := kadm.NewClient(newClient(t, brokers)).DeleteRecords(context.Background(), offs); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.DeleteRecords(t, brokers, "orders", 0, 4)
 	// The first listing of start offsets answers as before the deletion.
 	var stale atomic.Int32
 	cluster.ControlKey(int16(kmsg.ListOffsets), func(kr kmsg.Request) (kmsg.Response, error, bool) {

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
-
 	"github.com/outboxrelay/relay/internal/relaytest"
 )
 
@@ -38,16 +35,7 @@ func TestVerifyCommand(t *testing.T) {
 
 	// Retention takes the first 4 records of orders; a row of users now
 	// points at another record.
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var offs kadm.Offsets
-	offs.Add(kadm.Offset{Topic: "orders", Partition: 0, At: 4})
-	if _, err := kadm.NewClient(cl).DeleteRecords(context.Background(), offs); err != nil {
-		t.Fatal(err)
-	}
+	relaytest.DeleteRecords(t, brokers, "orders", 0, 4)
 	if _, err := db.Pool.Exec(context.Background(),
 		`UPDATE messages SET kafka_offset = kafka_offset + 1 WHERE id = (SELECT min(id) FROM messages WHERE topic = 'users')`); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outboxrelay/relay/internal/wait"
 	"github.com/outboxrelay/relay/relay"
 )
 
@@ -145,12 +146,8 @@ func outboxID(rec *kgo.Record, n int) (int64, bool) {
 // sessions are gone, or without killing if ctx ends first (the phase is
 // over).
 func (e *env) killOne(ctx context.Context, delay time.Duration, instances []*instance, w *killWatch, tl *timeline) error {
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
+	if wait.Sleep(ctx, delay) != nil {
 		return nil
-	case <-t.C:
 	}
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()

@@ -187,6 +187,46 @@ func NewProducer(t testing.TB, brokers []string, extra ...kgo.Opt) *kgo.Client {
 	return cl
 }
 
+// NewClient returns a plain franz-go client of brokers with opts, not the
+// relay's: an admin's, a verifier's or a consumer's. It is closed when the
+// test ends.
+func NewClient(t testing.TB, brokers []string, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl := dial(t, brokers, opts...)
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// dial returns a plain client of brokers with opts, for the caller to
+// close: helpers that tests call in a loop must not keep one per call.
+func dial(t testing.TB, brokers []string, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append(opts, kgo.SeedBrokers(brokers...))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// DeleteRecords removes the records of topic's partition below offset
+// below, as retention (or an operator's DeleteRecords) does.
+func DeleteRecords(t testing.TB, brokers []string, topic string, partition int32, below int64) {
+	t.Helper()
+	var offs kadm.Offsets
+	offs.Add(kadm.Offset{Topic: topic, Partition: partition, At: below})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := dial(t, brokers)
+	defer cl.Close()
+	resp, err := kadm.NewClient(cl).DeleteRecords(ctx, offs)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		t.Fatalf("delete records of %s/%d below offset %d: %v", topic, partition, below, err)
+	}
+}
+
 // Consume reads topics from the start until it has want records or the
 // deadline passes, and returns what it read. It fails the test on timeout.
 func Consume(t testing.TB, brokers []string, want int, timeout time.Duration, topics ...string) []*kgo.Record {
@@ -240,10 +280,7 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // RecordsInTopics counts the records Kafka holds in topics.
 func RecordsInTopics(t testing.TB, brokers []string, topics ...string) int64 {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := dial(t, brokers)
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
