@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,6 +15,11 @@ import (
 // the batch in flight). Which of them may go is decided with heldQuery (see
 // claimLockFirst). Rows it locks but the batch does not produce stay
 // untouched until the batch ends.
+//
+// @upto bounds the scan while batches are in flight (see ClaimParams.upto):
+// the key filter is not an index condition, so behind a deep backlog of
+// few keys, all in flight, the scan would otherwise read every pending row
+// to lock nothing.
 //
 // The last column is each row's size: the bytes of its payload, key and
 // headers. The payload and headers come back only for rows of at most
@@ -32,6 +38,7 @@ SELECT id, topic, key,
        ` + rowSize + `
 FROM messages
 WHERE status = 'pending'
+  AND id <= COALESCE(@upto::bigint, 9223372036854775807)
   AND (key IS NULL OR (topic, key) NOT IN (
         SELECT f.topic, f.key FROM unnest(@flying_topics::text[], @flying_keys::bytea[]) AS f(topic, key)))
 ORDER BY id
@@ -197,6 +204,20 @@ type ClaimParams struct {
 // if they fit (see readLarge).
 func (q ClaimParams) smallRow() int64 { return q.MaxBytes / int64(max(q.Limit, 1)) }
 
+// upto is the highest id the lock may reach while batches are in flight:
+// one and a half batches past the highest id in flight. Rows above the
+// batches in flight are new rows, so that many ids are enough to fill a
+// batch of other keys; behind a backlog of the keys in flight, it bounds
+// what the claim reads to the rows in flight and 1.5 batches (the next
+// claim, once they ended, has no bound). nil when nothing is in flight.
+func (q ClaimParams) upto() *int64 {
+	if len(q.FlyingIDs) == 0 {
+		return nil
+	}
+	top := slices.Max(q.FlyingIDs) + int64(q.Limit) + int64(q.Limit)/2
+	return &top
+}
+
 // AddFlying records rows of one of the relay's batches in flight: the claim
 // skips their keys instead of locking rows they hold back.
 func (q *ClaimParams) AddFlying(rows []Row) {
@@ -317,7 +338,7 @@ func claimLockFirst(ctx context.Context, tx pgx.Tx, q ClaimParams, bound string)
 	b.Queue(batchSettingsQuery, bound)
 	b.Queue(lockFirstQuery, pgx.NamedArgs{
 		"limit": q.Limit, "flying_topics": q.FlyingTopics, "flying_keys": q.FlyingKeys,
-		"now": q.Now, "small_row": q.smallRow()})
+		"now": q.Now, "small_row": q.smallRow(), "upto": q.upto()})
 	br := tx.SendBatch(ctx, &b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
