@@ -76,10 +76,11 @@ func TestPartitionOutageSpendsNoAttempts(t *testing.T) {
 	}
 	policy := retry.Policy{Base: time.Minute, Max: time.Minute, Int64N: func(n int64) int64 { return n - 1 }}
 	alerts := newRecordingAlerter()
-	// The client's smallest produce timeout, and metadata refreshed
-	// often enough that it fails the records at it.
-	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second), kgo.MetadataMinAge(250*time.Millisecond))
-	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, MaxAttempts: 2, OutageAlertAfter: time.Millisecond, Alerter: alerts},
+	// A produce timeout of 1s, and metadata refreshed often enough that
+	// the client fails the records at it.
+	producer := relaytest.NewProducer(t, brokers, kgo.MetadataMinAge(250*time.Millisecond))
+	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, MaxAttempts: 2, OutageAlertAfter: time.Millisecond, Alerter: alerts,
+		ProduceTimeout: time.Second},
 		db.Pool, producer, testLogger(t))
 
 	now := time.Now().Truncate(time.Microsecond)
@@ -129,8 +130,8 @@ func TestPartitionOutageSpendsNoAttempts(t *testing.T) {
 }
 
 // The daemon, with one partition answering NOT_ENOUGH_REPLICAS for many
-// produce timeouts (10 s against a 1 s produce timeout, the client's
-// smallest, and a 2 s batch timeout: ten timeouts, where production's
+// produce timeouts (10 s against a 1 s produce timeout and a 2 s batch
+// timeout: ten timeouts, where production's
 // defaults would need five minutes; the client refreshes metadata every
 // 250 ms, so it fails the partition's records at the produce timeout)
 // while an application keeps writing to every partition. The other
@@ -145,10 +146,10 @@ func TestPartitionOutageForManyProduceTimeoutsDrainsInOrder(t *testing.T) {
 	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "t", Partitions: []int32{0}, Err: kerr.NotEnoughReplicas, Count: -1})
 
 	alerts := newRecordingAlerter()
-	cfg := relay.Config{Schema: db.Schema, MaxAttempts: 2, BatchTimeout: 2 * time.Second, PollInterval: 50 * time.Millisecond,
+	cfg := relay.Config{Schema: db.Schema, MaxAttempts: 2, ProduceTimeout: time.Second, BatchTimeout: 2 * time.Second, PollInterval: 50 * time.Millisecond,
 		OutageAlertAfter: time.Second, Alerter: alerts,
 		Retry: retry.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}}
-	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second), kgo.MetadataMinAge(250*time.Millisecond))
+	producer := relaytest.NewProducer(t, brokers, kgo.MetadataMinAge(250*time.Millisecond))
 	stop := relaytest.RunRelay(t, relay.New(cfg, db.Pool, producer, testLogger(t)))
 	defer stop()
 

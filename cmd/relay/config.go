@@ -142,11 +142,11 @@ type Config struct {
 	// StuckBlocksKey keeps the later rows of a key waiting while an
 	// earlier row of the key is stuck (strict per-key order). Default true.
 	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
-	// ProduceTimeout is how long the Kafka client retries a record before
-	// it reports the failure (kgo.RecordDeliveryTimeout); a batch still
-	// without answers after twice this is given up as an outage
-	// (relay.Config.BatchTimeout). Default 30s.
-	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long the Kafka client retries a record before the row counts as failed (at least 1s). A batch still unanswered after twice this is released as an outage: no attempt spent."`
+	// ProduceTimeout is how long a record may go unanswered, the Kafka
+	// client retrying, before the relay gives up on it as an outage
+	// (relay.Config.ProduceTimeout); a wave of a batch gets twice this as
+	// a whole (relay.Config.BatchTimeout). Default 30s.
+	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long a record may go unanswered by Kafka, the client retrying, before its row is released as an outage: pending, no attempt spent (at least 1s). A wave of a batch gets twice this as a whole."`
 	// OutageAlertAfter is how long Kafka must take nothing before the
 	// outage alert. Default 1m.
 	OutageAlertAfter time.Duration `env:"OUTAGE_ALERT_AFTER" envDefault:"1m" desc:"How long Kafka must be unavailable before an outage alert."`
@@ -532,9 +532,9 @@ func (c Config) relayConfig() relay.Config {
 		PollInterval:    c.PollInterval,
 		DisableWakeup:   !c.Wakeup,
 		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
-		// Twice the delivery timeout: the client fails what it can
-		// within one; the relay gives up on the rest (records written
-		// and never answered) after two.
+		// Twice the produce timeout: a wave's records each get one, and
+		// a retry alone or a group handed over later may need more.
+		ProduceTimeout:        c.ProduceTimeout,
 		BatchTimeout:          2 * c.ProduceTimeout,
 		ShutdownTimeout:       c.ShutdownTimeout,
 		Instance:              c.Instance,
