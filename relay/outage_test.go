@@ -297,10 +297,11 @@ func TestOutageAlertNamesTheCause(t *testing.T) {
 	}
 }
 
-// INVALID_TIMESTAMP: the relay leaves timestamps to the client, so the
-// broker refusing one means the host's clock is skewed. That is no row's
-// fault: with MaxAttempts 2 nothing is escalated, no attempt is spent, the
-// alert says clock, and the rows go once the clock is right.
+// INVALID_TIMESTAMP: a record's timestamp is its row's created_at, so the
+// broker refusing one means the topic's timestamp bounds are tighter than
+// the rows' age, or the database's clock is skewed. That is no row's fault:
+// with MaxAttempts 2 nothing is escalated, no attempt is spent, the alert
+// says bounds and clock, and the rows go once the broker takes them.
 func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
@@ -324,8 +325,8 @@ func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
 	if spent, stuck := attemptsSpent(t, db); spent != 0 || stuck != 0 {
 		t.Fatalf("with the broker refusing timestamps: %d attempts spent, %d rows escalated; want none", spent, stuck)
 	}
-	if a := outageAlertFor(t, alerts, "t", 5*time.Second); !strings.Contains(a.Message, "clock") {
-		t.Errorf("alert %q; want it to name the clock", a.Message)
+	if a := outageAlertFor(t, alerts, "t", 5*time.Second); !strings.Contains(a.Message, "clock") || !strings.Contains(a.Message, "message.timestamp.before.max.ms") {
+		t.Errorf("alert %q; want it to name the clock and the topic's bounds", a.Message)
 	}
 	fault.Remove()
 	at := now.Add(10 * time.Hour)

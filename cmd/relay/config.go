@@ -98,7 +98,7 @@ type Config struct {
 	DebeziumFieldEventID            string `env:"DEBEZIUM_FIELD_EVENT_ID" envDefault:"id" desc:"Debezium table.field.event.id: the column of the event id, sent in header id (and, if it is a uuid, as outbox-uuid)."`
 	DebeziumFieldEventKey           string `env:"DEBEZIUM_FIELD_EVENT_KEY" envDefault:"aggregateid" desc:"Debezium table.field.event.key: the column of the record key."`
 	DebeziumFieldEventPayload       string `env:"DEBEZIUM_FIELD_EVENT_PAYLOAD" envDefault:"payload" desc:"Debezium table.field.event.payload: the column of the record value (jsonb, json, text or bytea)."`
-	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column, sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column: the record timestamp, also sent as epoch milliseconds in header outbox-timestamp; empty: none (the row's created_at)."`
 	DebeziumRouteByField            string `env:"DEBEZIUM_ROUTE_BY_FIELD" envDefault:"aggregatetype" desc:"Debezium route.by.field: the column whose value is ${routedByValue} in the topic."`
 	DebeziumRouteTopicReplacement   string `env:"DEBEZIUM_ROUTE_TOPIC_REPLACEMENT" envDefault:"outbox.event.${routedByValue}" desc:"Debezium route.topic.replacement: the topic name, with ${routedByValue} for the route.by.field column."`
 	DebeziumFieldsAdditionalPlace   string `env:"DEBEZIUM_ADDITIONAL_PLACEMENT" desc:"Debezium table.fields.additional.placement, header placements only: column:header[:alias],... (e.g. type:header:eventType); empty: none, as Debezium's default."`
@@ -108,7 +108,7 @@ type Config struct {
 	LayoutTopic     string `env:"LAYOUT_TOPIC" desc:"Topic of each row of RELAY_LAYOUT_TABLE: a name, a {column}, or a template such as orders.{aggregate_type}."`
 	LayoutKey       string `env:"LAYOUT_KEY" desc:"Column of the record key; empty: no key."`
 	LayoutPayload   string `env:"LAYOUT_PAYLOAD" desc:"Column of the record value (bytea, text, varchar, json or jsonb)."`
-	LayoutTimestamp string `env:"LAYOUT_TIMESTAMP" desc:"Timestamp column (timestamptz, timestamp or bigint epoch milliseconds), sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	LayoutTimestamp string `env:"LAYOUT_TIMESTAMP" desc:"Timestamp column (timestamptz, timestamp or bigint epoch milliseconds): the record timestamp, also sent as epoch milliseconds in header outbox-timestamp; empty: none (the row's created_at)."`
 	LayoutHeaders   string `env:"LAYOUT_HEADERS" desc:"Columns sent as headers: column[:header],... (header defaults to the column name)."`
 	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
 	// disables the HTTP server.

@@ -154,9 +154,9 @@ func stateOf(client *kgo.Client) *clientState {
 
 // brokerWatch hears from the client about each connection it opens to a
 // broker and each produce request it sends. The client retries failures of
-// those on its own, silently, until the delivery timeout: without the
+// those on its own, silently, until the produce timeout: without the
 // watch the relay would learn of a refused connection one produce timeout
-// later, and only as "records have timed out". It tells its subscribers at
+// later, and only as "no answer from Kafka within the produce timeout". It tells its subscribers at
 // once when a broker starts failing (its first failure after a success),
 // and remembers the cause for the outage's log and alert until that broker
 // connects or answers a produce again.

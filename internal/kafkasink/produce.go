@@ -430,16 +430,20 @@ var errProduceTimeout = fmt.Errorf("no answer from Kafka within the produce time
 // the row's created_at, so it would fail a backlog's records before
 // sending them (see NewClient).
 //
-// The client checks the context where it checked its delivery timeout:
-// before it writes a record's batch, and when a request holding the batch
-// fails; it then fails the batch, and the partition's records buffered
-// behind it, with the context's error. Unlike the delivery timeout, the
-// context also ends a request written and not yet answered: the client
-// abandons the request when the context of the first record it carries
-// ends (kgo.AllowIdempotentProduceCancellation). A record further back in
-// such a request, whose own context ended first, is failed when the
-// request is answered or abandoned: its rows may wait that much longer,
-// bounded by the first record's produce timeout, never past ctx.
+// The client checks the context of a batch's first record where it checked
+// its delivery timeout: before it writes the batch, and when a request
+// holding it fails; it then fails the batch, and the partition's records
+// buffered behind it, with the context's error (gaveUp names the timeout).
+// Unlike the delivery timeout, the context also ends a request written and
+// not yet answered: the client abandons the request when the context of the
+// first record it carries ends (kgo.AllowIdempotentProduceCancellation).
+// A record further back, in a batch or a request started for an earlier
+// record (another wave's, another batch's) whose context ends later, is
+// failed only when that one's is, or when the request is answered (it may
+// then be delivered after all). So the relay guarantees that a record
+// handed over is answered by the later of its own produce timeout and that
+// of the first record ahead of it, at most one more ProduceTimeout, or
+// when its BatchTimeout ends; Produce stops waiting at once when ctx ends.
 func (s *Sink) produceWithin(records context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeoutCause(records, s.opts.ProduceTimeout, errProduceTimeout)
 }
