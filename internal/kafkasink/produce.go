@@ -437,13 +437,16 @@ var errProduceTimeout = fmt.Errorf("no answer from Kafka within the produce time
 // Unlike the delivery timeout, the context also ends a request written and
 // not yet answered: the client abandons the request when the context of the
 // first record it carries ends (kgo.AllowIdempotentProduceCancellation).
-// A record further back, in a batch or a request started for an earlier
-// record (another wave's, another batch's) whose context ends later, is
-// failed only when that one's is, or when the request is answered (it may
-// then be delivered after all). So the relay guarantees that a record
-// handed over is answered by the later of its own produce timeout and that
-// of the first record ahead of it, at most one more ProduceTimeout, or
-// when its BatchTimeout ends; Produce stops waiting at once when ctx ends.
+// A record further back is failed only when that first record's context
+// ends, or when the request is answered (it may then be delivered after
+// all). Within a partition's batch the first record was handed over first,
+// so its context ends no later; but a request may start with another
+// partition's batch handed over after ours (another wave's, another
+// batch's), whose context ends up to one ProduceTimeout later. So a record
+// handed over is answered, or failed as an outage, by its own deadline
+// (ProduceTimeout, or BatchTimeout when that comes first) or, in a request
+// led by a later record, by that record's: at most one ProduceTimeout
+// later. Produce stops waiting at once when ctx (shutdown) ends.
 func (s *Sink) produceWithin(records context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeoutCause(records, s.opts.ProduceTimeout, errProduceTimeout)
 }
