@@ -43,16 +43,23 @@ type Config struct {
 	DisableWakeup bool
 	// Retry spaces out the attempts of a row whose produce failed.
 	Retry retry.Policy
-	// BatchTimeout bounds how long a batch waits for Kafka's answers. An
+	// ProduceTimeout bounds how long a record may go unanswered by Kafka,
+	// the client retrying, from the moment the relay hands it over. An
 	// idempotent client never fails a record it may have written, so a
 	// broker that takes a produce request and never answers it would hold
 	// the batch, and every later row of its partition, for ever. When the
-	// bound passes the relay cancels the batch's records: the client drops
-	// them (and moves to a new producer epoch), and the unanswered rows
-	// stay pending as in an outage, with no attempt spent. It should be a
-	// small multiple of the client's delivery timeout
-	// (kgo.RecordDeliveryTimeout), so a slow but live broker is not cut
-	// off. Default 2 × DefaultProduceTimeout.
+	// bound passes the relay cancels the record: the client drops it (and
+	// moves to a new producer epoch), and its row stays pending as in an
+	// outage, with no attempt spent. It replaces the client's delivery
+	// timeout (kgo.RecordDeliveryTimeout), which NewKafkaClient turns off:
+	// the client measures that from the record's timestamp, the row's
+	// created_at, so a backlog would time out before it is sent. Default
+	// DefaultProduceTimeout.
+	ProduceTimeout time.Duration
+	// BatchTimeout bounds how long one wave of a batch, or its rows
+	// produced again alone, waits for Kafka's answers as a whole, on the
+	// same terms; each record keeps its ProduceTimeout within it. Default
+	// 2 × ProduceTimeout.
 	BatchTimeout time.Duration
 	// ShutdownTimeout bounds how long Run waits for the batch in flight
 	// after its context ends. Default 30s.
@@ -121,8 +128,11 @@ func (c Config) withDefaults() Config {
 	if c.LagAlertAfter <= 0 {
 		c.LagAlertAfter = 5 * time.Minute
 	}
+	if c.ProduceTimeout <= 0 {
+		c.ProduceTimeout = DefaultProduceTimeout
+	}
 	if c.BatchTimeout <= 0 {
-		c.BatchTimeout = 2 * DefaultProduceTimeout
+		c.BatchTimeout = 2 * c.ProduceTimeout
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second
@@ -184,6 +194,7 @@ func (c Config) validate(zeroIsDefault bool) error {
 		errs = append(errs, &FieldError{Field: "Retry.Max", Value: c.Retry.Max, Other: "Retry.Base",
 			Problem: fmt.Sprintf("must not be less than Retry.Base (%v)", c.Retry.Base)})
 	}
+	positive("ProduceTimeout", c.ProduceTimeout)
 	positive("BatchTimeout", c.BatchTimeout)
 	positive("ShutdownTimeout", c.ShutdownTimeout)
 	inRange("MaxAttempts", int64(c.MaxAttempts), 1, 0)

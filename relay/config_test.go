@@ -37,7 +37,7 @@ func TestValidateAcceptsTheDefaults(t *testing.T) {
 	}
 	given := relay.Config{
 		BatchSize: 1000, BatchMaxBytes: relay.DefaultBatchMaxBytes, InFlightBatches: 2, PollInterval: 500 * time.Millisecond,
-		Retry: retry.Policy{Base: time.Second, Max: 5 * time.Minute}, BatchTimeout: time.Minute, ShutdownTimeout: 30 * time.Second,
+		Retry: retry.Policy{Base: time.Second, Max: 5 * time.Minute}, ProduceTimeout: 30 * time.Second, BatchTimeout: time.Minute, ShutdownTimeout: 30 * time.Second,
 		MaxAttempts: 10, OutageAlertAfter: time.Minute, LagAlertAfter: 5 * time.Minute, Durability: relay.DurabilityStrict,
 	}
 	for name, validate := range map[string]func() error{"Validate": given.Validate, "ValidateGiven": given.ValidateGiven} {
@@ -63,6 +63,7 @@ func TestValidateNamesTheField(t *testing.T) {
 		{relay.Config{Retry: retry.Policy{Base: -time.Second}}, "Retry.Base: -1s: must be positive"},
 		{relay.Config{Retry: retry.Policy{Max: -time.Second}}, "Retry.Max: -1s: must be positive"},
 		{relay.Config{Retry: retry.Policy{Base: time.Minute, Max: time.Second}}, "Retry.Max: 1s: must not be less than Retry.Base (1m0s)"},
+		{relay.Config{ProduceTimeout: -time.Second}, "ProduceTimeout: -1s: must be positive"},
 		{relay.Config{BatchTimeout: -time.Second}, "BatchTimeout: -1s: must be positive"},
 		{relay.Config{ShutdownTimeout: -time.Second}, "ShutdownTimeout: -1s: must be positive"},
 		{relay.Config{MaxAttempts: -3}, "MaxAttempts: -3: must be at least 1"},
@@ -107,7 +108,7 @@ func TestValidateGivenChecksZeros(t *testing.T) {
 			t.Errorf("%s: value %v (%T), want 0", fe.Field, fe.Value, fe.Value)
 		}
 	}
-	want := "BatchSize BatchMaxBytes InFlightBatches PollInterval Retry.Base Retry.Max BatchTimeout ShutdownTimeout MaxAttempts OutageAlertAfter LagAlertAfter"
+	want := "BatchSize BatchMaxBytes InFlightBatches PollInterval Retry.Base Retry.Max ProduceTimeout BatchTimeout ShutdownTimeout MaxAttempts OutageAlertAfter LagAlertAfter"
 	if got := strings.Join(fields, " "); got != want {
 		t.Errorf("ValidateGiven of the zero Config reports\n %s\nwant\n %s", got, want)
 	}

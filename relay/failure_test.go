@@ -9,7 +9,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/internal/relaytest"
@@ -83,8 +82,8 @@ func TestRetriableFailureLeavesRowPendingAndHoldsItsKey(t *testing.T) {
 		relaytest.Message{Topic: "good", Key: []byte("k"), Payload: []byte("3")},
 	)
 	policy := retry.Policy{Base: time.Minute, Max: time.Minute, Int64N: func(n int64) int64 { return n - 1 }}
-	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second))
-	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy}, db.Pool, producer, testLogger(t))
+	producer := relaytest.NewProducer(t, brokers)
+	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, ProduceTimeout: time.Second}, db.Pool, producer, testLogger(t))
 
 	now := time.Now().Truncate(time.Microsecond)
 	// The batch claims all three rows; bad/k's second row waits for the

@@ -14,15 +14,16 @@ import (
 // The Kafka side lives in internal/kafkasink; these are what an embedder
 // needs of it, since it cannot import an internal package.
 
-// DefaultProduceTimeout bounds how long the client keeps retrying a record
-// before it reports the failure (kgo.RecordDeliveryTimeout).
+// DefaultProduceTimeout is Config.ProduceTimeout's default.
 const DefaultProduceTimeout = kafkasink.DefaultProduceTimeout
 
 // NewKafkaClient returns a producer with the settings the relay's guarantees
-// depend on (acks=all, idempotence, unlimited retries within the delivery
-// timeout, cancellable idempotent produce, the Java client's partitioner).
-// Options in extra (TLS, SASL, logging, tuning) come first, so they cannot
-// turn off what follows. See kafkasink.NewClient for why each is needed.
+// depend on (acks=all, idempotence, unlimited retries and no delivery
+// timeout of the client's own, cancellable idempotent produce, the Java
+// client's partitioner). Options in extra (TLS, SASL, logging, tuning) come
+// first, so they cannot turn off what follows: a kgo.RecordDeliveryTimeout
+// there is overridden, set Config.ProduceTimeout instead. See
+// kafkasink.NewClient for why each is needed.
 func NewKafkaClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 	return kafkasink.NewClient(brokers, extra...)
 }
@@ -60,6 +61,7 @@ const (
 // relay's logs, metrics, alerts and Kafka health.
 func (r *Relay) newSink(client *kgo.Client) *kafkasink.Sink {
 	return kafkasink.New(client, kafkasink.Options{
+		ProduceTimeout: r.cfg.ProduceTimeout,
 		BatchTimeout:   r.cfg.BatchTimeout,
 		Durability:     r.cfg.Durability,
 		Logger:         r.logger,

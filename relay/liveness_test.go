@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -117,5 +118,50 @@ func TestBatchGivesUpOnProduceNeverAnswered(t *testing.T) {
 	}
 	if stuck != 0 {
 		t.Errorf("%d rows escalated", stuck)
+	}
+}
+
+// A produce the broker takes and never answers ends at the produce timeout
+// (each record's own deadline), not at the batch timeout, and is an outage:
+// the rows stay pending with no attempt spent and the error says which
+// timeout passed. The next batch, in a new producer session, delivers them.
+// The client's old delivery timeout (kgo.RecordDeliveryTimeout) never
+// failed a request already written: the batch waited for the client's
+// request timeout (its 10s produce request timeout + 10s overhead) or the
+// batch timeout, whichever came first.
+func TestProduceNeverAnsweredEndsAtTheProduceTimeout(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "orders")
+	brokers := cluster.ListenAddrs()
+	swallowed := swallowFirstSession(t, cluster)
+	ids := db.Insert(t,
+		relaytest.Message{Topic: "orders", Key: []byte("a"), Payload: []byte("1")},
+		relaytest.Message{Topic: "orders", Key: []byte("b"), Payload: []byte("2")})
+
+	const produceTimeout, batchTimeout = time.Second, time.Minute
+	cfg := relay.Config{Schema: db.Schema, ProduceTimeout: produceTimeout, BatchTimeout: batchTimeout}
+	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	ctx := context.Background()
+	start := time.Now()
+	_, err := r.DeliverBatch(ctx, nil)
+	took := time.Since(start)
+	if swallowed() == 0 {
+		t.Fatal("no produce request was swallowed: the test proves nothing")
+	}
+	if err == nil || !strings.Contains(err.Error(), "within the produce timeout") {
+		t.Errorf("batch the broker never answered: error %v, want the produce timeout named", err)
+	}
+	if took >= 10*produceTimeout {
+		t.Errorf("batch the broker never answered took %v, want about the produce timeout (%v), not the client's request timeout (20s) nor the batch timeout (%v)",
+			took, produceTimeout, batchTimeout)
+	}
+	for _, id := range ids {
+		if st := state(t, db, id); st.status != "pending" || st.attempts != 0 {
+			t.Errorf("row %d after the unanswered produce: %+v, want pending with no attempt spent", id, st)
+		}
+	}
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != len(ids) || db.Count(t, "sent") != len(ids) {
+		t.Errorf("the next batch: %d rows, %v, %d sent; want all delivered", n, err, db.Count(t, "sent"))
 	}
 }

@@ -1,8 +1,10 @@
 package relay_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -274,30 +276,51 @@ func TestPartitionOverrideAfterTheTopicGrew(t *testing.T) {
 	}
 }
 
-// The record's timestamp is the time of the produce, not the row's
-// created_at: franz-go measures its delivery timeout from the record's
-// timestamp, so a record stamped with the creation time of a row older than
-// the timeout would be failed as timed out before it is sent, and a delayed
-// row or a backlog would never drain.
-func TestRecordTimestampIsTheTimeOfTheProduce(t *testing.T) {
+// A record's timestamp is its row's created_at, or the timestamp a layout
+// mapped into header outbox-timestamp (epoch milliseconds); a header that is
+// not a number of milliseconds leaves created_at. A backlog older than the
+// produce timeout (1s here, its rows a day old) still drains in one batch:
+// the produce timeout counts from the produce, not from the record's
+// timestamp, as the client's own delivery timeout (kgo.RecordDeliveryTimeout)
+// would, failing every such record before it is sent.
+func TestRecordTimestampIsTheRowsCreatedAt(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
 	brokers := relaytest.NewCluster(t, 1, "t").ListenAddrs()
 	ctx := context.Background()
-	var id int64
-	if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, payload, created_at) VALUES ('t', 'old', now() - interval '1 day') RETURNING id`).Scan(&id); err != nil {
-		t.Fatal(err)
+	mapped := time.Date(2026, 1, 2, 3, 4, 5, 678e6, time.UTC)
+	rows := []struct {
+		headers string
+		want    time.Time // zero: created_at
+	}{
+		{`{}`, time.Time{}},
+		{`{"outbox-timestamp": "` + strconv.FormatInt(mapped.UnixMilli(), 10) + `"}`, mapped},
+		{`{"outbox-timestamp": "soon"}`, time.Time{}},
+		{`{}`, time.Time{}},
 	}
-	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
-	before := time.Now().Truncate(time.Millisecond)
-	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 1 {
-		t.Fatalf("a row created a day ago: %d rows, %v; want it delivered", n, err)
+	want := map[int64]time.Time{}
+	for i, row := range rows {
+		var id int64
+		var created time.Time
+		if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, key, payload, headers, created_at)
+			VALUES ('t', $1, 'old', $2, now() - interval '1 day' + $3 * interval '1 millisecond') RETURNING id, created_at`,
+			fmt.Appendf(nil, "k%d", i), row.headers, i).Scan(&id, &created); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = cmp.Or(row.want, created.Truncate(time.Millisecond))
 	}
-	if st := status(t, db, id); st != "sent" {
-		t.Fatalf("the row is %s, want sent", st)
+	cfg := relay.Config{Schema: db.Schema, ProduceTimeout: time.Second}
+	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != len(rows) {
+		t.Fatalf("rows created a day ago: %d rows, %v; want %d delivered", n, err, len(rows))
 	}
-	rec := relaytest.Consume(t, brokers, 1, 10*time.Second, "t")[0]
-	if rec.Timestamp.Before(before) {
-		t.Errorf("record timestamp %v, want the time of the produce (after %v)", rec.Timestamp, before)
+	if sent := db.Count(t, "sent"); sent != len(rows) {
+		t.Fatalf("%d of %d rows sent in one batch, want all: a record stamped a day ago timed out", sent, len(rows))
+	}
+	for _, rec := range relaytest.Consume(t, brokers, len(rows), 10*time.Second, "t") {
+		id := outboxID(t, rec)
+		if !rec.Timestamp.Equal(want[id]) {
+			t.Errorf("row %d: record timestamp %v, want %v", id, rec.Timestamp, want[id])
+		}
 	}
 }

@@ -76,10 +76,11 @@ func TestPartitionOutageSpendsNoAttempts(t *testing.T) {
 	}
 	policy := retry.Policy{Base: time.Minute, Max: time.Minute, Int64N: func(n int64) int64 { return n - 1 }}
 	alerts := newRecordingAlerter()
-	// The client's smallest produce timeout, and metadata refreshed
-	// often enough that it fails the records at it.
-	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second), kgo.MetadataMinAge(250*time.Millisecond))
-	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, MaxAttempts: 2, OutageAlertAfter: time.Millisecond, Alerter: alerts},
+	// A produce timeout of 1s, and metadata refreshed often enough that
+	// the client fails the records at it.
+	producer := relaytest.NewProducer(t, brokers, kgo.MetadataMinAge(250*time.Millisecond))
+	r := relay.New(relay.Config{Schema: db.Schema, Retry: policy, MaxAttempts: 2, OutageAlertAfter: time.Millisecond, Alerter: alerts,
+		ProduceTimeout: time.Second},
 		db.Pool, producer, testLogger(t))
 
 	now := time.Now().Truncate(time.Microsecond)
@@ -129,8 +130,8 @@ func TestPartitionOutageSpendsNoAttempts(t *testing.T) {
 }
 
 // The daemon, with one partition answering NOT_ENOUGH_REPLICAS for many
-// produce timeouts (10 s against a 1 s produce timeout, the client's
-// smallest, and a 2 s batch timeout: ten timeouts, where production's
+// produce timeouts (10 s against a 1 s produce timeout and a 2 s batch
+// timeout: ten timeouts, where production's
 // defaults would need five minutes; the client refreshes metadata every
 // 250 ms, so it fails the partition's records at the produce timeout)
 // while an application keeps writing to every partition. The other
@@ -145,10 +146,10 @@ func TestPartitionOutageForManyProduceTimeoutsDrainsInOrder(t *testing.T) {
 	fault := cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "t", Partitions: []int32{0}, Err: kerr.NotEnoughReplicas, Count: -1})
 
 	alerts := newRecordingAlerter()
-	cfg := relay.Config{Schema: db.Schema, MaxAttempts: 2, BatchTimeout: 2 * time.Second, PollInterval: 50 * time.Millisecond,
+	cfg := relay.Config{Schema: db.Schema, MaxAttempts: 2, ProduceTimeout: time.Second, BatchTimeout: 2 * time.Second, PollInterval: 50 * time.Millisecond,
 		OutageAlertAfter: time.Second, Alerter: alerts,
 		Retry: retry.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}}
-	producer := relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second), kgo.MetadataMinAge(250*time.Millisecond))
+	producer := relaytest.NewProducer(t, brokers, kgo.MetadataMinAge(250*time.Millisecond))
 	stop := relaytest.RunRelay(t, relay.New(cfg, db.Pool, producer, testLogger(t)))
 	defer stop()
 
@@ -296,10 +297,11 @@ func TestOutageAlertNamesTheCause(t *testing.T) {
 	}
 }
 
-// INVALID_TIMESTAMP: the relay leaves timestamps to the client, so the
-// broker refusing one means the host's clock is skewed. That is no row's
-// fault: with MaxAttempts 2 nothing is escalated, no attempt is spent, the
-// alert says clock, and the rows go once the clock is right.
+// INVALID_TIMESTAMP: a record's timestamp is its row's created_at, so the
+// broker refusing one means the topic's timestamp bounds are tighter than
+// the rows' age, or the database's clock is skewed. That is no row's fault:
+// with MaxAttempts 2 nothing is escalated, no attempt is spent, the alert
+// says bounds and clock, and the rows go once the broker takes them.
 func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
 	t.Parallel()
 	db := relaytest.NewDB(t)
@@ -323,8 +325,8 @@ func TestInvalidTimestampIsClockSkewNotARowFault(t *testing.T) {
 	if spent, stuck := attemptsSpent(t, db); spent != 0 || stuck != 0 {
 		t.Fatalf("with the broker refusing timestamps: %d attempts spent, %d rows escalated; want none", spent, stuck)
 	}
-	if a := outageAlertFor(t, alerts, "t", 5*time.Second); !strings.Contains(a.Message, "clock") {
-		t.Errorf("alert %q; want it to name the clock", a.Message)
+	if a := outageAlertFor(t, alerts, "t", 5*time.Second); !strings.Contains(a.Message, "clock") || !strings.Contains(a.Message, "message.timestamp.before.max.ms") {
+		t.Errorf("alert %q; want it to name the clock and the topic's bounds", a.Message)
 	}
 	fault.Remove()
 	at := now.Add(10 * time.Hour)

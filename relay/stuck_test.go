@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/relaytest"
@@ -244,8 +243,9 @@ func TestBrokerOutageEscalatesNothingAndLosesNothing(t *testing.T) {
 		// first answer: that would raise an outage alert of its own.
 		OutageAlertAfter: time.Second,
 		Alerter:          alerts,
+		ProduceTimeout:   time.Second,
 	}
-	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers, kgo.RecordDeliveryTimeout(time.Second)), testLogger(t))
+	r := relay.New(cfg, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()

@@ -392,6 +392,11 @@ func TestCustomLayoutDelivered(t *testing.T) {
 		if len(r.Headers) != len(w.headers)+2 {
 			t.Errorf("record %d: headers %v", i, r.Headers)
 		}
+		// The mapped timestamp, months before the produce: the record
+		// still goes within the produce timeout of 30s.
+		if got := strconv.FormatInt(r.Timestamp.UnixMilli(), 10); got != w.headers["outbox-timestamp"] {
+			t.Errorf("record %d: timestamp %s (%v), want the mapped one, %s", i, got, r.Timestamp, w.headers["outbox-timestamp"])
+		}
 	}
 	var reason string
 	relaytest.WaitFor(t, 30*time.Second, "the row with an invalid topic escalated", func() bool {

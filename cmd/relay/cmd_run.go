@@ -344,7 +344,6 @@ func (d *daemon) openOutbox(ctx context.Context, o *outbox, alerts alert.Alerter
 	opts := []kgo.Opt{
 		compression,
 		kgo.ClientID(cfg.ClientID),
-		kgo.RecordDeliveryTimeout(cfg.ProduceTimeout),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
 		kgo.WithHooks(o.met.kafka),
 	}

@@ -98,7 +98,7 @@ type Config struct {
 	DebeziumFieldEventID            string `env:"DEBEZIUM_FIELD_EVENT_ID" envDefault:"id" desc:"Debezium table.field.event.id: the column of the event id, sent in header id (and, if it is a uuid, as outbox-uuid)."`
 	DebeziumFieldEventKey           string `env:"DEBEZIUM_FIELD_EVENT_KEY" envDefault:"aggregateid" desc:"Debezium table.field.event.key: the column of the record key."`
 	DebeziumFieldEventPayload       string `env:"DEBEZIUM_FIELD_EVENT_PAYLOAD" envDefault:"payload" desc:"Debezium table.field.event.payload: the column of the record value (jsonb, json, text or bytea)."`
-	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column, sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	DebeziumFieldEventTimestamp     string `env:"DEBEZIUM_FIELD_EVENT_TIMESTAMP" desc:"Debezium table.field.event.timestamp: a timestamp column: the record timestamp, also sent as epoch milliseconds in header outbox-timestamp; empty: none (the row's created_at)."`
 	DebeziumRouteByField            string `env:"DEBEZIUM_ROUTE_BY_FIELD" envDefault:"aggregatetype" desc:"Debezium route.by.field: the column whose value is ${routedByValue} in the topic."`
 	DebeziumRouteTopicReplacement   string `env:"DEBEZIUM_ROUTE_TOPIC_REPLACEMENT" envDefault:"outbox.event.${routedByValue}" desc:"Debezium route.topic.replacement: the topic name, with ${routedByValue} for the route.by.field column."`
 	DebeziumFieldsAdditionalPlace   string `env:"DEBEZIUM_ADDITIONAL_PLACEMENT" desc:"Debezium table.fields.additional.placement, header placements only: column:header[:alias],... (e.g. type:header:eventType); empty: none, as Debezium's default."`
@@ -108,7 +108,7 @@ type Config struct {
 	LayoutTopic     string `env:"LAYOUT_TOPIC" desc:"Topic of each row of RELAY_LAYOUT_TABLE: a name, a {column}, or a template such as orders.{aggregate_type}."`
 	LayoutKey       string `env:"LAYOUT_KEY" desc:"Column of the record key; empty: no key."`
 	LayoutPayload   string `env:"LAYOUT_PAYLOAD" desc:"Column of the record value (bytea, text, varchar, json or jsonb)."`
-	LayoutTimestamp string `env:"LAYOUT_TIMESTAMP" desc:"Timestamp column (timestamptz, timestamp or bigint epoch milliseconds), sent as epoch milliseconds in header outbox-timestamp; empty: none."`
+	LayoutTimestamp string `env:"LAYOUT_TIMESTAMP" desc:"Timestamp column (timestamptz, timestamp or bigint epoch milliseconds): the record timestamp, also sent as epoch milliseconds in header outbox-timestamp; empty: none (the row's created_at)."`
 	LayoutHeaders   string `env:"LAYOUT_HEADERS" desc:"Columns sent as headers: column[:header],... (header defaults to the column name)."`
 	// HTTPAddr is where /livez and /readyz listen. Default :8080; "off"
 	// disables the HTTP server.
@@ -142,11 +142,11 @@ type Config struct {
 	// StuckBlocksKey keeps the later rows of a key waiting while an
 	// earlier row of the key is stuck (strict per-key order). Default true.
 	StuckBlocksKey bool `env:"STUCK_BLOCKS_KEY" envDefault:"true" desc:"A stuck row holds back the later rows of its topic and key until requeued or discarded; false lets them proceed."`
-	// ProduceTimeout is how long the Kafka client retries a record before
-	// it reports the failure (kgo.RecordDeliveryTimeout); a batch still
-	// without answers after twice this is given up as an outage
-	// (relay.Config.BatchTimeout). Default 30s.
-	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long the Kafka client retries a record before the row counts as failed (at least 1s). A batch still unanswered after twice this is released as an outage: no attempt spent."`
+	// ProduceTimeout is how long a record may go unanswered, the Kafka
+	// client retrying, before the relay gives up on it as an outage
+	// (relay.Config.ProduceTimeout); a wave of a batch gets twice this as
+	// a whole (relay.Config.BatchTimeout). Default 30s.
+	ProduceTimeout time.Duration `env:"PRODUCE_TIMEOUT" envDefault:"30s" desc:"How long a record may go unanswered by Kafka, the client retrying, before its row is released as an outage: pending, no attempt spent (at least 1s). A wave of a batch gets twice this as a whole."`
 	// OutageAlertAfter is how long Kafka must take nothing before the
 	// outage alert. Default 1m.
 	OutageAlertAfter time.Duration `env:"OUTAGE_ALERT_AFTER" envDefault:"1m" desc:"How long Kafka must be unavailable before an outage alert."`
@@ -532,9 +532,9 @@ func (c Config) relayConfig() relay.Config {
 		PollInterval:    c.PollInterval,
 		DisableWakeup:   !c.Wakeup,
 		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
-		// Twice the delivery timeout: the client fails what it can
-		// within one; the relay gives up on the rest (records written
-		// and never answered) after two.
+		// Twice the produce timeout: a wave's records each get one, and
+		// a retry alone or a group handed over later may need more.
+		ProduceTimeout:        c.ProduceTimeout,
 		BatchTimeout:          2 * c.ProduceTimeout,
 		ShutdownTimeout:       c.ShutdownTimeout,
 		Instance:              c.Instance,

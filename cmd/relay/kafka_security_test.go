@@ -149,9 +149,6 @@ func connect(t *testing.T, brokers []string, environ map[string]string) error {
 	if err != nil {
 		t.Fatalf("kafkaSecurityOpts: %v", err)
 	}
-	// A failed handshake is retried until the delivery timeout: keep it
-	// short, the broker is local.
-	opts = append(opts, kgo.RecordDeliveryTimeout(5*time.Second))
 	client, err := relay.NewKafkaClient(cfg.KafkaBrokers, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +159,11 @@ func connect(t *testing.T, brokers []string, environ map[string]string) error {
 	if err := client.Ping(ctx); err != nil {
 		return err
 	}
-	return client.ProduceSync(ctx, &kgo.Record{Topic: "orders", Value: []byte("x")}).FirstErr()
+	// A failed handshake is retried until the record's context ends: keep
+	// it short, the broker is local.
+	produce, cancelProduce := context.WithTimeout(ctx, 5*time.Second)
+	defer cancelProduce()
+	return client.ProduceSync(produce, &kgo.Record{Topic: "orders", Value: []byte("x")}).FirstErr()
 }
 
 func TestKafkaTLSAndSCRAM(t *testing.T) {

@@ -96,7 +96,11 @@ func (b *baseline) once(ctx context.Context) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
-	if err := b.client.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+	// The relay's client has no delivery timeout of its own (it would count
+	// from the records' timestamps): bound the produce as the relay does.
+	produce, cancel := context.WithTimeout(ctx, relay.DefaultProduceTimeout)
+	defer cancel()
+	if err := b.client.ProduceSync(produce, recs...).FirstErr(); err != nil {
 		return 0, fmt.Errorf("produce: %w", err)
 	}
 	if b.deleteOnSend {

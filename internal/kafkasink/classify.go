@@ -120,14 +120,17 @@ var outageCodes = []*kerr.Error{
 //
 // Errors Kafka calls retriable (NOT_ENOUGH_REPLICAS, NOT_LEADER_FOR_PARTITION,
 // LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT, ...) describe a partition, not a
-// record: the client retries them until the delivery timeout and then
-// reports them, or kgo.ErrRecordTimeout, for every record of the partition.
-// They are Outage, so a partition that is down for longer than a produce
-// timeout costs its rows no attempt, whatever else their batch held.
-// UNKNOWN_TOPIC_OR_PARTITION is the exception: a topic that does not exist is
-// the row's own problem (see ErrTopicMissing). INVALID_TIMESTAMP
-// is Outage too: the relay leaves timestamps to the client, so it means the
-// relay host's clock is skewed against the broker's, which no row can fix.
+// record: the client retries them until the record's context ends (the
+// produce timeout: errProduceTimeout, a kgo.ErrRecordTimeout) or reports
+// them for every record of the partition. They are Outage, so a partition
+// that is down for longer than a produce timeout costs its rows no attempt,
+// whatever else their batch held. UNKNOWN_TOPIC_OR_PARTITION is the
+// exception: a topic that does not exist is the row's own problem (see
+// ErrTopicMissing). INVALID_TIMESTAMP is Outage too: a record's timestamp
+// is its row's created_at (or mapped timestamp), so it means the topic
+// bounds timestamps more tightly than the backlog's age, or the database's
+// clock is skewed against the broker's: an operator's fix, not the row's
+// (see errClockSkew).
 //
 // Errors it does not know are RowRetriable: the row is retried and, if it
 // keeps failing, escalated with its error for a human to read.

@@ -11,8 +11,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// DefaultProduceTimeout bounds how long the client keeps retrying a record
-// before it reports the failure (kgo.RecordDeliveryTimeout).
+// DefaultProduceTimeout bounds how long a produce may go unanswered, the
+// client retrying, before the sink gives up on its records (see
+// Options.ProduceTimeout).
 const DefaultProduceTimeout = 30 * time.Second
 
 // NewClient returns a producer with the settings the relay's guarantees
@@ -22,19 +23,23 @@ const DefaultProduceTimeout = 30 * time.Second
 //   - acks=all and idempotent writes: an acknowledged record is on every
 //     in-sync replica, and the client's own retries never duplicate or
 //     reorder a partition's records.
-//   - unlimited record retries: the client retries retriable errors itself
-//     until the delivery timeout (default DefaultProduceTimeout, set
-//     kgo.RecordDeliveryTimeout in extra to change it). A batch that fails
-//     as a whole spends no row's attempts.
+//   - unlimited record retries and no delivery timeout: the client retries
+//     retriable errors itself until the record's context ends, which the
+//     sink sets (Options.ProduceTimeout, Options.BatchTimeout). A batch
+//     that fails as a whole spends no row's attempts. The client would
+//     measure kgo.RecordDeliveryTimeout from Record.Timestamp, which is
+//     the row's created_at (recordTime): a backlog's records would time
+//     out before they are sent, so a kgo.RecordDeliveryTimeout in extra is
+//     overridden.
 //   - idempotent produce cancellation: by default an idempotent client
 //     never fails a record it has written but not heard back about, so a
 //     broker that never answers holds the record, and its partition, for
-//     ever. With kgo.AllowIdempotentProduceCancellation the delivery
-//     timeout and the record's context can fail it; the client then moves
-//     to a new producer epoch. The relay relies on this to give up on a
-//     batch (Config.BatchTimeout; see Sink.giveUpAfter for why per-key
-//     order still holds). The cost is a possible duplicate of a record
-//     given up on, which at-least-once delivery allows.
+//     ever. With kgo.AllowIdempotentProduceCancellation the record's
+//     context can fail it; the client then moves to a new producer epoch.
+//     The relay relies on this to give up on a produce (see
+//     Sink.giveUpAfter for why per-key order still holds). The cost is a
+//     possible duplicate of a record given up on, which at-least-once
+//     delivery allows.
 //   - the Java client's partitioner (murmur2 on the key, sticky for rows
 //     without a key), so a key lands where an in-app Java producer put it;
 //     a row that sets its partition column goes there instead
@@ -44,9 +49,10 @@ const DefaultProduceTimeout = 30 * time.Second
 // so waiting for more records would only add latency.
 func NewClient(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 	st := &clientState{limits: &topicLimits{}, watch: &brokerWatch{}}
-	opts := []kgo.Opt{kgo.ProducerLinger(0), kgo.RecordDeliveryTimeout(DefaultProduceTimeout)}
+	opts := []kgo.Opt{kgo.ProducerLinger(0)}
 	opts = append(opts, extra...)
 	opts = append(opts,
+		kgo.RecordDeliveryTimeout(0),
 		kgo.WithHooks(st.watch),
 		kgo.ProducerBatchMaxBytesFn(st.limits.batchMax),
 		kgo.SeedBrokers(brokers...),
@@ -148,9 +154,9 @@ func stateOf(client *kgo.Client) *clientState {
 
 // brokerWatch hears from the client about each connection it opens to a
 // broker and each produce request it sends. The client retries failures of
-// those on its own, silently, until the delivery timeout: without the
+// those on its own, silently, until the produce timeout: without the
 // watch the relay would learn of a refused connection one produce timeout
-// later, and only as "records have timed out". It tells its subscribers at
+// later, and only as "no answer from Kafka within the produce timeout". It tells its subscribers at
 // once when a broker starts failing (its first failure after a success),
 // and remembers the cause for the outage's log and alert until that broker
 // connects or answers a produce again.

@@ -54,12 +54,14 @@ const gateAll = 1 << 30
 // record (buildRecord) and fit its topic's settings (checkTopicSettings);
 // a row that does not is a Failure at once.
 //
-// The client retries retriable errors on its own until the delivery timeout.
-// Being idempotent it would never, on its own, fail a record it has written
-// but not heard back about: a broker that takes a produce request and never
-// answers would hold the batch, and its partitions, for ever. So the records
-// carry a context that ends after BatchTimeout (see giveUpAfter), and while
-// Kafka has answered nothing, Options.Stalled is called every StallAfter.
+// The client retries retriable errors on its own until the records' context
+// ends: ProduceTimeout after they were handed over (see produceWithin), or
+// BatchTimeout after Produce began (see giveUpAfter). Being idempotent it
+// would never, on its own, fail a record it has written but not heard back
+// about: a broker that takes a produce request and never answers would hold
+// the batch, and its partitions, for ever; the context ending fails it.
+// While Kafka has answered nothing, Options.Stalled is called every
+// StallAfter.
 // If ctx ends first (shutdown timeout) the result is marked Aborted and the
 // caller rolls the batch back.
 //
@@ -119,8 +121,10 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 	defer stall.Stop()
 	answered := false
 	for _, group := range s.groups(recs, verdicts) {
+		within, done := s.produceWithin(records)
+		defer done()
 		for _, i := range group {
-			s.client.Produce(records, recs[i], func(rec *kgo.Record, err error) {
+			s.client.Produce(within, recs[i], func(rec *kgo.Record, err error) {
 				answers <- answer{i, rec, err}
 			})
 		}
@@ -152,7 +156,7 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 			x := rows[a.i]
 			if a.err != nil {
 				failedInGroup[x.Topic] = true
-				err := s.explain(topicMissing(verdicts[x.Topic], x.Topic, s.gaveUp(ctx, records, a.err)))
+				err := s.explain(topicMissing(verdicts[x.Topic], x.Topic, s.gaveUp(ctx, within, a.err)))
 				if p, ok := chosenPartition(recs[a.i]); ok && partitionChoiceRefused(a.err) {
 					err = s.partitionRefused(ctx, x.Topic, p, a.err)
 				}
@@ -300,14 +304,17 @@ func (s *Sink) RetryAlone(ctx context.Context, rejected []Failure) Result {
 		}
 		done := make(chan struct{})
 		var got *kgo.Record
-		s.client.Produce(alone, rec, func(rec *kgo.Record, err error) {
+		within, cancel := s.produceWithin(alone)
+		s.client.Produce(within, rec, func(rec *kgo.Record, err error) {
 			got, f.Err = rec, err
 			close(done)
 		})
-		_ = s.client.Flush(alone)
+		_ = s.client.Flush(within)
 		select {
 		case <-done:
+			cancel()
 		case <-ctx.Done():
+			cancel()
 			out.Aborted = true
 			return out
 		}
@@ -318,7 +325,7 @@ func (s *Sink) RetryAlone(ctx context.Context, rejected []Failure) Result {
 			out.SentOffsets = append(out.SentOffsets, got.Offset)
 			continue
 		}
-		err = s.explain(topicMissing(s.knownVerdict(rec.Topic), rec.Topic, s.gaveUp(ctx, alone, f.Err)))
+		err = s.explain(topicMissing(s.knownVerdict(rec.Topic), rec.Topic, s.gaveUp(ctx, within, f.Err)))
 		if RejectsBatch(err) {
 			err = s.refusedAlone(rec, err)
 		}
@@ -356,11 +363,12 @@ func (s *Sink) refusedAlone(rec *kgo.Record, err error) error {
 	return refusedAloneError{fmt.Errorf("%s%s (%w)", what, hint, err)}
 }
 
-// errClockSkew explains INVALID_TIMESTAMP. The relay leaves each record's
-// timestamp to the client (the time of the produce), so the broker finding
-// it out of range means the clocks disagree.
-var errClockSkew = errors.New("Kafka refused the record's timestamp: the relay host's clock is probably skewed against the broker's " +
-	"(the topic's message.timestamp.*.ms bounds): fix the clock; the rows wait, no attempt is spent")
+// errClockSkew explains INVALID_TIMESTAMP. A record's timestamp is its
+// row's (recordTime): the broker finds it out of range when the topic
+// bounds how old or how far ahead a timestamp may be.
+var errClockSkew = errors.New("Kafka refused the record's timestamp, the row's created_at (or its mapped timestamp): " +
+	"it is outside the topic's message.timestamp.before.max.ms / after.max.ms (or message.timestamp.difference.max.ms) bounds, " +
+	"or the database's clock is skewed against the broker's: raise the topic's bounds or fix the clock; the rows wait, no attempt is spent")
 
 // explain adds what a human needs to act on err: the cause of a clock
 // skew, and the last connection failure the client retried silently.
@@ -376,11 +384,12 @@ func (s *Sink) explain(err error) error {
 	return err
 }
 
-// giveUpAfter returns the context of a batch's records: it ends BatchTimeout
-// from now, or when ctx ends.
+// giveUpAfter returns the context of a call of Produce or RetryAlone: it
+// ends BatchTimeout from now, or when ctx ends. Each record the call hands
+// the client carries a context of it that ends sooner (produceWithin).
 //
-// Ending it is how the relay gives up on records the client has written but
-// never heard back about. NewClient sets
+// Ending a record's context is how the relay gives up on records the client
+// has written but never heard back about. NewClient sets
 // kgo.AllowIdempotentProduceCancellation, so the client fails such records
 // with the context's error and bumps its producer epoch before it produces
 // again; without that option it would keep them, and keep resending them,
@@ -408,13 +417,51 @@ func (s *Sink) giveUpAfter(ctx context.Context) (context.Context, context.Cancel
 // on. It wraps context.DeadlineExceeded, so it classifies as an outage.
 var errBatchTimeout = fmt.Errorf("no answer from Kafka within the batch timeout: %w", context.DeadlineExceeded)
 
-// gaveUp returns err, or errBatchTimeout if err is the records' context
-// ending at the batch timeout rather than at shutdown.
+// errProduceTimeout replaces the context error of records whose produce
+// timeout passed (produceWithin). It wraps kgo.ErrRecordTimeout, what the
+// client's own delivery timeout reported, so it classifies as that did: an
+// outage.
+var errProduceTimeout = fmt.Errorf("no answer from Kafka within the produce timeout: %w", kgo.ErrRecordTimeout)
+
+// produceWithin returns the context of records handed to the client now: it
+// ends ProduceTimeout from now, with errProduceTimeout as its cause, or
+// when records (giveUpAfter's) ends. It is the delivery timeout: the
+// client's own, kgo.RecordDeliveryTimeout, counts from Record.Timestamp,
+// the row's created_at, so it would fail a backlog's records before
+// sending them (see NewClient).
+//
+// The client checks the context of a batch's first record where it checked
+// its delivery timeout: before it writes the batch, and when a request
+// holding it fails; it then fails the batch, and the partition's records
+// buffered behind it, with the context's error (gaveUp names the timeout).
+// Unlike the delivery timeout, the context also ends a request written and
+// not yet answered: the client abandons the request when the context of the
+// first record it carries ends (kgo.AllowIdempotentProduceCancellation).
+// A record further back is failed only when that first record's context
+// ends, or when the request is answered (it may then be delivered after
+// all). Within a partition's batch the first record was handed over first,
+// so its context ends no later; but a request may start with another
+// partition's batch handed over after ours (another wave's, another
+// batch's), whose context ends up to one ProduceTimeout later. So a record
+// handed over is answered, or failed as an outage, by its own deadline
+// (ProduceTimeout, or BatchTimeout when that comes first) or, in a request
+// led by a later record, by that record's: at most one ProduceTimeout
+// later. Produce stops waiting at once when ctx (shutdown) ends.
+func (s *Sink) produceWithin(records context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(records, s.opts.ProduceTimeout, errProduceTimeout)
+}
+
+// gaveUp returns err, or errProduceTimeout or errBatchTimeout if err is the
+// records' context ending at the produce or the batch timeout rather than
+// at shutdown.
 func (s *Sink) gaveUp(ctx, records context.Context, err error) error {
-	if errors.Is(err, context.DeadlineExceeded) && records.Err() != nil && ctx.Err() == nil {
-		return fmt.Errorf("%w (%v)", errBatchTimeout, s.opts.BatchTimeout)
+	if !errors.Is(err, context.DeadlineExceeded) || records.Err() == nil || ctx.Err() != nil {
+		return err
 	}
-	return err
+	if context.Cause(records) == errProduceTimeout {
+		return fmt.Errorf("%w (%v)", errProduceTimeout, s.opts.ProduceTimeout)
+	}
+	return fmt.Errorf("%w (%v)", errBatchTimeout, s.opts.BatchTimeout)
 }
 
 // topicVerdicts returns what the relay knows of the settings of the

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -48,8 +49,7 @@ func (s *Sink) recordOf(x row) (*kgo.Record, error) {
 // buildRecord turns a row into a Kafka record: the row's topic, key and
 // payload; headers outbox-id first, then outbox-uuid, then the
 // application's by name; and, when the row chose one, its partition (see
-// withPartition). The timestamp is left to the client, which sets the time
-// of the produce. It fails only for rows that can never be produced as they
+// withPartition); its timestamp is the row's (recordTime). It fails only for rows that can never be produced as they
 // are: an invalid topic name, a negative partition, or headers that are not
 // an object of strings. It returns the names of application headers it
 // dropped because the relay sets a header of that name.
@@ -81,7 +81,31 @@ func buildRecord(r row) (*kgo.Record, []string, error) {
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: HeaderOutboxUUID, Value: uuid})
 	}
 	rec.Headers = append(rec.Headers, headers...)
+	rec.Timestamp = recordTime(r, headers)
 	return rec, replaced, nil
+}
+
+// HeaderTimestamp names the header in which a layout carries its mapped
+// timestamp column, as decimal epoch milliseconds (layout.TimestampHeader).
+const HeaderTimestamp = "outbox-timestamp"
+
+// recordTime is the record's timestamp: the row's mapped timestamp (header
+// HeaderTimestamp, when it holds epoch milliseconds), else its created_at,
+// so consumers see when the event happened, not when the relay caught up
+// with it. Zero (a row without created_at) leaves it to the client, which
+// sets the time of the produce. The client must not measure its delivery
+// timeout from it (see NewClient): a backlog's records would time out
+// before they are sent.
+func recordTime(r row, headers []kgo.RecordHeader) time.Time {
+	for _, h := range headers {
+		if h.Key != HeaderTimestamp {
+			continue
+		}
+		if ms, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil && ms >= 0 {
+			return time.UnixMilli(ms)
+		}
+	}
+	return r.CreatedAt
 }
 
 // recordBuf holds a record with room for the relay's own headers, so that

@@ -23,7 +23,12 @@ type row = pgstore.Row
 
 // Options are what a Sink needs from the relay that owns it.
 type Options struct {
-	// BatchTimeout bounds each produce (see Sink.giveUpAfter).
+	// ProduceTimeout bounds how long the client may hold a record
+	// unanswered, retrying, from the moment the sink hands it over (see
+	// Sink.produceWithin); 0 means DefaultProduceTimeout.
+	ProduceTimeout time.Duration
+	// BatchTimeout bounds each call of Produce or RetryAlone as a whole
+	// (see Sink.giveUpAfter).
 	BatchTimeout time.Duration
 	// Durability is what to do about topics that can lose acknowledged
 	// records.
@@ -80,6 +85,9 @@ type Sink struct {
 func New(client *kgo.Client, opts Options) *Sink {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ProduceTimeout <= 0 {
+		opts.ProduceTimeout = DefaultProduceTimeout
 	}
 	s := &Sink{
 		client:     client,

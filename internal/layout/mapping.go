@@ -165,7 +165,8 @@ type Mapping struct {
 	Key          Column // optional: no key
 	Payload      Column // required
 	// Timestamp, optional, goes into the header TimestampHeader as epoch
-	// milliseconds: outbox.messages has no per-row record timestamp yet.
+	// milliseconds, from which the relay takes the record timestamp
+	// (outbox.messages has no timestamp column of its own but created_at).
 	Timestamp Column
 	Headers   []Header
 	// Tracing, optional, is a column of Java properties text (Debezium's
