@@ -34,6 +34,9 @@ func Every(ctx context.Context, interval time.Duration, job func(context.Context
 			return
 		case <-t.C:
 		}
+		if ctx.Err() != nil {
+			return // a tick and the end came together: select chose the tick
+		}
 		job(ctx)
 	}
 }
