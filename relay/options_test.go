@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
@@ -321,6 +322,67 @@ func TestRecordTimestampIsTheRowsCreatedAt(t *testing.T) {
 		id := outboxID(t, rec)
 		if !rec.Timestamp.Equal(want[id]) {
 			t.Errorf("row %d: record timestamp %v, want %v", id, rec.Timestamp, want[id])
+		}
+	}
+}
+
+// A topic that bounds how old a record's timestamp may be
+// (message.timestamp.before.max.ms, here an hour) would refuse a row older
+// than that with INVALID_TIMESTAMP, for as long as the row waits: such a row
+// goes with the time of its produce instead; a younger row keeps its
+// created_at.
+func TestRowOlderThanTheTopicTakesCarriesTheProduceTime(t *testing.T) {
+	t.Parallel()
+	db := relaytest.NewDB(t)
+	cluster := relaytest.NewCluster(t, 1, "t")
+	brokers := cluster.ListenAddrs()
+	ctx := context.Background()
+	cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		req := kreq.(*kmsg.DescribeConfigsRequest)
+		resp := req.ResponseKind().(*kmsg.DescribeConfigsResponse)
+		for _, rr := range req.Resources {
+			res := kmsg.NewDescribeConfigsResponseResource()
+			res.ResourceType, res.ResourceName = rr.ResourceType, rr.ResourceName
+			for k, v := range map[string]string{"message.timestamp.before.max.ms": "3600000", "message.timestamp.type": "CreateTime"} {
+				c := kmsg.NewDescribeConfigsResponseResourceConfig()
+				c.Name, c.Value = k, kmsg.StringPtr(v)
+				res.Configs = append(res.Configs, c)
+			}
+			resp.Resources = append(resp.Resources, res)
+		}
+		return resp, nil, true
+	})
+	insert := func(age time.Duration, headers string) (int64, time.Time) {
+		var id int64
+		var created time.Time
+		if err := db.Pool.QueryRow(ctx, `INSERT INTO messages (topic, key, payload, headers, created_at)
+			VALUES ('t', 'k', 'x', $1, now() - $2 * interval '1 millisecond') RETURNING id, created_at`,
+			headers, age.Milliseconds()).Scan(&id, &created); err != nil {
+			t.Fatal(err)
+		}
+		return id, created.Truncate(time.Millisecond)
+	}
+	young, youngAt := insert(10*time.Minute, `{}`)
+	old, _ := insert(48*time.Hour, `{}`)
+	mapped, _ := insert(0, `{"outbox-timestamp": "`+strconv.FormatInt(time.Now().Add(-48*time.Hour).UnixMilli(), 10)+`"}`)
+
+	r := relay.New(relay.Config{Schema: db.Schema}, db.Pool, relaytest.NewProducer(t, brokers), testLogger(t))
+	before := time.Now().Truncate(time.Millisecond)
+	if n, err := r.DeliverBatch(ctx, nil); err != nil || n != 3 {
+		t.Fatalf("%d rows, %v; want 3 delivered", n, err)
+	}
+	after := time.Now()
+	for _, rec := range relaytest.Consume(t, brokers, 3, 10*time.Second, "t") {
+		switch id := outboxID(t, rec); id {
+		case young:
+			if !rec.Timestamp.Equal(youngAt) {
+				t.Errorf("row created 10 minutes ago: record timestamp %v, want its created_at %v", rec.Timestamp, youngAt)
+			}
+		case old, mapped:
+			if rec.Timestamp.Before(before) || rec.Timestamp.After(after) {
+				t.Errorf("row %d stamped two days ago: record timestamp %v, want the time of the produce (%v to %v)", id, rec.Timestamp, before, after)
+			}
 		}
 	}
 }

@@ -87,6 +87,7 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 			out.Failed = append(out.Failed, Failure{x, err, Classify(err), -1})
 			continue
 		}
+		stampWithin(rec, verdicts[rec.Topic].oldest, time.Now())
 		recs[i] = rec
 	}
 	// The bound starts once the topic checks are done: they have their
@@ -182,6 +183,18 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 		}
 	}
 	return out
+}
+
+// stampWithin gives rec the time of the produce as its timestamp when its
+// own (the row's created_at, or its mapped timestamp) is older than the
+// topic takes, less a tenth for the clocks' skew: the topic would refuse it
+// with INVALID_TIMESTAMP, and since a waiting row only grows older, its
+// partition would never move again. oldest is the topic's bound
+// (topicConfig.oldest); 0: none.
+func stampWithin(rec *kgo.Record, oldest time.Duration, now time.Time) {
+	if oldest > 0 && now.Sub(rec.Timestamp) > oldest-oldest/10 {
+		rec.Timestamp = now
+	}
 }
 
 // unknownLimitGroup bounds the bytes of a topic whose max.message.bytes the
@@ -302,6 +315,7 @@ func (s *Sink) RetryAlone(ctx context.Context, rejected []Failure) Result {
 			out.Failed = append(out.Failed, Failure{f.Row, err, Classify(err), -1})
 			continue
 		}
+		stampWithin(rec, s.knownVerdict(rec.Topic).oldest, time.Now())
 		done := make(chan struct{})
 		var got *kgo.Record
 		within, cancel := s.produceWithin(alone)
@@ -364,8 +378,9 @@ func (s *Sink) refusedAlone(rec *kgo.Record, err error) error {
 }
 
 // errClockSkew explains INVALID_TIMESTAMP. A record's timestamp is its
-// row's (recordTime): the broker finds it out of range when the topic
-// bounds how old or how far ahead a timestamp may be.
+// row's (recordTime), unless it is older than the topic takes
+// (stampWithin): the broker finds it out of range when the relay could not
+// read the topic's bounds, or when a clock is skewed.
 var errClockSkew = errors.New("Kafka refused the record's timestamp, the row's created_at (or its mapped timestamp): " +
 	"it is outside the topic's message.timestamp.before.max.ms / after.max.ms (or message.timestamp.difference.max.ms) bounds, " +
 	"or the database's clock is skewed against the broker's: raise the topic's bounds or fix the clock; the rows wait, no attempt is spent")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +46,9 @@ type topicVerdict struct {
 	failed   bool     // the check could not be made
 	// maxBytes is the topic's max.message.bytes; 0 when not known.
 	maxBytes int32
+	// oldest is how old a record's timestamp may be for the topic to take
+	// it (see topicConfig.oldest); 0: any age, or not known.
+	oldest time.Duration
 	// fits is, once the topic has rejected a record batch as too large,
 	// the largest record batch of one row it has taken (at least 1): what
 	// the relay knows of its limit when maxBytes is not known. 0 before
@@ -221,8 +225,9 @@ func (s *Sink) checkTopicInto(ctx context.Context, topic string, e *topicEntry) 
 	if s.beforeTopicCheck != nil {
 		s.beforeTopicCheck(topic)
 	}
-	problems, maxBytes, err := s.checkTopicWithin(ctx, topic, TopicCheckTimeout)
-	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes}
+	set, err := s.checkTopicWithin(ctx, topic, TopicCheckTimeout)
+	problems, maxBytes := set.problems, set.maxBytes
+	v := topicVerdict{checked: time.Now(), problems: problems, failed: err != nil, maxBytes: maxBytes, oldest: set.oldest}
 	s.topicsMu.Lock()
 	prev := e.verdict
 	e.verdict = v
@@ -254,26 +259,25 @@ func (s *Sink) checkTopicInto(ctx context.Context, topic string, e *topicEntry) 
 // checkTopicWithin runs checkTopic but gives up after timeout or when ctx
 // ends: a broker that accepts connections and never answers can hold an
 // admin request past its context, and the batch must not wait for it.
-func (s *Sink) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) ([]string, int32, error) {
+func (s *Sink) checkTopicWithin(ctx context.Context, topic string, timeout time.Duration) (topicConfig, error) {
 	// Cancelled when this returns, not when the check does: the check
 	// ending must not look like a timeout to the select below.
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	type result struct {
-		problems []string
-		maxBytes int32
-		err      error
+		set topicConfig
+		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		p, m, err := checkTopic(ctx, kadm.NewClient(s.client), topic)
-		done <- result{p, m, err}
+		set, err := checkTopic(ctx, kadm.NewClient(s.client), topic)
+		done <- result{set, err}
 	}()
 	select {
 	case res := <-done:
-		return res.problems, res.maxBytes, res.err
+		return res.set, res.err
 	case <-ctx.Done():
-		return nil, 0, fmt.Errorf("topic %s: %w", topic, ctx.Err())
+		return topicConfig{}, fmt.Errorf("topic %s: %w", topic, ctx.Err())
 	}
 }
 
@@ -318,16 +322,28 @@ func TopicMetadata(ctx context.Context, client *kgo.Client, topic string) (*kmsg
 	return nil, nil
 }
 
+// topicConfig is what checkTopic reads of a topic.
+type topicConfig struct {
+	problems []string // why the topic is not durable; empty: it is
+	maxBytes int32    // max.message.bytes; 0: not known
+	// oldest is the age past which the topic refuses a record's timestamp
+	// with INVALID_TIMESTAMP: message.timestamp.before.max.ms (Kafka 3.6)
+	// or message.timestamp.difference.max.ms, the smaller; 0 when neither
+	// bounds it (the default) or the topic stamps records itself
+	// (message.timestamp.type LogAppendTime).
+	oldest time.Duration
+}
+
 // checkTopic reads a topic's replication factor, min.insync.replicas,
-// unclean.leader.election.enable and max.message.bytes.
-func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (problems []string, maxBytes int32, err error) {
+// unclean.leader.election.enable, max.message.bytes and timestamp bounds.
+func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (set topicConfig, err error) {
 	details, err := adm.ListTopics(ctx, topic)
 	if err != nil {
-		return nil, 0, err
+		return set, err
 	}
 	d, ok := details[topic]
 	if !ok || d.Err != nil {
-		return nil, 0, fmt.Errorf("topic %s: %w", topic, d.Err)
+		return set, fmt.Errorf("topic %s: %w", topic, d.Err)
 	}
 	rf := -1
 	for _, p := range d.Partitions {
@@ -335,17 +351,19 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (problems [
 			rf = len(p.Replicas)
 		}
 	}
+	var problems []string
 	if rf >= 0 && rf < 3 {
 		problems = append(problems, fmt.Sprintf("replication factor %d < 3", rf))
 	}
 	configs, err := adm.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
-		return nil, 0, err
+		return set, err
 	}
 	rc, err := configs.On(topic, nil)
 	if err != nil || rc.Err != nil {
-		return nil, 0, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
+		return set, fmt.Errorf("describe configs of %s: %v %v", topic, err, rc.Err)
 	}
+	logAppendTime := false
 	for _, c := range rc.Configs {
 		if c.Value == nil {
 			continue
@@ -361,9 +379,23 @@ func checkTopic(ctx context.Context, adm *kadm.Client, topic string) (problems [
 			}
 		case "max.message.bytes":
 			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n > 0 {
-				maxBytes = int32(n)
+				set.maxBytes = int32(n)
 			}
+		case "message.timestamp.before.max.ms", "message.timestamp.difference.max.ms":
+			// Long.MAX_VALUE, the default, bounds nothing; neither does
+			// a bound past what a Duration holds.
+			if ms, err := strconv.ParseInt(*c.Value, 10, 64); err == nil && ms > 0 && ms < math.MaxInt64/int64(time.Millisecond) {
+				if d := time.Duration(ms) * time.Millisecond; set.oldest == 0 || d < set.oldest {
+					set.oldest = d
+				}
+			}
+		case "message.timestamp.type":
+			logAppendTime = *c.Value == "LogAppendTime"
 		}
 	}
-	return problems, maxBytes, nil
+	if logAppendTime {
+		set.oldest = 0
+	}
+	set.problems = problems
+	return set, nil
 }
