@@ -19,7 +19,11 @@ import (
 // @upto bounds the scan while batches are in flight (see ClaimParams.upto):
 // the key filter is not an index condition, so behind a deep backlog of
 // few keys, all in flight, the scan would otherwise read every pending row
-// to lock nothing.
+// to lock nothing. The lower bound, the oldest pending row, is there for
+// the planner: with a range of ids, the primary key serves it as well as
+// messages_pending_idx, and while the statistics still count the rows
+// sent since as pending (a backlog being drained), the planner may take
+// it, and would then read every sent row below the range.
 //
 // The last column is each row's size: the bytes of its payload, key and
 // headers. The payload and headers come back only for rows of at most
@@ -38,6 +42,7 @@ SELECT id, topic, key,
        ` + rowSize + `
 FROM messages
 WHERE status = 'pending'
+  AND id >= CASE WHEN @upto::bigint IS NULL THEN 0 ELSE (SELECT min(id) FROM messages WHERE status = 'pending') END
   AND id <= COALESCE(@upto::bigint, 9223372036854775807)
   AND (key IS NULL OR (topic, key) NOT IN (
         SELECT f.topic, f.key FROM unnest(@flying_topics::text[], @flying_keys::bytea[]) AS f(topic, key)))
