@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/outboxrelay/relay/internal/kafkatest"
 	"github.com/outboxrelay/relay/internal/pgstore"
 	"github.com/outboxrelay/relay/internal/relaytest"
 	"github.com/outboxrelay/relay/relay"
@@ -337,22 +337,7 @@ func TestRowOlderThanTheTopicTakesCarriesTheProduceTime(t *testing.T) {
 	cluster := relaytest.NewCluster(t, 1, "t")
 	brokers := cluster.ListenAddrs()
 	ctx := context.Background()
-	cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		req := kreq.(*kmsg.DescribeConfigsRequest)
-		resp := req.ResponseKind().(*kmsg.DescribeConfigsResponse)
-		for _, rr := range req.Resources {
-			res := kmsg.NewDescribeConfigsResponseResource()
-			res.ResourceType, res.ResourceName = rr.ResourceType, rr.ResourceName
-			for k, v := range map[string]string{"message.timestamp.before.max.ms": "3600000", "message.timestamp.type": "CreateTime"} {
-				c := kmsg.NewDescribeConfigsResponseResourceConfig()
-				c.Name, c.Value = k, kmsg.StringPtr(v)
-				res.Configs = append(res.Configs, c)
-			}
-			resp.Resources = append(resp.Resources, res)
-		}
-		return resp, nil, true
-	})
+	kafkatest.ServeTopicConfigs(cluster, map[string]string{"message.timestamp.before.max.ms": "3600000", "message.timestamp.type": "CreateTime"})
 	insert := func(age time.Duration, headers string) (int64, time.Time) {
 		var id int64
 		var created time.Time

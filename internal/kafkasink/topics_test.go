@@ -8,7 +8,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/outboxrelay/relay/internal/kafkatest"
 )
 
 // checkTopic reads how old a timestamp the topic takes: the smaller of its
@@ -33,22 +34,7 @@ func TestCheckTopicReadsTheTimestampBound(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer cluster.Close()
-			cluster.ControlKey(int16(kmsg.DescribeConfigs), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-				cluster.KeepControl()
-				req := kreq.(*kmsg.DescribeConfigsRequest)
-				resp := req.ResponseKind().(*kmsg.DescribeConfigsResponse)
-				for _, rr := range req.Resources {
-					res := kmsg.NewDescribeConfigsResponseResource()
-					res.ResourceType, res.ResourceName = rr.ResourceType, rr.ResourceName
-					for k, v := range tc.configs {
-						c := kmsg.NewDescribeConfigsResponseResourceConfig()
-						c.Name, c.Value = k, kmsg.StringPtr(v)
-						res.Configs = append(res.Configs, c)
-					}
-					resp.Resources = append(resp.Resources, res)
-				}
-				return resp, nil, true
-			})
+			kafkatest.ServeTopicConfigs(cluster, tc.configs)
 			client, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
 			if err != nil {
 				t.Fatal(err)
