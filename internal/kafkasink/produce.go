@@ -71,6 +71,7 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 	var out Result
 	verdicts := s.topicVerdicts(ctx, rows)
 	recs := make([]*kgo.Record, len(rows))
+	now := time.Now() // one clock read a batch, for stampWithin
 	for i, x := range rows {
 		var err error
 		if s.opts.Refuse != nil {
@@ -87,7 +88,7 @@ func (s *Sink) Produce(ctx context.Context, rows []pgstore.Row) Result {
 			out.Failed = append(out.Failed, Failure{x, err, Classify(err), -1})
 			continue
 		}
-		stampWithin(rec, verdicts[rec.Topic].oldest, time.Now())
+		stampWithin(rec, verdicts[rec.Topic].oldest, now)
 		recs[i] = rec
 	}
 	// The bound starts once the topic checks are done: they have their
