@@ -31,6 +31,10 @@ type Relay struct {
 	// idle is true while this relay is registered for wake-ups. Only the
 	// delivery loop touches it.
 	idle bool
+	// lingerUntil is when the next claim may come, after a claim that did
+	// not fill its batch (Config.ClaimLinger). Only the delivery loop
+	// touches it.
+	lingerUntil time.Time
 
 	alerter alert.Alerter
 	health  kafkaHealth
@@ -299,6 +303,9 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 	var claimErr error
 	var last *batch // claimed by this call, with room left for another
 	limit := r.inFlightLimit()
+	if len(r.inFlight) < limit {
+		r.linger(ctx)
+	}
 	for len(r.inFlight) < limit && ctx.Err() == nil {
 		b, err := r.claimBatch(ctx, nil)
 		if err != nil {
@@ -307,6 +314,9 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 		}
 		if b == nil {
 			break
+		}
+		if !b.more && r.cfg.ClaimLinger > 0 {
+			r.lingerUntil = b.started.Add(r.cfg.ClaimLinger)
 		}
 		r.inFlight <- struct{}{}
 		r.setFlying(b, true)
@@ -338,6 +348,22 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 		return res.n, cmp.Or(res.err, claimErr)
 	case <-produced:
 		return len(last.rows), nil
+	}
+}
+
+// linger waits, after a claim that did not fill its batch, until
+// Config.ClaimLinger has passed since it, or ctx ends: rows accumulate
+// meanwhile, and the next claim takes them as one batch.
+func (r *Relay) linger(ctx context.Context) {
+	d := time.Until(r.lingerUntil)
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 

@@ -98,6 +98,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 			fs.IntVar(&cfg.BatchSize, "batch-size", 1000, "rows per claim, relay and baseline")
 			fs.IntVar(&cfg.InFlightBatches, "in-flight", 0, "claimed batches a relay may have awaiting Kafka at once; 0: the relay's default (2)")
 			fs.IntVar(&cfg.PoolSize, "pool-size", 0, "max Postgres connections per relay instance; 0: pgxpool's default")
+			fs.DurationVar(&cfg.ClaimLinger, "claim-linger", 0, "the relay's RELAY_CLAIM_LINGER: after a claim that did not fill its batch, claim again no sooner than this long after it")
 			wakeup := fs.Bool("wakeup", true, "relay wake-up on")
 			fs.DurationVar(&cfg.PollInterval, "poll-interval", 500*time.Millisecond, "relay poll interval; the baseline's sleep after an empty claim")
 			fs.DurationVar(&cfg.BrokerLatency, "broker-latency", 0, "delay each produce response of the bench's in-memory broker by this long, as a broker farther away or slower to replicate (acks=all) would")
@@ -206,7 +207,7 @@ The database is RELAY_DATABASE_URL unless --database-url is given.`,
 // inProcessBenchFlags configure the relays, the baseline or the schema the
 // bench runs itself; with --external-schema it runs none of them.
 var inProcessBenchFlags = []string{"schema", "keep", "relays", "baseline", "delete-on-send", "batch-size",
-	"in-flight", "pool-size", "wakeup", "poll-interval", "outage", "vacuum-interval", "kill-one-after"}
+	"in-flight", "pool-size", "claim-linger", "wakeup", "poll-interval", "outage", "vacuum-interval", "kill-one-after"}
 
 // externalBenchFlags checks the command line of relay bench
 // --external-schema: the brokers the running relays produce to, and none

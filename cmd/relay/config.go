@@ -174,6 +174,9 @@ type Config struct {
 	// PollInterval is the longest an idle relay waits before looking for
 	// rows again. Default 500ms.
 	PollInterval time.Duration `env:"POLL_INTERVAL" envDefault:"500ms" desc:"Longest wait of an idle relay before it polls again (the fallback to the wake-up)."`
+	// ClaimLinger lets rows accumulate after a claim that did not fill its
+	// batch (relay.Config.ClaimLinger). Default 0.
+	ClaimLinger time.Duration `env:"CLAIM_LINGER" envDefault:"0s" desc:"After a claim that did not fill its batch, claim again no sooner than this long after it (0 to 1s): fewer, larger batches at a steady trickle, so less Postgres CPU per row, at up to this much added latency. 0 claims again as soon as Kafka answered (docs/performance.md)."`
 	// Wakeup makes an idle relay ask inserts to NOTIFY it, so new rows go
 	// out within milliseconds. Default true; false means polling only.
 	Wakeup bool `env:"WAKEUP" envDefault:"true" desc:"Wake an idle relay by NOTIFY on insert; false polls only."`
@@ -530,6 +533,7 @@ func (c Config) relayConfig() relay.Config {
 		BatchMaxBytes:   c.BatchMaxBytes,
 		InFlightBatches: c.InFlightBatches,
 		PollInterval:    c.PollInterval,
+		ClaimLinger:     c.ClaimLinger,
 		DisableWakeup:   !c.Wakeup,
 		Retry:           retry.Policy{Base: c.RetryBase, Max: c.RetryMax},
 		// Twice the produce timeout: a wave's records each get one, and

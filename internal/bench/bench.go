@@ -149,6 +149,8 @@ type Config struct {
 	// PoolSize is the MaxConns of each relay instance's pool. 0: pgxpool's
 	// default.
 	PoolSize int
+	// ClaimLinger is relay.Config.ClaimLinger. 0: none (the default).
+	ClaimLinger time.Duration
 	// DisableWakeup turns the relay's wake-up off.
 	DisableWakeup bool
 	// PollInterval is the relay's poll interval, and how long the

@@ -498,6 +498,7 @@ func (e *env) newInstance(ctx context.Context, v *variant, i int, hooks []kgo.Ho
 		BatchSize:       cfg.BatchSize,
 		InFlightBatches: cfg.InFlightBatches,
 		PollInterval:    cfg.PollInterval,
+		ClaimLinger:     cfg.ClaimLinger,
 		DisableWakeup:   cfg.DisableWakeup || v.quiet,
 		DeleteOnSend:    cfg.DeleteOnSend,
 		Instance:        fmt.Sprintf("bench-%d", i+1),

@@ -20,24 +20,25 @@ type Report struct {
 
 // Scenario repeats what the run measured.
 type Scenario struct {
-	Preload      int     `json:"preload"`
-	Rate         int     `json:"rate"`
-	DurationSec  float64 `json:"duration_s"`
-	RowsPerTx    int     `json:"rows_per_tx"`
-	Writers      int     `json:"writers"`
-	InsertStorm  bool    `json:"insert_storm,omitempty"`
-	PayloadSize  int     `json:"payload_size"`
-	Keys         int     `json:"keys"`
-	Topics       int     `json:"topics"`
-	Partitions   int     `json:"partitions"`
-	BatchSize    int     `json:"batch_size"`
-	InFlight     int     `json:"in_flight_batches"`
-	PoolSize     int     `json:"pool_size"`
-	DeleteOnSend bool    `json:"delete_on_send"`
-	Wakeup       bool    `json:"wakeup"`
-	Rounds       int     `json:"rounds"`
-	VacuumSec    float64 `json:"vacuum_interval_s,omitempty"`
-	PollMs       float64 `json:"poll_interval_ms"`
+	Preload       int     `json:"preload"`
+	Rate          int     `json:"rate"`
+	DurationSec   float64 `json:"duration_s"`
+	RowsPerTx     int     `json:"rows_per_tx"`
+	Writers       int     `json:"writers"`
+	InsertStorm   bool    `json:"insert_storm,omitempty"`
+	PayloadSize   int     `json:"payload_size"`
+	Keys          int     `json:"keys"`
+	Topics        int     `json:"topics"`
+	Partitions    int     `json:"partitions"`
+	BatchSize     int     `json:"batch_size"`
+	InFlight      int     `json:"in_flight_batches"`
+	ClaimLingerMs float64 `json:"claim_linger_ms,omitempty"`
+	PoolSize      int     `json:"pool_size"`
+	DeleteOnSend  bool    `json:"delete_on_send"`
+	Wakeup        bool    `json:"wakeup"`
+	Rounds        int     `json:"rounds"`
+	VacuumSec     float64 `json:"vacuum_interval_s,omitempty"`
+	PollMs        float64 `json:"poll_interval_ms"`
 	// BrokerLatencyMs is the delay the bench's broker added to every
 	// produce response (Config.BrokerLatency).
 	BrokerLatencyMs float64 `json:"broker_latency_ms,omitempty"`
@@ -241,7 +242,7 @@ func newReport(cfg Config, runID string, variants []*variant) *Report {
 		PayloadSize: cfg.PayloadSize, Keys: cfg.Keys, Topics: cfg.Topics, Partitions: cfg.Partitions,
 		BatchSize: cfg.BatchSize, InFlight: cfg.InFlightBatches, PoolSize: cfg.PoolSize, DeleteOnSend: cfg.DeleteOnSend,
 		Wakeup: !cfg.DisableWakeup, Rounds: cfg.Rounds, VacuumSec: cfg.VacuumInterval.Seconds(),
-		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
+		PollMs: float64(cfg.PollInterval) / float64(time.Millisecond), ClaimLingerMs: float64(cfg.ClaimLinger) / float64(time.Millisecond), KillOneAfterSec: cfg.KillOneAfter.Seconds(),
 		BrokerLatencyMs: float64(cfg.BrokerLatency) / float64(time.Millisecond), ExternalSchema: cfg.ExternalSchema, TopicPrefix: runID + "-",
 	}}
 	if cfg.Rate > 0 || cfg.InsertStorm {
@@ -495,7 +496,7 @@ func (r *Report) writeSettings(w io.Writer) {
 	if sc.ExternalSchema == "" {
 		fmt.Fprintf(w, "  relay: batch %d, in-flight %s, pool %s, poll %gms, wake-up %v, delete-on-send %v\n",
 			sc.BatchSize, orDefault(sc.InFlight), orDefault(sc.PoolSize), sc.PollMs, sc.Wakeup, sc.DeleteOnSend)
-		fmt.Fprintf(w, "  broker latency %gms; vacuum every %gs (0: never)", sc.BrokerLatencyMs, sc.VacuumSec)
+		fmt.Fprintf(w, "  broker latency %gms; claim linger %gms; vacuum every %gs (0: never)", sc.BrokerLatencyMs, sc.ClaimLingerMs, sc.VacuumSec)
 		if sc.KillOneAfterSec > 0 {
 			fmt.Fprintf(w, "; kill one instance %gs into each phase", sc.KillOneAfterSec)
 		}
