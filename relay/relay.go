@@ -492,7 +492,7 @@ func (r *Relay) finishBatch(ctx context.Context, b *batch, now *time.Time) (int,
 			r.logger.Info("kafka_recovered", "outage", d.Round(time.Millisecond).String())
 		}
 	}
-	escalated, err := out.writeBack(work, tx, r.cfg, now)
+	escalated, err := out.writeBack(tx, r.cfg, now)
 	if err != nil {
 		bt.fail(err)
 		return len(rows), err

@@ -1,18 +1,17 @@
 package relay
 
 import (
-	"context"
 	"time"
 
 	"github.com/outboxrelay/relay/internal/pgstore"
 )
 
-// writeBack writes the outcome into the batch's transaction
-// (pgstore.BatchTx.WriteBack): sent rows get their position, retriable
+// writeBack records the outcome for the batch's transaction
+// (pgstore.BatchTx.WriteBack; its Commit sends it): sent rows get their position, retriable
 // failures their error and next attempt time, and rows past saving move to
 // stuck_messages. Which rows escalate is decided here (verdicts). It
 // returns the escalated rows.
-func (o outcome) writeBack(ctx context.Context, tx *pgstore.BatchTx, cfg Config, now *time.Time) (escalated []failure, err error) {
+func (o outcome) writeBack(tx *pgstore.BatchTx, cfg Config, now *time.Time) (escalated []failure, err error) {
 	if o.lost != nil {
 		return nil, o.lost
 	}
@@ -33,8 +32,6 @@ func (o outcome) writeBack(ctx context.Context, tx *pgstore.BatchTx, cfg Config,
 	for i, f := range escalate {
 		w.Escalate[i] = pgstore.Escalation{ID: f.row.ID, Error: f.err.Error(), Kind: f.errorKind()}
 	}
-	if err := tx.WriteBack(ctx, w); err != nil {
-		return nil, err
-	}
+	tx.WriteBack(w)
 	return escalate, nil
 }

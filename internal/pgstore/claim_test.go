@@ -142,9 +142,7 @@ SELECT 't', convert_to('k' || i, 'UTF8'), '\x00'::bytea FROM generate_series(1, 
 			w.SentPartitions = append(w.SentPartitions, 0)
 			w.SentOffsets = append(w.SentOffsets, int64(i))
 		}
-		if err := tx.WriteBack(ctx, w); err != nil {
-			t.Fatal(err)
-		}
+		tx.WriteBack(w)
 		// The session's counts not yet flushed to the statistics: a
 		// scan by any batch so far shows.
 		var scans int64

@@ -6,8 +6,18 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// QueryRow runs sql in the batch's transaction, for tests that look at what
-// the transaction did (pg_stat_xact_*).
+// QueryRow runs sql in the batch's transaction, after the write-back it
+// holds, for tests that look at what the transaction did (pg_stat_xact_*).
 func (b *BatchTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return b.tx.QueryRow(ctx, sql, args...)
+	if b.writes != nil {
+		if err := b.conn.SendBatch(ctx, b.writes).Close(); err != nil {
+			return errRow{err}
+		}
+		b.writes = nil
+	}
+	return b.conn.QueryRow(ctx, sql, args...)
 }
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }

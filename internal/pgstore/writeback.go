@@ -1,8 +1,6 @@
 package pgstore
 
 import (
-	"context"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -85,21 +83,21 @@ SELECT id, topic, key, payload, headers, created_at, attempts + 1,
        deliver_after, expires_at, partition
 FROM moved`
 
-// WriteBack writes w in the batch's transaction: sent rows get their
+// WriteBack records w for the batch's transaction: sent rows get their
 // position (or are deleted), retried rows their error and next attempt
-// time, and escalated rows move to stuck_messages.
-func (b *BatchTx) WriteBack(ctx context.Context, w WriteBack) error {
+// time, and escalated rows move to stuck_messages. Commit sends it, with
+// COMMIT, in one round trip.
+func (b *BatchTx) WriteBack(w WriteBack) {
+	if b.writes == nil {
+		b.writes = &pgx.Batch{}
+	}
 	switch {
 	case len(w.SentIDs) == 0:
 	case w.DeleteSent:
-		if _, err := b.tx.Exec(ctx, deleteSentQuery, w.SentIDs); err != nil {
-			return fmt.Errorf("delete sent: %w", err)
-		}
+		b.writes.Queue(deleteSentQuery, w.SentIDs)
 	default:
-		if _, err := b.tx.Exec(ctx, markSentQuery, pgx.NamedArgs{
-			"ids": w.SentIDs, "partitions": w.SentPartitions, "offsets": w.SentOffsets, "now": w.Now}); err != nil {
-			return fmt.Errorf("mark sent: %w", err)
-		}
+		b.writes.Queue(markSentQuery, pgx.NamedArgs{
+			"ids": w.SentIDs, "partitions": w.SentPartitions, "offsets": w.SentOffsets, "now": w.Now})
 	}
 	if len(w.Retry) > 0 {
 		ids := make([]int64, len(w.Retry))
@@ -108,10 +106,8 @@ func (b *BatchTx) WriteBack(ctx context.Context, w WriteBack) error {
 		for i, x := range w.Retry {
 			ids[i], errs[i], delays[i] = x.ID, x.Error, x.Delay.Microseconds()
 		}
-		if _, err := b.tx.Exec(ctx, markFailedQuery, pgx.NamedArgs{
-			"ids": ids, "errors": errs, "delays_us": delays, "now": w.Now}); err != nil {
-			return fmt.Errorf("mark failed: %w", err)
-		}
+		b.writes.Queue(markFailedQuery, pgx.NamedArgs{
+			"ids": ids, "errors": errs, "delays_us": delays, "now": w.Now})
 	}
 	if len(w.Escalate) > 0 {
 		ids := make([]int64, len(w.Escalate))
@@ -120,10 +116,7 @@ func (b *BatchTx) WriteBack(ctx context.Context, w WriteBack) error {
 		for i, x := range w.Escalate {
 			ids[i], errs[i], kinds[i] = x.ID, x.Error, x.Kind
 		}
-		if _, err := b.tx.Exec(ctx, escalateQuery, pgx.NamedArgs{
-			"ids": ids, "errors": errs, "kinds": kinds, "now": w.Now}); err != nil {
-			return fmt.Errorf("escalate: %w", err)
-		}
+		b.writes.Queue(escalateQuery, pgx.NamedArgs{
+			"ids": ids, "errors": errs, "kinds": kinds, "now": w.Now})
 	}
-	return nil
 }
