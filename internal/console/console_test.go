@@ -1,8 +1,11 @@
 package console_test
 
 import (
+	"bytes"
 	"context"
+	"flag"
 	"fmt"
+	"image/png"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +25,11 @@ import (
 )
 
 const token = "console-test-token-0123456789"
+
+// updateScreenshot rewrites docs/console.png from the overview the test
+// signs in to: go test ./internal/console -run TestConsoleInChromium -update-screenshot.
+// Without it the test leaves the checkout as it was.
+var updateScreenshot = flag.Bool("update-screenshot", false, "rewrite docs/console.png")
 
 // browser starts a headless Chromium (Debian's chromium package) with a
 // fresh profile, closed when the test ends.
@@ -221,8 +229,13 @@ func TestConsoleInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join("..", "..", "docs", "console.png"), shot, 0o644); err != nil {
-		t.Errorf("save the screenshot: %v", err)
+	if cfg, err := png.DecodeConfig(bytes.NewReader(shot)); err != nil || cfg.Width == 0 || cfg.Height == 0 {
+		t.Errorf("screenshot: not a PNG image (%v)", err)
+	}
+	if *updateScreenshot {
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "console.png"), shot, 0o644); err != nil {
+			t.Errorf("save the screenshot: %v", err)
+		}
 	}
 
 	// Signed in, a POST without the CSRF token is still refused.
