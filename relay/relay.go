@@ -17,6 +17,7 @@ import (
 	"github.com/outboxrelay/relay/alert"
 	"github.com/outboxrelay/relay/internal/kafkasink"
 	"github.com/outboxrelay/relay/internal/pgstore"
+	"github.com/outboxrelay/relay/internal/wait"
 )
 
 // Relay delivers outbox rows to Kafka. Create it with New and call Run.
@@ -355,15 +356,8 @@ func (r *Relay) deliverOnce(ctx context.Context) (int, error) {
 // Config.ClaimLinger has passed since it, or ctx ends: rows accumulate
 // meanwhile, and the next claim takes them as one batch.
 func (r *Relay) linger(ctx context.Context) {
-	d := time.Until(r.lingerUntil)
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
+	if d := time.Until(r.lingerUntil); d > 0 {
+		_ = wait.Sleep(ctx, d) // ended early: the claim loop checks ctx
 	}
 }
 

@@ -264,8 +264,10 @@ type BatchTx struct {
 	// begun: BEGIN was sent (with the claim); ended: the transaction
 	// committed or rolled back, and conn went back to the pool.
 	begun, ended bool
-	// writes is the write-back, sent with COMMIT (see WriteBack).
+	// writes is the write-back, sent with COMMIT (see WriteBack); steps
+	// names each of its statements, for errors.
 	writes *pgx.Batch
+	steps  []string
 }
 
 // batchConn is what a batch's statements run on: its pool connection.
@@ -358,13 +360,20 @@ func (b *BatchTx) Commit(ctx context.Context) error {
 	if b.ended || !b.begun {
 		return errors.New("commit batch: no transaction")
 	}
-	writes := b.writes
-	b.writes = nil
+	writes, steps := b.writes, append(b.steps, "commit batch")
+	b.writes, b.steps = nil, nil
 	if writes == nil {
 		writes = &pgx.Batch{}
 	}
 	writes.Queue("COMMIT")
-	if err := b.conn.SendBatch(ctx, writes).Close(); err != nil {
+	br := b.conn.SendBatch(ctx, writes)
+	for _, step := range steps {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return fmt.Errorf("%s: %w", step, err)
+		}
+	}
+	if err := br.Close(); err != nil {
 		return fmt.Errorf("commit batch: %w", err)
 	}
 	// COMMIT of a transaction that failed answers ROLLBACK without an
@@ -393,7 +402,7 @@ func (b *BatchTx) Rollback(ctx context.Context) error {
 // end hands the connection back to the pool.
 func (b *BatchTx) end() {
 	b.ended = true
-	b.writes = nil
+	b.writes, b.steps = nil, nil
 	b.conn.Release()
 }
 

@@ -13,7 +13,7 @@ func (b *BatchTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 		if err := b.conn.SendBatch(ctx, b.writes).Close(); err != nil {
 			return errRow{err}
 		}
-		b.writes = nil
+		b.writes, b.steps = nil, nil
 	}
 	return b.conn.QueryRow(ctx, sql, args...)
 }

@@ -88,15 +88,12 @@ FROM moved`
 // time, and escalated rows move to stuck_messages. Commit sends it, with
 // COMMIT, in one round trip.
 func (b *BatchTx) WriteBack(w WriteBack) {
-	if b.writes == nil {
-		b.writes = &pgx.Batch{}
-	}
 	switch {
 	case len(w.SentIDs) == 0:
 	case w.DeleteSent:
-		b.writes.Queue(deleteSentQuery, w.SentIDs)
+		b.queue("delete sent", deleteSentQuery, w.SentIDs)
 	default:
-		b.writes.Queue(markSentQuery, pgx.NamedArgs{
+		b.queue("mark sent", markSentQuery, pgx.NamedArgs{
 			"ids": w.SentIDs, "partitions": w.SentPartitions, "offsets": w.SentOffsets, "now": w.Now})
 	}
 	if len(w.Retry) > 0 {
@@ -106,7 +103,7 @@ func (b *BatchTx) WriteBack(w WriteBack) {
 		for i, x := range w.Retry {
 			ids[i], errs[i], delays[i] = x.ID, x.Error, x.Delay.Microseconds()
 		}
-		b.writes.Queue(markFailedQuery, pgx.NamedArgs{
+		b.queue("mark failed", markFailedQuery, pgx.NamedArgs{
 			"ids": ids, "errors": errs, "delays_us": delays, "now": w.Now})
 	}
 	if len(w.Escalate) > 0 {
@@ -116,7 +113,16 @@ func (b *BatchTx) WriteBack(w WriteBack) {
 		for i, x := range w.Escalate {
 			ids[i], errs[i], kinds[i] = x.ID, x.Error, x.Kind
 		}
-		b.writes.Queue(escalateQuery, pgx.NamedArgs{
+		b.queue("escalate", escalateQuery, pgx.NamedArgs{
 			"ids": ids, "errors": errs, "kinds": kinds, "now": w.Now})
 	}
+}
+
+// queue adds a statement of the write-back, named step in its error.
+func (b *BatchTx) queue(step, sql string, args ...any) {
+	if b.writes == nil {
+		b.writes = &pgx.Batch{}
+	}
+	b.writes.Queue(sql, args...)
+	b.steps = append(b.steps, step)
 }
