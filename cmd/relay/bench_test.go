@@ -109,7 +109,7 @@ func TestBenchInsertStorm(t *testing.T) {
 	brokers := relaytest.NewCluster(t, 4).ListenAddrs()
 	stdout, stderr, err := runCLI(t, nil, "bench",
 		"--database-url", relaytest.DatabaseURL(), "--brokers", strings.Join(brokers, ","),
-		"--insert-storm", "--writers", "4", "--duration", "400ms", "--warmup", "100ms",
+		"--insert-storm", "--writers", "4", "--duration", "1s", "--warmup", "100ms",
 		"--keys", "100", "--partitions", "4", "--poll-interval", "100ms", "--rounds", "1", "--json")
 	if err != nil {
 		t.Fatalf("relay bench: %v\n%s", err, stderr)

@@ -230,14 +230,14 @@ func (e *env) runPhase(ctx context.Context, v *variant, round, phaseNo int, last
 	p := newPhase(round, total, int(ins.rows), tl, *ins)
 	p.OutageRSSMiB = outageRSS
 	p.CPUSeconds = cpu.Seconds()
-	p.CPUMsPer1k = float64(cpu.Milliseconds()) / float64(total) * 1000
-	p.PGCPUMsPer1k = float64(pgCPU.Milliseconds()) / float64(total) * 1000
+	p.CPUMsPer1k = per1k(cpu, total)
+	p.PGCPUMsPer1k = per1k(pgCPU, total)
 	if ins.rows > 0 && writersCPU > 0 {
-		p.WriterPGCPUMsPer1k = float64(writersCPU.Milliseconds()) / float64(ins.rows) * 1000
+		p.WriterPGCPUMsPer1k = per1k(writersCPU, int(ins.rows))
 		p.PGCPUVsWriters = p.PGCPUMsPer1k / p.WriterPGCPUMsPer1k
 	}
 	if brokerKnown && brokerStill && cfg.Outage == 0 { // an outage restarts the broker
-		p.BrokerCPUMsPer1k = float64((broker1 - broker0).Milliseconds()) / float64(total) * 1000
+		p.BrokerCPUMsPer1k = per1k(broker1-broker0, total)
 	}
 	p.PeakRSSMiB = float64(peak) / (1 << 20)
 	if kw != nil {
@@ -560,4 +560,14 @@ func (e *env) streamDuration() time.Duration {
 		return e.cfg.Duration
 	}
 	return 0
+}
+
+// per1k is d in milliseconds per 1,000 of rows; 0 for a phase of no rows
+// (a storm whose writers committed nothing), which JSON could not carry as
+// the infinity the division gives.
+func per1k(d time.Duration, rows int) float64 {
+	if rows <= 0 {
+		return 0
+	}
+	return float64(d.Milliseconds()) / float64(rows) * 1000
 }
